@@ -1,0 +1,57 @@
+//! The `stevedore` binary: parse the command line, set up logging, run the command, exit
+//! with its code. Everything else lives in the library.
+
+use clap::Parser;
+use stevedore::cli::{self, Cli, Command};
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("stevedore: cannot start the async runtime: {error}");
+            std::process::exit(cli::EXIT_FAILED);
+        }
+    };
+    let code = runtime.block_on(async {
+        match &cli.command {
+            Command::Run {
+                config,
+                summary_json,
+            } => cli::run(config, summary_json.as_deref(), &cli.log_format).await,
+            Command::Check { config } => cli::check(config).await,
+            Command::Worker {
+                role,
+                id,
+                config,
+                run,
+                redis,
+            } => cli::worker(*role, *id, config, run, redis).await,
+        }
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    std::process::exit(code);
+}
+
+/// Workers log at info (to their log files); the supervisor at warn unless RUST_LOG says otherwise.
+fn init_logging(cli: &Cli) {
+    let default = match cli.command {
+        Command::Worker { .. } => "info",
+        _ => "warn",
+    };
+    let filter =
+        EnvFilter::try_from_env("STEVEDORE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,92 @@
+//! `stevedore check`: validate a config and reach everything it names, before a deploy.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::{EXIT_CONFIG, load_config};
+use crate::config::RedisConfig;
+use crate::queue::redact_url;
+use crate::supervisor::plan_sources;
+
+/// Checks the job in `config_path`; returns 0 when everything is reachable, else 2.
+pub async fn check(config_path: &Path) -> i32 {
+    let Some(config) = load_config(config_path) else {
+        return EXIT_CONFIG;
+    };
+    println!(
+        "config {}: valid (job {})",
+        config_path.display(),
+        config.job.name
+    );
+    let mut ok = true;
+    match plan_sources(&config) {
+        Ok(items) => println!("sources: {} work item(s)", items.len()),
+        Err(error) => {
+            println!("sources: {error}");
+            ok = false;
+        }
+    }
+    match check_redis(&config.redis).await {
+        Ok(line) => println!("redis: {line}"),
+        Err(line) => {
+            println!("redis: {line}");
+            ok = false;
+        }
+    }
+    for sink_config in &config.sinks {
+        match crate::sink::from_config(sink_config).check().await {
+            Ok(line) => println!("sink {}: {line}", sink_config.name),
+            Err(error) => {
+                println!("sink {}: {error}", sink_config.name);
+                ok = false;
+            }
+        }
+    }
+    if ok {
+        println!("check passed");
+        0
+    } else {
+        println!("check failed");
+        EXIT_CONFIG
+    }
+}
+
+async fn check_redis(redis: &RedisConfig) -> Result<String, String> {
+    match redis {
+        RedisConfig::Managed {
+            server_bin,
+            data_dir,
+        } => {
+            let output = tokio::process::Command::new(server_bin)
+                .arg("--version")
+                .output()
+                .await
+                .map_err(|e| format!("managed, but {} cannot run: {e}", server_bin.display()))?;
+            let version = String::from_utf8_lossy(&output.stdout);
+            Ok(format!(
+                "managed ({}), data in {}",
+                version
+                    .split_whitespace()
+                    .take(3)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                data_dir.display()
+            ))
+        }
+        RedisConfig::External { url } => {
+            let shown = redact_url(url);
+            let client = redis::Client::open(url.as_str()).map_err(|e| format!("{shown}: {e}"))?;
+            let ping = async {
+                let mut connection = client.get_multiplexed_async_connection().await?;
+                redis::cmd("PING")
+                    .query_async::<String>(&mut connection)
+                    .await
+            };
+            match tokio::time::timeout(Duration::from_secs(5), ping).await {
+                Ok(Ok(_)) => Ok(format!("{shown}: reachable")),
+                Ok(Err(error)) => Err(format!("{shown}: {error}")),
+                Err(_) => Err(format!("{shown}: no answer within 5 s")),
+            }
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The command line: one file per subcommand. Each returns the process exit code; the binary
+//! only parses arguments, sets up logging and exits with that code.
+//!
+//! Exit codes: 0 everything landed; 3 finished with dead letters; 2 bad config or usage,
+//! reported before any worker starts; 1 the run failed.
+
+mod check;
+mod run;
+mod worker;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::worker::Role;
+
+pub use check::check;
+pub use run::run;
+pub use worker::worker;
+
+/// Exit code: bad config or usage.
+pub const EXIT_CONFIG: i32 = 2;
+/// Exit code: the run failed.
+pub const EXIT_FAILED: i32 = 1;
+
+/// stevedore: load records from files and generators into databases through Redis queues,
+/// with worker processes, exactly once.
+#[derive(Debug, Parser)]
+#[command(name = "stevedore", version, about)]
+pub struct Cli {
+    /// Log format: `text` for people, `json` for log collectors.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a job once: exit 0 when every record landed, 3 with dead letters, 2 bad config, 1 failure.
+    Run {
+        /// The job config (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Also write the summary as JSON to this file.
+        #[arg(long)]
+        summary_json: Option<PathBuf>,
+    },
+    /// Validate a config and connect to Redis and every sink: exit 0 or 2.
+    Check {
+        /// The job config (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Internal: one worker process, started by the supervisor.
+    #[command(hide = true)]
+    Worker {
+        /// Producer or consumer.
+        role: Role,
+        /// Number within the role, from 1.
+        #[arg(long)]
+        id: u32,
+        /// The job config.
+        #[arg(long)]
+        config: PathBuf,
+        /// The run id.
+        #[arg(long)]
+        run: String,
+        /// The Redis URL.
+        #[arg(long)]
+        redis: String,
+    },
+}
+
+/// Loads a config, printing every problem; `None` means exit 2.
+fn load_config(path: &std::path::Path) -> Option<crate::config::JobConfig> {
+    match crate::config::JobConfig::load(path) {
+        Ok(config) => Some(config),
+        Err(error) => {
+            eprintln!("stevedore: {error}");
+            None
+        }
+    }
+}

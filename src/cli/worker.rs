@@ -1,0 +1,73 @@
+//! `stevedore worker`: the hidden subcommand the supervisor starts for each worker process.
+
+use std::path::Path;
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::{EXIT_CONFIG, EXIT_FAILED, load_config};
+use crate::worker::{self, EXIT_INTERRUPTED, Finish, Role, WorkerContext};
+
+/// Runs one worker until its work is done or it is asked to stop; returns the exit code.
+pub async fn worker(role: Role, id: u32, config_path: &Path, run: &str, redis_url: &str) -> i32 {
+    let Some(config) = load_config(config_path) else {
+        return EXIT_CONFIG;
+    };
+    let (trigger, shutdown) = worker::shutdown::channel();
+    let context = match WorkerContext::new(config, redis_url, run, id, shutdown.clone()) {
+        Ok(context) => context,
+        Err(error) => {
+            tracing::error!(%error, "cannot connect");
+            return EXIT_FAILED;
+        }
+    };
+    let name = format!("{}-{id}", role.as_str());
+    tracing::info!(worker = %name, pid = std::process::id(), run, "worker started");
+    tokio::spawn(listen_for_signals(trigger.clone()));
+    let beating = tokio::spawn(worker::heartbeat(
+        context.state.clone(),
+        name.clone(),
+        trigger,
+        shutdown,
+    ));
+    let result = match role {
+        Role::Producer => worker::run_producer(context).await,
+        Role::Consumer => worker::run_consumer(context).await,
+    };
+    beating.abort();
+    match result {
+        Ok(Finish::Done) => {
+            tracing::info!(worker = %name, "work done");
+            0
+        }
+        Ok(Finish::Interrupted) => {
+            tracing::info!(worker = %name, "stopped on request");
+            EXIT_INTERRUPTED
+        }
+        Err(error) => {
+            tracing::error!(worker = %name, %error, "worker failed");
+            EXIT_FAILED
+        }
+    }
+}
+
+/// First SIGINT/SIGTERM: stop taking work. Second: exit at once (in-flight units are
+/// redelivered after their visibility timeout, so nothing is lost).
+async fn listen_for_signals(trigger: worker::ShutdownTrigger) {
+    let (Ok(mut interrupts), Ok(mut terminations)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    for round in 0.. {
+        tokio::select! {
+            _ = interrupts.recv() => {}
+            _ = terminations.recv() => {}
+        }
+        if round > 0 {
+            std::process::exit(EXIT_INTERRUPTED);
+        }
+        tracing::info!("stop requested; finishing the unit in hand");
+        trigger.trigger();
+    }
+}

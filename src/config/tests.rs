@@ -1,0 +1,149 @@
+use std::path::Path;
+
+use super::*;
+
+fn parse(text: &str) -> Result<JobConfig, ConfigError> {
+    let env = |name: &str| (name == "DB_PATH").then(|| "/tmp/x.db".to_string());
+    JobConfig::parse(text, Path::new("job.toml"), &env)
+}
+
+fn problems(text: &str) -> String {
+    match parse(text) {
+        Ok(_) => panic!("config should be invalid"),
+        Err(error) => error.to_string(),
+    }
+}
+
+const VALID: &str = r#"
+[job]
+name = "demo"
+[redis]
+url = "managed"
+data_dir = "var/redis"
+[workers]
+producers = 2
+consumers = 3
+[queue]
+unit_records = 250
+visibility_timeout = "45s"
+max_receives = 4
+[[source]]
+name = "orders"
+kind = "files"
+path = "data/orders-*.jsonl"
+format = "jsonl"
+[[source]]
+name = "synthetic"
+kind = "generator"
+count = 1000
+seed = 7
+[[sink]]
+name = "local"
+kind = "sqlite"
+path = "${DB_PATH}"
+table = "orders"
+mode = "upsert"
+key = ["id"]
+[sink.map]
+id = "id"
+amount = { from = "total", type = "real" }
+note = { from = "comment", default = "" }
+[[sink]]
+name = "nowhere"
+kind = "blackhole"
+"#;
+
+#[test]
+fn config_valid_example_loads_with_every_setting() {
+    let config = parse(VALID).unwrap();
+    assert_eq!(config.job.name, "demo");
+    assert_eq!(config.job.data_dir, PathBuf::from("var/demo"));
+    assert!(matches!(config.redis, RedisConfig::Managed { .. }));
+    assert_eq!((config.workers.producers, config.workers.consumers), (2, 3));
+    assert_eq!(config.queue.unit_records, 250);
+    assert_eq!(config.queue.visibility_timeout, Duration::from_secs(45));
+    assert_eq!(config.sources.len(), 2);
+    let SinkKind::Sqlite(sqlite) = &config.sinks[0].kind else {
+        panic!("first sink is sqlite")
+    };
+    assert_eq!(sqlite.path, PathBuf::from("/tmp/x.db"));
+    assert_eq!(sqlite.mode, WriteMode::Upsert);
+    assert_eq!(config.sinks[0].map.columns().unwrap().len(), 3);
+    assert!(matches!(config.sinks[1].kind, SinkKind::Blackhole));
+    assert!(config.sinks[1].map.is_passthrough());
+}
+
+#[test]
+fn config_unknown_keys_are_all_reported_with_paths() {
+    let text = VALID
+        .replace("producers = 2", "producers = 2\nproducer = 3")
+        .replace("seed = 7", "seed = 7\ncolour = \"red\"");
+    let report = problems(&text);
+    assert!(report.contains("workers.producer: unknown key"), "{report}");
+    assert!(
+        report.contains("source[1] (synthetic).colour: unknown key"),
+        "{report}"
+    );
+    assert!(report.contains("2 problem(s)"), "{report}");
+}
+
+#[test]
+fn config_missing_sink_table_names_the_sink() {
+    let report = problems(&VALID.replace("table = \"orders\"\n", ""));
+    assert!(
+        report.contains("sink[0] (local)") && report.contains("table"),
+        "{report}"
+    );
+}
+
+#[test]
+fn config_bad_duration_names_the_field() {
+    let report = problems(&VALID.replace("\"45s\"", "\"45 parsecs\""));
+    assert!(
+        report.contains("queue.visibility_timeout: invalid duration `45 parsecs`"),
+        "{report}"
+    );
+}
+
+#[test]
+fn config_missing_env_var_names_field_and_variable() {
+    let report = problems(&VALID.replace("${DB_PATH}", "${NOT_SET_ANYWHERE}"));
+    assert!(
+        report.contains("sink[0].path: environment variable `NOT_SET_ANYWHERE` is not set"),
+        "{report}"
+    );
+}
+
+#[test]
+fn config_semantic_problems_are_reported_together() {
+    let text = VALID
+        .replace("producers = 2", "producers = 0")
+        .replace("key = [\"id\"]", "key = [\"order_no\"]")
+        .replace("name = \"nowhere\"", "name = \"local\"")
+        .replace(
+            "kind = \"blackhole\"",
+            "kind = \"blackhole\"\n[[sink]]\nname = \"x\"\nkind = \"postgres\"",
+        );
+    let report = problems(&text);
+    assert!(
+        report.contains("workers.producers: must be at least 1"),
+        "{report}"
+    );
+    assert!(
+        report.contains("key column `order_no` is not in [sink.map]"),
+        "{report}"
+    );
+    assert!(report.contains("another sink has this name"), "{report}");
+    assert!(report.contains("unknown sink kind `postgres`"), "{report}");
+}
+
+#[test]
+fn config_type_errors_and_syntax_errors_are_located() {
+    let report = problems(&VALID.replace("unit_records = 250", "unit_records = \"many\""));
+    assert!(report.contains("queue.unit_records"), "{report}");
+    let syntax = parse("[job\nname = 1").unwrap_err().to_string();
+    assert!(
+        syntax.contains("not valid TOML") && syntax.contains("line 1"),
+        "{syntax}"
+    );
+}

@@ -1,0 +1,108 @@
+//! Checks across fields that types alone cannot express: names, ranges, keys that must
+//! agree with each other. Each failed check adds a problem; none stops the others.
+
+use std::collections::HashSet;
+
+use super::{JobConfig, Problems, SinkKind, SourceKind, WriteMode};
+
+/// Adds a problem for every rule `config` breaks.
+pub(super) fn validate(config: &JobConfig, problems: &mut Problems) {
+    check_name(&config.job.name, "job.name", problems);
+    if config.workers.producers == 0 {
+        problems.push("workers.producers", "must be at least 1");
+    }
+    if config.workers.consumers == 0 {
+        problems.push("workers.consumers", "must be at least 1");
+    }
+    if !(1..=100_000).contains(&config.queue.unit_records) {
+        problems.push("queue.unit_records", "must be between 1 and 100000");
+    }
+    if config.queue.max_receives == 0 {
+        problems.push("queue.max_receives", "must be at least 1");
+    }
+    if config.queue.visibility_timeout < std::time::Duration::from_secs(1) {
+        problems.push("queue.visibility_timeout", "must be at least 1s");
+    }
+    if config.sources.is_empty() {
+        problems.push("source", "the job has no [[source]]");
+    }
+    if config.sinks.is_empty() {
+        problems.push("sink", "the job has no [[sink]]");
+    }
+    let mut names = HashSet::new();
+    for (index, source) in config.sources.iter().enumerate() {
+        let path = format!("source[{index}] ({})", source.name);
+        check_name(&source.name, &format!("{path}.name"), problems);
+        if !names.insert(source.name.as_str()) {
+            problems.push(format!("{path}.name"), "another source has this name");
+        }
+        match &source.kind {
+            SourceKind::Files { path: pattern, .. } => {
+                if let Err(error) = glob::Pattern::new(pattern) {
+                    problems.push(format!("{path}.path"), format!("not a valid glob: {error}"));
+                }
+            }
+            SourceKind::Generator { .. } => {}
+        }
+    }
+    let mut names = HashSet::new();
+    for (index, sink) in config.sinks.iter().enumerate() {
+        let path = format!("sink[{index}] ({})", sink.name);
+        check_name(&sink.name, &format!("{path}.name"), problems);
+        if !names.insert(sink.name.as_str()) {
+            problems.push(format!("{path}.name"), "another sink has this name");
+        }
+        match &sink.kind {
+            SinkKind::Sqlite(sqlite) => {
+                check_identifier(&sqlite.table, &format!("{path}.table"), problems);
+                match sqlite.mode {
+                    WriteMode::Upsert if sqlite.key.is_empty() => problems.push(
+                        format!("{path}.key"),
+                        "upsert mode needs the key columns, e.g. key = [\"id\"]",
+                    ),
+                    WriteMode::Append if !sqlite.key.is_empty() => problems.push(
+                        format!("{path}.key"),
+                        "key applies only to mode = \"upsert\"",
+                    ),
+                    _ => {}
+                }
+                for column in &sqlite.key {
+                    check_identifier(column, &format!("{path}.key"), problems);
+                    if !sink.map.is_passthrough() && !sink.map.has_column(column) {
+                        problems.push(
+                            format!("{path}.key"),
+                            format!("key column `{column}` is not in [sink.map]"),
+                        );
+                    }
+                }
+            }
+            SinkKind::Blackhole => {}
+        }
+    }
+}
+
+/// Job, source and sink names appear in queue names and unit ids.
+fn check_name(name: &str, path: &str, problems: &mut Problems) {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid {
+        problems.push(
+            path,
+            format!("`{name}` is not a valid name (1-64 letters, digits, `-` or `_`)"),
+        );
+    }
+}
+
+/// Table and column names are spliced into SQL, so they must be plain identifiers.
+pub(crate) fn check_identifier(name: &str, path: &str, problems: &mut Problems) {
+    let mut chars = name.chars();
+    let valid = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 128;
+    if !valid {
+        problems.push(path, format!("`{name}` is not a valid identifier (letters, digits and `_`, not starting with a digit)"));
+    }
+}

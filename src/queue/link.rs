@@ -1,0 +1,173 @@
+//! One process's connection to Redis, rebuilt when Redis goes away.
+//!
+//! After a Redis restart an existing client fails on every call (broken pipe, or `NOSCRIPT`
+//! because the queue scripts are gone), so every operation runs through [`RedisLink::call`]:
+//! on a connection-level error it drops the client, waits with exponential backoff, builds a
+//! new one (reloading the RSMQ scripts) and tries again, for up to about a minute.
+
+use std::future::Future;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, ErrorKind, RedisError, ServerErrorKind};
+use rsmq_async::{Rsmq, RsmqError};
+use tokio::sync::Mutex;
+
+/// The RSMQ namespace stevedore's queues live in (RSMQ's own default, so Node producers can share them).
+pub const RSMQ_NAMESPACE: &str = "rsmq";
+
+/// A live pair of clients over one multiplexed connection.
+#[derive(Clone)]
+pub struct Clients {
+    /// The RSMQ client (queue operations).
+    pub rsmq: Rsmq,
+    /// The same connection for plain commands (run state, heartbeats, counters).
+    pub redis: MultiplexedConnection,
+}
+
+/// Why a Redis operation failed for good.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// Redis could not be reached or kept failing after all retries.
+    #[error("redis at {url}: {what} failed: {source}")]
+    Redis {
+        /// The URL without credentials.
+        url: String,
+        /// The operation.
+        what: String,
+        /// The last error.
+        source: RsmqError,
+    },
+}
+
+/// Reconnecting access to one Redis.
+pub struct RedisLink {
+    client: redis::Client,
+    display_url: String,
+    current: Mutex<Option<Clients>>,
+}
+
+impl RedisLink {
+    /// Prepares a link to `url`; nothing connects until the first call.
+    pub fn new(url: &str) -> Result<RedisLink, LinkError> {
+        let display_url = redact_url(url);
+        let client = redis::Client::open(url).map_err(|source| LinkError::Redis {
+            url: display_url.clone(),
+            what: "parsing the URL".into(),
+            source: source.into(),
+        })?;
+        Ok(RedisLink {
+            client,
+            display_url,
+            current: Mutex::new(None),
+        })
+    }
+
+    /// The URL with any password removed, for messages.
+    pub fn display_url(&self) -> &str {
+        &self.display_url
+    }
+
+    /// Runs `op` with live clients, reconnecting and retrying on connection-level errors.
+    pub async fn call<T, F, Fut>(&self, what: &str, op: F) -> Result<T, LinkError>
+    where
+        F: Fn(Clients) -> Fut,
+        Fut: Future<Output = Result<T, RsmqError>>,
+    {
+        let attempt = || async {
+            let clients = self.clients().await?;
+            let result = op(clients).await;
+            if let Err(error) = &result
+                && is_connection_error(error)
+            {
+                *self.current.lock().await = None;
+            }
+            result
+        };
+        attempt
+            .retry(backoff())
+            .when(is_connection_error)
+            .notify(|error, wait| tracing::warn!(%error, ?wait, redis = %self.display_url, "{what}: redis unavailable, retrying"))
+            .await
+            .map_err(|source| LinkError::Redis { url: self.display_url.clone(), what: what.to_string(), source })
+    }
+
+    async fn clients(&self) -> Result<Clients, RsmqError> {
+        let mut current = self.current.lock().await;
+        if let Some(clients) = current.as_ref() {
+            return Ok(clients.clone());
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(30)));
+        let redis = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let rsmq = Rsmq::new_with_connection(redis.clone(), false, Some(RSMQ_NAMESPACE)).await?;
+        let clients = Clients { rsmq, redis };
+        *current = Some(clients.clone());
+        Ok(clients)
+    }
+}
+
+fn backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(2))
+        .with_max_times(40)
+        .with_jitter()
+}
+
+/// True for errors after which the client must be rebuilt: the connection broke, the server
+/// is (re)loading, or it lost our scripts in a restart.
+pub fn is_connection_error(error: &RsmqError) -> bool {
+    match error {
+        RsmqError::RedisError(error) => is_redis_connection_error(error),
+        _ => false,
+    }
+}
+
+fn is_redis_connection_error(error: &RedisError) -> bool {
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_timeout()
+        || error.is_unrecoverable_error()
+        || matches!(
+            error.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::NoScript
+                    | ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+            )
+        )
+}
+
+/// Removes the password from a Redis URL so it can be shown.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_redis_url_password_is_redacted() {
+        assert_eq!(
+            redact_url("redis://:s3cret@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
+}

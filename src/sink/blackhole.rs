@@ -1,0 +1,24 @@
+//! The `blackhole` sink: accepts every row and keeps nothing, to measure the pipeline itself.
+//! Counting stays exact under redelivery because the consumer records counts per unit id.
+
+use async_trait::async_trait;
+
+use super::{Batch, Sink, SinkError, WriteOutcome};
+
+/// The `blackhole` sink.
+pub struct BlackholeSink;
+
+#[async_trait]
+impl Sink for BlackholeSink {
+    async fn check(&mut self) -> Result<String, SinkError> {
+        Ok("blackhole: accepts everything".to_string())
+    }
+
+    async fn write(&mut self, batch: Batch) -> Result<WriteOutcome, SinkError> {
+        Ok(WriteOutcome {
+            fresh: true,
+            written: batch.rows.len() as u64,
+            failures: batch.failures,
+        })
+    }
+}

@@ -1,0 +1,499 @@
+//! The `sqlite` sink: rows and the unit's ledger entry are written in one transaction, so a
+//! unit is applied exactly once however often it is delivered.
+//!
+//! - Ledger: table `stevedore_applied(target, unit_id, written, failures)`. A unit found there
+//!   is not written again; its recorded outcome is returned.
+//! - Append mode inserts rows; upsert mode replaces rows with the same key
+//!   (`INSERT ... ON CONFLICT(key) DO UPDATE`, backed by a unique index stevedore creates).
+//! - The table is created when missing: typed columns from `[sink.map]`, or, without a map,
+//!   untyped columns added as new fields appear.
+//! - A row SQLite refuses (a NOT NULL or CHECK constraint, say) fails alone; the rest land.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use serde_json::Value;
+
+use super::{Batch, Failure, Sink, SinkError, WriteOutcome};
+use crate::config::{SqliteSinkConfig, WriteMode};
+use crate::mapping::{Cast, Mapping, Row};
+
+const LEDGER: &str = "stevedore_applied";
+
+/// The `sqlite` sink.
+pub struct SqliteSink {
+    name: String,
+    config: SqliteSinkConfig,
+    mapping: Mapping,
+    connection: Option<Arc<Mutex<Connection>>>,
+}
+
+impl SqliteSink {
+    /// A sink named `name` writing to `config` with rows shaped by `mapping`.
+    pub fn new(name: &str, config: SqliteSinkConfig, mapping: Mapping) -> SqliteSink {
+        SqliteSink {
+            name: name.to_string(),
+            config,
+            mapping,
+            connection: None,
+        }
+    }
+
+    fn error(&self, error: rusqlite::Error) -> SinkError {
+        classify(&self.name, &self.config.path, error)
+    }
+
+    fn connect(&mut self) -> Result<Arc<Mutex<Connection>>, SinkError> {
+        if let Some(connection) = &self.connection {
+            return Ok(connection.clone());
+        }
+        if let Some(parent) = self
+            .config
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(parent).map_err(|error| SinkError::Fatal {
+                sink: self.name.clone(),
+                message: format!("cannot create directory {}: {error}", parent.display()),
+            })?;
+        }
+        let connection = Connection::open(&self.config.path).map_err(|e| self.error(e))?;
+        connection
+            .busy_timeout(Duration::from_secs(60))
+            .map_err(|e| self.error(e))?;
+        connection
+            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
+            .map_err(|e| self.error(e))?;
+        let connection = Arc::new(Mutex::new(connection));
+        self.connection = Some(connection.clone());
+        Ok(connection)
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &mut self,
+        work: impl FnOnce(&mut Connection, &Writer) -> Result<T, rusqlite::Error> + Send + 'static,
+    ) -> Result<T, SinkError> {
+        let connection = self.connect()?;
+        let writer = Writer {
+            config: self.config.clone(),
+            mapping: self.mapping.clone(),
+        };
+        let result = tokio::task::spawn_blocking(move || {
+            let mut connection = connection
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            work(&mut connection, &writer)
+        })
+        .await
+        .map_err(|error| SinkError::Fatal {
+            sink: self.name.clone(),
+            message: format!("writer thread failed: {error}"),
+        })?;
+        result.map_err(|e| self.error(e))
+    }
+}
+
+/// What the blocking side needs to know.
+struct Writer {
+    config: SqliteSinkConfig,
+    mapping: Mapping,
+}
+
+#[async_trait]
+impl Sink for SqliteSink {
+    async fn check(&mut self) -> Result<String, SinkError> {
+        let (name, table) = (self.name.clone(), self.config.table.clone());
+        let report = self
+            .blocking(move |connection, writer| {
+                connection.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
+                let columns = table_columns(connection, &writer.config.table)?;
+                Ok((columns, writer.required_columns()))
+            })
+            .await?;
+        let (columns, required) = report;
+        if columns.is_empty() {
+            return Ok(format!(
+                "sqlite {}: table {table} will be created",
+                self.config.path.display()
+            ));
+        }
+        let missing: Vec<_> = required
+            .iter()
+            .filter(|c| !columns.contains(*c))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            return Err(SinkError::Fatal {
+                sink: name,
+                message: format!(
+                    "table {table} in {} has no column(s) {}",
+                    self.config.path.display(),
+                    missing.join(", ")
+                ),
+            });
+        }
+        Ok(format!(
+            "sqlite {}: table {table} has {} column(s)",
+            self.config.path.display(),
+            columns.len()
+        ))
+    }
+
+    async fn write(&mut self, batch: Batch) -> Result<WriteOutcome, SinkError> {
+        self.blocking(move |connection, writer| writer.write(connection, batch))
+            .await
+    }
+}
+
+impl Writer {
+    fn required_columns(&self) -> Vec<String> {
+        let mut columns: Vec<String> = self
+            .mapping
+            .columns()
+            .map(|c| c.iter().map(|c| c.column.clone()).collect())
+            .unwrap_or_default();
+        for key in &self.config.key {
+            if !columns.contains(key) {
+                columns.push(key.clone());
+            }
+        }
+        columns
+    }
+
+    fn write(
+        &self,
+        connection: &mut Connection,
+        batch: Batch,
+    ) -> Result<WriteOutcome, rusqlite::Error> {
+        let transaction =
+            connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        transaction.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {LEDGER} (target TEXT NOT NULL, unit_id TEXT NOT NULL, written INTEGER NOT NULL, \
+             failures TEXT NOT NULL, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP, PRIMARY KEY (target, unit_id))"
+        ))?;
+        let previous = transaction
+            .query_row(
+                &format!(
+                    "SELECT written, failures FROM {LEDGER} WHERE target = ?1 AND unit_id = ?2"
+                ),
+                params![self.config.table, batch.unit_id],
+                |row| Ok((row.get::<_, i64>(0)? as u64, row.get::<_, String>(1)?)),
+            )
+            .optional()?;
+        if let Some((written, failures)) = previous {
+            return Ok(WriteOutcome {
+                fresh: false,
+                written,
+                failures: serde_json::from_str(&failures).unwrap_or_default(),
+            });
+        }
+        let mut columns = self.prepare_table(&transaction, &batch.rows)?;
+        let mut failures = batch.failures;
+        let mut written = 0;
+        for (index, row) in &batch.rows {
+            self.add_missing_columns(&transaction, &mut columns, row)?;
+            transaction.execute_batch("SAVEPOINT row")?;
+            match self.insert(&transaction, row) {
+                Ok(()) => {
+                    transaction.execute_batch("RELEASE row")?;
+                    written += 1;
+                }
+                Err(error) if is_row_error(&error) => {
+                    transaction.execute_batch("ROLLBACK TO row; RELEASE row")?;
+                    failures.push(Failure {
+                        index: *index,
+                        reason: format!("sqlite refused the row: {error}"),
+                    });
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        failures.sort_by_key(|failure| failure.index);
+        let recorded = serde_json::to_string(&failures).expect("failures serialize");
+        transaction.execute(
+            &format!(
+                "INSERT INTO {LEDGER} (target, unit_id, written, failures) VALUES (?1, ?2, ?3, ?4)"
+            ),
+            params![self.config.table, batch.unit_id, written as i64, recorded],
+        )?;
+        transaction.commit()?;
+        Ok(WriteOutcome {
+            fresh: true,
+            written,
+            failures,
+        })
+    }
+
+    /// Creates the table (and the upsert key index) if needed; returns its columns.
+    fn prepare_table(
+        &self,
+        connection: &Connection,
+        rows: &[(usize, Row)],
+    ) -> Result<HashSet<String>, rusqlite::Error> {
+        let table = &self.config.table;
+        let mut columns = table_columns(connection, table)?;
+        if columns.is_empty() {
+            let definitions: Vec<String> = match self.mapping.columns() {
+                Some(mapped) => mapped
+                    .iter()
+                    .map(|c| format!("\"{}\" {}", c.column, sql_type(c.cast)))
+                    .collect(),
+                None => {
+                    let mut seen = Vec::new();
+                    for key in self
+                        .config
+                        .key
+                        .iter()
+                        .chain(rows.iter().flat_map(|(_, row)| row.keys()))
+                    {
+                        if !seen.contains(key) {
+                            seen.push(key.clone());
+                        }
+                    }
+                    seen.iter().map(|c| format!("\"{c}\"")).collect()
+                }
+            };
+            connection.execute_batch(&format!(
+                "CREATE TABLE IF NOT EXISTS \"{table}\" ({})",
+                definitions.join(", ")
+            ))?;
+            columns = table_columns(connection, table)?;
+        }
+        if self.config.mode == WriteMode::Upsert {
+            let key = quoted(&self.config.key);
+            connection.execute_batch(&format!(
+                "CREATE UNIQUE INDEX IF NOT EXISTS \"stevedore_{table}_key\" ON \"{table}\" ({key})"
+            ))?;
+        }
+        Ok(columns)
+    }
+
+    fn add_missing_columns(
+        &self,
+        connection: &Connection,
+        columns: &mut HashSet<String>,
+        row: &Row,
+    ) -> Result<(), rusqlite::Error> {
+        for key in row.keys() {
+            if !columns.contains(key) {
+                connection.execute_batch(&format!(
+                    "ALTER TABLE \"{}\" ADD COLUMN \"{}\"",
+                    self.config.table,
+                    key.replace('"', "\"\"")
+                ))?;
+                columns.insert(key.clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn insert(&self, connection: &Connection, row: &Row) -> Result<(), rusqlite::Error> {
+        let names: Vec<String> = row.keys().cloned().collect();
+        let placeholders = vec!["?"; names.len()].join(", ");
+        let mut sql = format!(
+            "INSERT INTO \"{}\" ({}) VALUES ({placeholders})",
+            self.config.table,
+            quoted(&names)
+        );
+        if self.config.mode == WriteMode::Upsert {
+            let updates: Vec<String> = names
+                .iter()
+                .filter(|n| !self.config.key.contains(n))
+                .map(|n| format!("\"{n}\" = excluded.\"{n}\""))
+                .collect();
+            let action = if updates.is_empty() {
+                "NOTHING".to_string()
+            } else {
+                format!("UPDATE SET {}", updates.join(", "))
+            };
+            sql.push_str(&format!(
+                " ON CONFLICT ({}) DO {action}",
+                quoted(&self.config.key)
+            ));
+        }
+        let mut statement = connection.prepare_cached(&sql)?;
+        statement.execute(rusqlite::params_from_iter(row.values().map(to_sql)))?;
+        Ok(())
+    }
+}
+
+fn table_columns(connection: &Connection, table: &str) -> Result<HashSet<String>, rusqlite::Error> {
+    let mut statement = connection.prepare("SELECT name FROM pragma_table_info(?1)")?;
+    let names = statement.query_map([table], |row| row.get::<_, String>(0))?;
+    names.collect()
+}
+
+fn quoted(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("\"{}\"", n.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn sql_type(cast: Option<Cast>) -> &'static str {
+    match cast {
+        Some(Cast::Integer | Cast::Boolean) => "INTEGER",
+        Some(Cast::Real) => "REAL",
+        Some(Cast::Text | Cast::Json) => "TEXT",
+        None => "",
+    }
+}
+
+fn to_sql(value: &Value) -> SqlValue {
+    match value {
+        Value::Null => SqlValue::Null,
+        Value::Bool(b) => SqlValue::Integer(i64::from(*b)),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => SqlValue::Integer(i),
+            None => SqlValue::Real(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => SqlValue::Text(s.clone()),
+        other => SqlValue::Text(other.to_string()),
+    }
+}
+
+/// Errors that concern one row's data, not the database.
+fn is_row_error(error: &rusqlite::Error) -> bool {
+    matches!(error, rusqlite::Error::SqliteFailure(e, _) if matches!(e.code, ErrorCode::ConstraintViolation | ErrorCode::TooBig | ErrorCode::TypeMismatch))
+}
+
+fn classify(sink: &str, path: &Path, error: rusqlite::Error) -> SinkError {
+    let transient = matches!(&error, rusqlite::Error::SqliteFailure(e, _)
+        if matches!(e.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::SystemIoFailure | ErrorCode::DiskFull | ErrorCode::OutOfMemory));
+    let message = format!("{}: {error}", path.display());
+    match transient {
+        true => SinkError::Transient {
+            sink: sink.to_string(),
+            message,
+        },
+        false => SinkError::Fatal {
+            sink: sink.to_string(),
+            message,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sink(dir: &Path, mode: WriteMode, key: &[&str]) -> SqliteSink {
+        let config = SqliteSinkConfig {
+            path: dir.join("out/test.db"),
+            table: "orders".into(),
+            mode,
+            key: key.iter().map(|k| k.to_string()).collect(),
+        };
+        SqliteSink::new("local", config, Mapping::passthrough())
+    }
+
+    fn batch(unit: &str, rows: &[Value]) -> Batch {
+        let rows = rows
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i, v.as_object().unwrap().clone()))
+            .collect();
+        Batch {
+            unit_id: unit.into(),
+            rows,
+            failures: vec![],
+        }
+    }
+
+    fn count(dir: &Path) -> i64 {
+        let connection = Connection::open(dir.join("out/test.db")).unwrap();
+        connection
+            .query_row("SELECT count(*) FROM orders", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn sqlite_append_unit_applied_twice_lands_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = sink(dir.path(), WriteMode::Append, &[]);
+        let rows = [json!({"id": 1, "a": "x"}), json!({"id": 2, "b": 2.5})];
+        let first = sink.write(batch("j/r/s/0.0", &rows)).await.unwrap();
+        assert_eq!((first.fresh, first.written), (true, 2));
+        let again = sink.write(batch("j/r/s/0.0", &rows)).await.unwrap();
+        assert_eq!((again.fresh, again.written), (false, 2));
+        assert_eq!(count(dir.path()), 2);
+    }
+
+    #[tokio::test]
+    async fn sqlite_upsert_replaces_by_key_across_units() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = sink(dir.path(), WriteMode::Upsert, &["id"]);
+        sink.write(batch("u/1", &[json!({"id": 1, "v": "old"})]))
+            .await
+            .unwrap();
+        sink.write(batch(
+            "u/2",
+            &[json!({"id": 1, "v": "new"}), json!({"id": 2, "v": "b"})],
+        ))
+        .await
+        .unwrap();
+        assert_eq!(count(dir.path()), 2);
+        let connection = Connection::open(dir.path().join("out/test.db")).unwrap();
+        let v: String = connection
+            .query_row("SELECT v FROM orders WHERE id = 1", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, "new");
+    }
+
+    #[tokio::test]
+    async fn sqlite_refused_row_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("out")).unwrap();
+        Connection::open(dir.path().join("out/test.db"))
+            .unwrap()
+            .execute_batch("CREATE TABLE orders (id INTEGER, name TEXT NOT NULL)")
+            .unwrap();
+        let mut sink = sink(dir.path(), WriteMode::Append, &[]);
+        let outcome = sink
+            .write(batch(
+                "u/1",
+                &[
+                    json!({"id": 1, "name": "a"}),
+                    json!({"id": 2, "name": null}),
+                    json!({"id": 3, "name": "c"}),
+                ],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(outcome.written, 2);
+        assert_eq!(outcome.failures.len(), 1);
+        assert_eq!(outcome.failures[0].index, 1);
+        assert!(
+            outcome.failures[0].reason.contains("NOT NULL"),
+            "{}",
+            outcome.failures[0].reason
+        );
+        assert_eq!(count(dir.path()), 2);
+        let again = sink.write(batch("u/1", &[])).await.unwrap();
+        assert_eq!(
+            again.failures, outcome.failures,
+            "the ledger remembers failures for redeliveries"
+        );
+    }
+
+    #[tokio::test]
+    async fn sqlite_check_names_missing_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("out")).unwrap();
+        Connection::open(dir.path().join("out/test.db"))
+            .unwrap()
+            .execute_batch("CREATE TABLE orders (name TEXT)")
+            .unwrap();
+        let mut sink = sink(dir.path(), WriteMode::Upsert, &["id"]);
+        let error = sink.check().await.unwrap_err().to_string();
+        assert!(error.contains("no column(s) id"), "{error}");
+    }
+}

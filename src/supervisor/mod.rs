@@ -1,0 +1,490 @@
+//! The supervisor: plans a run, starts worker processes (and a managed Redis), watches them,
+//! and ends with a summary.
+//!
+//! It restarts a worker that exits or stops beating, with exponential backoff, and fails the
+//! run when one crash-loops. On SIGINT/SIGTERM it asks workers to stop (they finish or release
+//! their in-flight units) and still reports; a second signal kills them at once. Either way the
+//! run stays resumable: the next `stevedore run` continues it. The supervisor never touches a
+//! sink: it knows processes, Redis and counts.
+
+mod managed_redis;
+mod progress;
+pub mod summary;
+pub mod workers;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config::{JobConfig, RedisConfig, SinkKind};
+use crate::queue::{LinkError, Queues, RedisLink, SinkQueues};
+use crate::run_state::{RunState, WorkItem, new_run_id, now_ms};
+use crate::source::{self, SourceError};
+use crate::unit::DataUnit;
+use crate::worker::{EXIT_INTERRUPTED, Role};
+
+pub use managed_redis::{ManagedRedis, free_port};
+pub use summary::{Status, Summary};
+use workers::{Launcher, State, WorkerProcess, log_tail, signal as send_signal};
+
+/// How often the supervisor looks at its workers.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Why the supervisor could not run a job.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// A source could not be planned (e.g. its glob matches nothing): a config problem.
+    #[error(transparent)]
+    Plan(#[from] SourceError),
+    /// The managed Redis could not be started.
+    #[error("managed redis: {0}")]
+    Redis(String),
+    /// Redis was unreachable.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// Local files or processes failed.
+    #[error("{0}")]
+    Local(String),
+}
+
+impl SupervisorError {
+    /// True when the user's config is at fault (exit code 2).
+    pub fn is_config_error(&self) -> bool {
+        matches!(self, SupervisorError::Plan(_))
+    }
+}
+
+/// How `run` was invoked.
+pub struct RunOptions {
+    /// The config file, passed on to workers.
+    pub config_path: PathBuf,
+    /// Worker log format, `text` or `json`.
+    pub log_format: String,
+}
+
+/// Lists every source's work items, before anything starts.
+pub fn plan_sources(config: &JobConfig) -> Result<Vec<WorkItem>, SourceError> {
+    let mut items = Vec::new();
+    for source_config in &config.sources {
+        items.extend(source::from_config(source_config).plan(config.queue.unit_records)?);
+    }
+    Ok(items)
+}
+
+/// Runs the job once, to completion, failure or interruption.
+pub async fn run_once(config: JobConfig, options: RunOptions) -> Result<Summary, SupervisorError> {
+    let started = Instant::now();
+    let mut interrupts =
+        signal(SignalKind::interrupt()).map_err(|e| SupervisorError::Local(e.to_string()))?;
+    let mut terminations =
+        signal(SignalKind::terminate()).map_err(|e| SupervisorError::Local(e.to_string()))?;
+    let items = plan_sources(&config)?;
+    let mut managed = match &config.redis {
+        RedisConfig::Managed {
+            data_dir,
+            server_bin,
+        } => Some(ManagedRedis::start(server_bin, data_dir).await?),
+        RedisConfig::External { .. } => None,
+    };
+    let redis_url = match (&managed, &config.redis) {
+        (Some(managed), _) => managed.url(),
+        (None, RedisConfig::External { url }) => url.clone(),
+        (None, RedisConfig::Managed { .. }) => unreachable!("a managed redis was started above"),
+    };
+    let result = supervise(
+        &config,
+        &options,
+        &redis_url,
+        items,
+        managed.as_mut(),
+        &mut interrupts,
+        &mut terminations,
+    )
+    .await;
+    if let Some(managed) = managed {
+        managed.stop().await;
+    }
+    let mut summary = result?;
+    summary.duration_s = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+async fn supervise(
+    config: &JobConfig,
+    options: &RunOptions,
+    redis_url: &str,
+    items: Vec<WorkItem>,
+    mut managed: Option<&mut ManagedRedis>,
+    interrupts: &mut tokio::signal::unix::Signal,
+    terminations: &mut tokio::signal::unix::Signal,
+) -> Result<Summary, SupervisorError> {
+    let link = Arc::new(RedisLink::new(redis_url)?);
+    let queues = Queues::new(link.clone());
+    for sink in &config.sinks {
+        let names = SinkQueues::new(&config.job.name, &sink.name);
+        queues
+            .ensure(&names.units, config.queue.visibility_timeout)
+            .await?;
+        queues
+            .ensure(&names.dead, config.queue.visibility_timeout)
+            .await?;
+    }
+    let (state, resumed) = RunState::begin(link, &config.job.name, &new_run_id()).await?;
+    if resumed {
+        let released = state.release_held_items().await?;
+        tracing::info!(
+            run = state.run_id(),
+            released,
+            "resuming the unfinished run"
+        );
+    }
+    state.plan(&items).await?;
+
+    let log_dir = config.job.data_dir.join("logs").join(state.run_id());
+    std::fs::create_dir_all(&log_dir)
+        .map_err(|e| SupervisorError::Local(format!("cannot create {}: {e}", log_dir.display())))?;
+    let launcher = Launcher {
+        exe: std::env::current_exe()
+            .map_err(|e| SupervisorError::Local(format!("cannot find this executable: {e}")))?,
+        config_path: options
+            .config_path
+            .canonicalize()
+            .unwrap_or_else(|_| options.config_path.clone()),
+        run: state.run_id().to_string(),
+        redis_url: redis_url.to_string(),
+        log_dir: log_dir.clone(),
+        log_format: options.log_format.clone(),
+    };
+    tracing::info!(run = state.run_id(), logs = %log_dir.display(), "starting workers");
+    let mut workers = Vec::new();
+    for (role, count) in [
+        (Role::Producer, config.workers.producers),
+        (Role::Consumer, config.workers.consumers),
+    ] {
+        for id in 1..=count {
+            let child = launcher.spawn(role, id).map_err(|e| {
+                SupervisorError::Local(format!("cannot start {} {id}: {e}", role.as_str()))
+            })?;
+            workers.push(WorkerProcess::new(role, id, child));
+        }
+    }
+
+    let mut monitor = Monitor {
+        config,
+        state: &state,
+        launcher: &launcher,
+        workers,
+        stopping: None,
+        stop_deadline: None,
+        drained: false,
+    };
+    let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
+    let display = progress::ProgressLine::new();
+    let mut tick = tokio::time::interval(TICK);
+    while !monitor.all_exited() {
+        tokio::select! {
+            _ = interrupts.recv() => monitor.on_signal("SIGINT"),
+            _ = terminations.recv() => monitor.on_signal("SIGTERM"),
+            _ = tick.tick() => {}
+        }
+        if let Some(managed) = managed.as_deref_mut()
+            && let Err(error) = managed.revive().await
+        {
+            monitor.stop(error.to_string());
+        }
+        monitor.reap();
+        monitor.restart_due();
+        monitor.check_heartbeats().await;
+        monitor.drain_when_produced().await;
+        if let Ok(progress) = state.progress().await {
+            display.update(&progress, &sink_names);
+        }
+    }
+    display.finish();
+    let worker_summaries = monitor
+        .workers
+        .iter()
+        .map(|w| summary::WorkerSummary {
+            role: w.role,
+            id: w.id,
+            pid: w.pid,
+            restarts: w.restarts,
+        })
+        .collect();
+    let reason = monitor.stopping.clone();
+    summarize(
+        config,
+        &queues,
+        &state,
+        resumed,
+        reason,
+        worker_summaries,
+        &log_dir,
+    )
+    .await
+}
+
+/// The supervisor's view of its workers during a run.
+struct Monitor<'a> {
+    config: &'a JobConfig,
+    state: &'a RunState,
+    launcher: &'a Launcher,
+    workers: Vec<WorkerProcess>,
+    stopping: Option<String>,
+    stop_deadline: Option<Instant>,
+    drained: bool,
+}
+
+impl Monitor<'_> {
+    fn all_exited(&self) -> bool {
+        self.workers.iter().all(WorkerProcess::has_exited)
+    }
+
+    fn on_signal(&mut self, name: &str) {
+        if self.stopping.is_some() {
+            eprintln!(
+                "stevedore: second {name}: killing workers now (in-flight units are redelivered later)"
+            );
+            self.signal_all(libc::SIGKILL);
+        } else {
+            eprintln!(
+                "stevedore: {name}: stopping workers; in-flight units finish or return to the queue (again to kill now)"
+            );
+            self.stop(format!(
+                "interrupted by {name}; run `stevedore run` again to resume"
+            ));
+        }
+    }
+
+    /// Asks every worker to stop, and gives them until the visibility timeout (plus a margin).
+    fn stop(&mut self, reason: String) {
+        if self.stopping.is_none() {
+            tracing::warn!(%reason, "stopping the run");
+            self.stopping = Some(reason);
+            self.stop_deadline = Some(
+                Instant::now() + self.config.queue.visibility_timeout + Duration::from_secs(10),
+            );
+        }
+        for worker in &mut self.workers {
+            if matches!(worker.state, State::Waiting(_)) {
+                worker.state = State::Exited(EXIT_INTERRUPTED);
+            }
+        }
+        self.signal_all(libc::SIGTERM);
+    }
+
+    fn signal_all(&self, signal: i32) {
+        for worker in &self.workers {
+            if matches!(worker.state, State::Running(_)) {
+                send_signal(worker.pid, signal);
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        if self
+            .stop_deadline
+            .is_some_and(|deadline| Instant::now() > deadline)
+        {
+            self.signal_all(libc::SIGKILL);
+        }
+        let mut crash_loop = None;
+        for worker in &mut self.workers {
+            let State::Running(child) = &mut worker.state else {
+                continue;
+            };
+            let Ok(Some(status)) = child.try_wait() else {
+                continue;
+            };
+            let code = status.code();
+            if code == Some(0) || self.stopping.is_some() {
+                worker.state = State::Exited(code.unwrap_or(-1));
+                continue;
+            }
+            tracing::warn!(worker = %worker.name(), %status, "worker exited; restarting it");
+            if !worker.schedule_restart(
+                self.config.workers.max_restarts,
+                self.config.workers.restart_window,
+            ) {
+                let log = self.launcher.log_path(worker.role, worker.id);
+                crash_loop = Some(format!(
+                    "{} crashed more than {} times within {}; last lines of {}:\n{}",
+                    worker.name(),
+                    self.config.workers.max_restarts,
+                    humantime::format_duration(self.config.workers.restart_window),
+                    log.display(),
+                    log_tail(&log, 5)
+                ));
+                worker.state = State::Exited(code.unwrap_or(-1));
+            }
+        }
+        if let Some(reason) = crash_loop {
+            self.stop(reason);
+        }
+    }
+
+    fn restart_due(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let mut failure = None;
+        for worker in &mut self.workers {
+            let State::Waiting(at) = worker.state else {
+                continue;
+            };
+            if Instant::now() < at {
+                continue;
+            }
+            match self.launcher.spawn(worker.role, worker.id) {
+                Ok(child) => worker.restarted(child),
+                Err(error) => failure = Some(format!("cannot restart {}: {error}", worker.name())),
+            }
+        }
+        if let Some(reason) = failure {
+            self.stop(reason);
+        }
+    }
+
+    /// Kills (for restart) any worker whose heartbeat is older than the timeout.
+    async fn check_heartbeats(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let Ok(beats) = self.state.heartbeats().await else {
+            return;
+        };
+        let timeout = self.config.workers.heartbeat_timeout;
+        let now = now_ms();
+        for worker in &self.workers {
+            if !matches!(worker.state, State::Running(_)) || worker.started.elapsed() < timeout {
+                continue;
+            }
+            let silent_for = match beats.get(&worker.name()) {
+                Some(beat) if beat.pid == worker.pid => {
+                    Duration::from_millis(now.saturating_sub(beat.at_ms))
+                }
+                _ => worker.started.elapsed(),
+            };
+            if silent_for > timeout {
+                tracing::warn!(worker = %worker.name(), ?silent_for, "no heartbeat; killing the worker to restart it");
+                send_signal(worker.pid, libc::SIGKILL);
+            }
+        }
+    }
+
+    /// Once every producer is done and no work item is left, tells consumers to finish.
+    async fn drain_when_produced(&mut self) {
+        if self.drained || self.stopping.is_some() {
+            return;
+        }
+        let producers_done = self
+            .workers
+            .iter()
+            .filter(|w| w.role == Role::Producer)
+            .all(|w| matches!(w.state, State::Exited(0)));
+        if !producers_done {
+            return;
+        }
+        match self.state.unfinished_items().await {
+            Ok(0) => match self.state.set_drain().await {
+                Ok(()) => self.drained = true,
+                Err(error) => tracing::warn!(%error, "cannot set the drain flag yet"),
+            },
+            Ok(left) => self.stop(format!(
+                "producers finished but {left} work item(s) were left unprocessed"
+            )),
+            Err(error) => tracing::warn!(%error, "cannot count work items yet"),
+        }
+    }
+}
+
+async fn summarize(
+    config: &JobConfig,
+    queues: &Queues,
+    state: &RunState,
+    resumed: bool,
+    mut reason: Option<String>,
+    workers: Vec<summary::WorkerSummary>,
+    log_dir: &std::path::Path,
+) -> Result<Summary, SupervisorError> {
+    let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
+    for sink in &config.sinks {
+        count_dead_units(config, queues, state, &sink.name).await?;
+    }
+    let totals = state.totals(&sink_names).await?;
+    let mut sinks = BTreeMap::new();
+    for sink in &config.sinks {
+        let written = totals.written.get(&sink.name).copied().unwrap_or(0);
+        let dead_lettered = totals.dead.get(&sink.name).copied().unwrap_or(0);
+        if reason.is_none() && written + dead_lettered != totals.read {
+            reason = Some(format!(
+                "sink {}: {written} written + {dead_lettered} dead-lettered does not add up to {} read",
+                sink.name, totals.read
+            ));
+        }
+        let kind = match &sink.kind {
+            SinkKind::Sqlite(_) => "sqlite",
+            SinkKind::Blackhole => "blackhole",
+        };
+        let dead_letter_queue = SinkQueues::new(&config.job.name, &sink.name).dead;
+        sinks.insert(
+            sink.name.clone(),
+            summary::SinkSummary {
+                kind: kind.to_string(),
+                written,
+                dead_lettered,
+                dead_letter_queue,
+            },
+        );
+    }
+    let status = match &reason {
+        Some(_) => Status::Failed,
+        None if sinks.values().any(|s| s.dead_lettered > 0) => Status::DeadLetters,
+        None => Status::Ok,
+    };
+    if status != Status::Failed {
+        state.finish().await?;
+    }
+    Ok(Summary {
+        job: config.job.name.clone(),
+        run: state.run_id().to_string(),
+        resumed,
+        status,
+        reason,
+        records_read: totals.read,
+        sinks,
+        workers,
+        duration_s: 0.0,
+        log_dir: log_dir.display().to_string(),
+    })
+}
+
+/// Counts units of this run that the queue moved whole to the dead-letter queue (delivered
+/// `max_receives` times without success), unless they were written after all.
+async fn count_dead_units(
+    config: &JobConfig,
+    queues: &Queues,
+    state: &RunState,
+    sink: &str,
+) -> Result<(), SupervisorError> {
+    let prefix = format!("{}/{}/", config.job.name, state.run_id());
+    let written = state.written_units(sink).await?;
+    for message in queues
+        .read_all(&SinkQueues::new(&config.job.name, sink).dead)
+        .await?
+    {
+        if let Ok(unit) = DataUnit::decode(&message.body)
+            && unit.id.starts_with(&prefix)
+            && !written.contains_key(&unit.id)
+        {
+            tracing::warn!(unit = %unit.id, sink, "unit was dead-lettered whole after repeated failed deliveries");
+            state
+                .record_dead_unit(sink, &unit.id, unit.input_count())
+                .await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! Worker processes: how they are started (re-executing this binary with the hidden `worker`
+//! subcommand), where their output goes, and when a dead one is restarted.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+use crate::worker::Role;
+
+/// Everything needed to start a worker of this run.
+pub struct Launcher {
+    /// This binary.
+    pub exe: PathBuf,
+    /// The job config file, as the supervisor read it.
+    pub config_path: PathBuf,
+    /// The run id.
+    pub run: String,
+    /// The Redis URL workers connect to.
+    pub redis_url: String,
+    /// Where worker logs go.
+    pub log_dir: PathBuf,
+    /// `text` or `json`.
+    pub log_format: String,
+}
+
+impl Launcher {
+    /// Starts worker `role` number `id`, appending its output to its log file.
+    pub fn spawn(&self, role: Role, id: u32) -> std::io::Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(role, id))?;
+        let mut command = Command::new(&self.exe);
+        command
+            .arg("worker")
+            .arg(role.as_str())
+            .args([
+                "--id",
+                &id.to_string(),
+                "--run",
+                &self.run,
+                "--redis",
+                &self.redis_url,
+                "--log-format",
+                &self.log_format,
+            ])
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        detach_from_terminal(&mut command);
+        command.spawn()
+    }
+
+    /// The log file of worker `role` number `id`.
+    pub fn log_path(&self, role: Role, id: u32) -> PathBuf {
+        self.log_dir.join(format!("{}-{id}.log", role.as_str()))
+    }
+}
+
+/// Puts a child in its own process group (a terminal's Ctrl-C reaches only the supervisor,
+/// which then stops children in order) and has the kernel send it SIGTERM if the supervisor dies.
+pub fn detach_from_terminal(command: &mut Command) {
+    command.process_group(0);
+    // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+}
+
+/// Sends `signal` to process `pid`.
+pub fn signal(pid: u32, signal: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid as i32, signal);
+    }
+}
+
+/// Where a worker is in its life.
+pub enum State {
+    /// Running as this child.
+    Running(Child),
+    /// Died; to be started again at this instant.
+    Waiting(Instant),
+    /// Finished its work (or stopped on request) and will not be restarted.
+    Exited(i32),
+}
+
+/// One supervised worker.
+pub struct WorkerProcess {
+    /// Its role.
+    pub role: Role,
+    /// Its number within the role.
+    pub id: u32,
+    /// Its current state.
+    pub state: State,
+    /// Its latest process id.
+    pub pid: u32,
+    /// When its current process started.
+    pub started: Instant,
+    /// Restarts so far.
+    pub restarts: u32,
+    recent_restarts: VecDeque<Instant>,
+}
+
+impl WorkerProcess {
+    /// A worker that has just been started as `child`.
+    pub fn new(role: Role, id: u32, child: Child) -> WorkerProcess {
+        let pid = child.id().unwrap_or(0);
+        WorkerProcess {
+            role,
+            id,
+            state: State::Running(child),
+            pid,
+            started: Instant::now(),
+            restarts: 0,
+            recent_restarts: VecDeque::new(),
+        }
+    }
+
+    /// `producer-1`, `consumer-2`: the name in logs and heartbeats.
+    pub fn name(&self) -> String {
+        format!("{}-{}", self.role.as_str(), self.id)
+    }
+
+    /// Schedules a restart with exponential backoff. Returns false when the worker restarted
+    /// more than `max_restarts` times within `window`: a crash loop.
+    pub fn schedule_restart(&mut self, max_restarts: u32, window: Duration) -> bool {
+        let now = Instant::now();
+        while self
+            .recent_restarts
+            .front()
+            .is_some_and(|at| now.duration_since(*at) > window)
+        {
+            self.recent_restarts.pop_front();
+        }
+        if self.recent_restarts.len() >= max_restarts as usize {
+            return false;
+        }
+        let backoff = Duration::from_millis(100) * 2u32.pow(self.recent_restarts.len() as u32);
+        self.recent_restarts.push_back(now);
+        self.state = State::Waiting(now + backoff.min(Duration::from_secs(10)));
+        true
+    }
+
+    /// Replaces the process after a restart.
+    pub fn restarted(&mut self, child: Child) {
+        self.pid = child.id().unwrap_or(0);
+        self.started = Instant::now();
+        self.restarts += 1;
+        self.state = State::Running(child);
+    }
+
+    /// True once the worker finished and will not run again.
+    pub fn has_exited(&self) -> bool {
+        matches!(self.state, State::Exited(_))
+    }
+}
+
+/// The last `lines` lines of a log, to show why a worker failed.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

@@ -1,0 +1,242 @@
+//! The data unit: a batch of records that crosses the queue, its deterministic id, and its
+//! wire encoding.
+//!
+//! The envelope is plain JSON so a producer in any language can write units:
+//!
+//! ```json
+//! {"v":1,"id":"demo/20261122T153000Z/orders/0.3","source":"orders","origin":"data/orders-1.jsonl",
+//!  "first_line":1501,"last_line":2000,"count":500,"records":[{"id":1}, ...],
+//!  "rejects":[{"line":1733,"raw":"{oops","reason":"invalid JSON: ..."}]}
+//! ```
+//!
+//! When the records' JSON is larger than a threshold it is zstd-compressed and base64-encoded
+//! into `records_zstd` instead of `records`. `rejects` carries source lines that could not be
+//! parsed, so that each sink dead-letters them with their reason.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+/// Version of the envelope format this build writes and reads.
+pub const WIRE_VERSION: u32 = 1;
+
+/// A batch of records read from one place in one source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataUnit {
+    /// Deterministic id `job/run/source/item.chunk`: the same input always yields the same id,
+    /// which is what makes redelivered and re-produced units idempotent at the sinks.
+    pub id: String,
+    /// The source's name.
+    pub source: String,
+    /// Where the records came from: a file path, or `generator`.
+    pub origin: String,
+    /// First source line (or record number) in this unit, 1-based.
+    pub first_line: u64,
+    /// Last source line (or record number) in this unit.
+    pub last_line: u64,
+    /// The records, JSON objects.
+    pub records: Vec<Value>,
+    /// Source lines that could not be parsed into records.
+    pub rejects: Vec<Reject>,
+}
+
+/// A piece of input that never became a record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reject {
+    /// Line (or record number) in the origin.
+    pub line: u64,
+    /// The raw text, as read.
+    pub raw: String,
+    /// Why it was rejected.
+    pub reason: String,
+}
+
+/// Builds the deterministic unit id for chunk `chunk` of work item `item` of a source.
+pub fn unit_id(job: &str, run: &str, source: &str, item: u64, chunk: u64) -> String {
+    format!("{job}/{run}/{source}/{item}.{chunk}")
+}
+
+/// Why bytes from the queue are not a unit this build can read.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Not a JSON envelope.
+    #[error("unit envelope is not valid JSON: {0}")]
+    Envelope(serde_json::Error),
+    /// Written by a newer format.
+    #[error("unit envelope version {0} is not supported (this build reads version {WIRE_VERSION})")]
+    Version(u32),
+    /// Neither `records` nor `records_zstd`.
+    #[error("unit envelope has neither `records` nor `records_zstd`")]
+    NoRecords,
+    /// `records_zstd` is not base64.
+    #[error("records_zstd is not valid base64: {0}")]
+    Base64(base64::DecodeError),
+    /// `records_zstd` does not decompress.
+    #[error("records_zstd does not decompress: {0}")]
+    Zstd(std::io::Error),
+    /// The records are not a JSON array.
+    #[error("unit records are not a JSON array: {0}")]
+    Records(serde_json::Error),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope<'a> {
+    v: u32,
+    id: &'a str,
+    source: &'a str,
+    origin: &'a str,
+    first_line: u64,
+    last_line: u64,
+    count: usize,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    records: Option<&'a RawValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    records_zstd: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    rejects: Vec<Reject>,
+}
+
+impl DataUnit {
+    /// Number of input records this unit stands for, rejects included.
+    pub fn input_count(&self) -> u64 {
+        (self.records.len() + self.rejects.len()) as u64
+    }
+
+    /// Encodes the unit; records larger than `compress_above` bytes are compressed.
+    pub fn encode(&self, compress_above: usize) -> Vec<u8> {
+        let records = serde_json::to_string(&self.records).expect("JSON values always serialize");
+        let (inline, compressed) = if records.len() > compress_above {
+            let packed = zstd::bulk::compress(records.as_bytes(), 1)
+                .expect("in-memory zstd compression does not fail");
+            (None, Some(BASE64.encode(packed)))
+        } else {
+            (
+                Some(RawValue::from_string(records).expect("serde_json output is valid JSON")),
+                None,
+            )
+        };
+        let envelope = Envelope {
+            v: WIRE_VERSION,
+            id: &self.id,
+            source: &self.source,
+            origin: &self.origin,
+            first_line: self.first_line,
+            last_line: self.last_line,
+            count: self.records.len(),
+            records: inline.as_deref(),
+            records_zstd: compressed,
+            rejects: self.rejects.clone(),
+        };
+        serde_json::to_vec(&envelope).expect("envelope always serializes")
+    }
+
+    /// Decodes a unit from its wire bytes.
+    pub fn decode(bytes: &[u8]) -> Result<DataUnit, DecodeError> {
+        let envelope: Envelope = serde_json::from_slice(bytes).map_err(DecodeError::Envelope)?;
+        if envelope.v != WIRE_VERSION {
+            return Err(DecodeError::Version(envelope.v));
+        }
+        let records: Vec<Value> = match (envelope.records, &envelope.records_zstd) {
+            (Some(raw), _) => serde_json::from_str(raw.get()).map_err(DecodeError::Records)?,
+            (None, Some(packed)) => {
+                let packed = BASE64.decode(packed).map_err(DecodeError::Base64)?;
+                let json =
+                    zstd::stream::decode_all(packed.as_slice()).map_err(DecodeError::Zstd)?;
+                serde_json::from_slice(&json).map_err(DecodeError::Records)?
+            }
+            (None, None) => return Err(DecodeError::NoRecords),
+        };
+        Ok(DataUnit {
+            id: envelope.id.to_string(),
+            source: envelope.source.to_string(),
+            origin: envelope.origin.to_string(),
+            first_line: envelope.first_line,
+            last_line: envelope.last_line,
+            records,
+            rejects: envelope.rejects,
+        })
+    }
+
+    /// Reads just the id of an encoded unit, for dead letters whose body cannot be decoded whole.
+    pub fn peek_id(bytes: &[u8]) -> Option<String> {
+        #[derive(Deserialize)]
+        struct IdOnly {
+            id: String,
+        }
+        serde_json::from_slice::<IdOnly>(bytes)
+            .ok()
+            .map(|unit| unit.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sample(records: usize) -> DataUnit {
+        DataUnit {
+            id: unit_id("demo", "r1", "orders", 2, 17),
+            source: "orders".into(),
+            origin: "data/orders-1.jsonl".into(),
+            first_line: 1,
+            last_line: records as u64 + 1,
+            records: (0..records)
+                .map(|i| json!({"id": i, "note": "ünïcode ✓", "total": i as f64 * 1.5}))
+                .collect(),
+            rejects: vec![Reject {
+                line: 3,
+                raw: "{oops".into(),
+                reason: "invalid JSON".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn unit_codec_round_trips_inline_and_compressed() {
+        let unit = sample(50);
+        let inline = unit.encode(usize::MAX);
+        assert!(String::from_utf8_lossy(&inline).contains("\"records\":["));
+        assert_eq!(DataUnit::decode(&inline).unwrap(), unit);
+        let packed = unit.encode(0);
+        assert!(String::from_utf8_lossy(&packed).contains("\"records_zstd\":"));
+        assert!(
+            packed.len() < inline.len(),
+            "compression should shrink repetitive records"
+        );
+        assert_eq!(DataUnit::decode(&packed).unwrap(), unit);
+    }
+
+    #[test]
+    fn unit_codec_reads_a_hand_written_envelope() {
+        let text = r#"{"v":1,"id":"j/r/s/0.0","source":"s","origin":"x","first_line":1,"last_line":2,"count":2,"records":[{"a":1},{"a":2}]}"#;
+        let unit = DataUnit::decode(text.as_bytes()).unwrap();
+        assert_eq!(unit.records, vec![json!({"a":1}), json!({"a":2})]);
+        assert!(unit.rejects.is_empty());
+        assert_eq!(
+            DataUnit::peek_id(text.as_bytes()).as_deref(),
+            Some("j/r/s/0.0")
+        );
+    }
+
+    #[test]
+    fn unit_codec_rejects_bad_envelopes_with_reasons() {
+        assert!(matches!(
+            DataUnit::decode(b"not json"),
+            Err(DecodeError::Envelope(_))
+        ));
+        let future = r#"{"v":9,"id":"a","source":"s","origin":"x","first_line":1,"last_line":1,"count":0,"records":[]}"#;
+        assert!(matches!(
+            DataUnit::decode(future.as_bytes()),
+            Err(DecodeError::Version(9))
+        ));
+        let empty =
+            r#"{"v":1,"id":"a","source":"s","origin":"x","first_line":1,"last_line":1,"count":0}"#;
+        assert!(matches!(
+            DataUnit::decode(empty.as_bytes()),
+            Err(DecodeError::NoRecords)
+        ));
+    }
+}

@@ -1,0 +1,246 @@
+//! The consumer loop, one task per sink: receive a unit, map its records, write them, send
+//! what failed to the dead-letter queue with reasons, record the counts, acknowledge.
+//!
+//! Each step is safe to repeat: a unit already recorded is only acknowledged; a unit already
+//! written is recognised by the sink's ledger; counts are stored per unit id. So a consumer may
+//! die anywhere and its unit, redelivered after the visibility timeout, lands exactly once.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::{Finish, WorkerContext, WorkerError};
+use crate::config::SinkConfig;
+use crate::queue::{Delivery, SinkQueues};
+use crate::run_state::now_ms;
+use crate::sink::{self, Batch, Failure, Sink, WriteOutcome};
+use crate::unit::DataUnit;
+
+/// How long an idle consumer waits before polling an empty queue again, at most.
+const MAX_IDLE_WAIT: Duration = Duration::from_millis(200);
+
+/// Attempts at a transient sink error within one delivery before the unit is released.
+const WRITE_ATTEMPTS: u32 = 3;
+
+/// Runs consumer `context.id`: one task per sink, until every queue is drained or shutdown.
+pub async fn run_consumer(context: WorkerContext) -> Result<Finish, WorkerError> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for sink_config in context.config.sinks.clone() {
+        let context = context.clone();
+        tasks.spawn(async move { consume_sink(context, sink_config).await });
+    }
+    let mut finish = Finish::Done;
+    while let Some(result) = tasks.join_next().await {
+        match result.expect("consumer tasks do not panic") {
+            Ok(Finish::Done) => {}
+            Ok(Finish::Interrupted) => finish = Finish::Interrupted,
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(finish)
+}
+
+async fn consume_sink(context: WorkerContext, config: SinkConfig) -> Result<Finish, WorkerError> {
+    let queues = SinkQueues::new(&context.config.job.name, &config.name);
+    let mut sink = sink::from_config(&config);
+    let mut shutdown = context.shutdown.clone();
+    let (visibility, max_receives) = (
+        context.config.queue.visibility_timeout,
+        context.config.queue.max_receives,
+    );
+    let mut idle = Duration::from_millis(5);
+    loop {
+        if shutdown.is_set() {
+            return Ok(Finish::Interrupted);
+        }
+        let Some(delivery) = context
+            .queues
+            .receive(&queues.units, &queues.dead, visibility, max_receives)
+            .await?
+        else {
+            if context.state.draining().await? && context.queues.depth(&queues.units).await? == 0 {
+                return Ok(Finish::Done);
+            }
+            shutdown.sleep(idle).await;
+            idle = (idle * 2).min(MAX_IDLE_WAIT);
+            continue;
+        };
+        idle = Duration::from_millis(5);
+        handle(&context, &config, &queues, sink.as_mut(), delivery).await?;
+    }
+}
+
+async fn handle(
+    context: &WorkerContext,
+    config: &SinkConfig,
+    queues: &SinkQueues,
+    sink: &mut dyn Sink,
+    delivery: Delivery,
+) -> Result<(), WorkerError> {
+    let unit = match DataUnit::decode(&delivery.body) {
+        Ok(unit) => unit,
+        Err(error) => {
+            let id = DataUnit::peek_id(&delivery.body).unwrap_or_else(|| "?".into());
+            tracing::error!(sink = %config.name, unit = %id, %error, "undecodable unit moved to the dead-letter queue");
+            context
+                .queues
+                .move_message(&queues.units, &delivery.message_id, &queues.dead)
+                .await?;
+            return Ok(());
+        }
+    };
+    let span = tracing::info_span!("unit", id = %unit.id, sink = %config.name, receives = delivery.receives);
+    let _entered = span.enter();
+    if context.state.is_recorded(&config.name, &unit.id).await? {
+        tracing::debug!("already recorded; acknowledging");
+        return Ok(context
+            .queues
+            .ack(&queues.units, &delivery.message_id)
+            .await?);
+    }
+    let batch = map_unit(config, &unit);
+    let outcome = {
+        let keep_hidden = keep_hidden(context, queues, &delivery.message_id);
+        let outcome = write_with_retries(sink, batch).await;
+        keep_hidden.abort();
+        outcome
+    };
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(error) if error.is_transient() => {
+            let retry_in = Duration::from_secs(1 << delivery.receives.min(5));
+            tracing::warn!(%error, ?retry_in, "write failed; releasing the unit for a later attempt");
+            context
+                .queues
+                .extend(&queues.units, &delivery.message_id, retry_in)
+                .await?;
+            return Ok(());
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let dead_letters: Vec<Vec<u8>> = outcome
+        .failures
+        .iter()
+        .map(|failure| dead_letter(&config.name, &unit, failure))
+        .collect();
+    context
+        .queues
+        .send_batch(&queues.dead, &dead_letters)
+        .await?;
+    let WriteOutcome {
+        fresh,
+        written,
+        failures,
+    } = outcome;
+    context
+        .state
+        .record_unit(
+            &config.name,
+            &unit.id,
+            written,
+            failures.len() as u64,
+            fresh,
+        )
+        .await?;
+    context
+        .queues
+        .ack(&queues.units, &delivery.message_id)
+        .await?;
+    tracing::debug!(written, dead = failures.len(), fresh, "unit done");
+    Ok(())
+}
+
+/// Maps every record of `unit` for the sink; records that do not map and rejected lines
+/// become failures with their reasons.
+fn map_unit(config: &SinkConfig, unit: &DataUnit) -> Batch {
+    let mut rows = Vec::with_capacity(unit.records.len());
+    let mut failures = Vec::new();
+    for (index, record) in unit.records.iter().enumerate() {
+        match config.map.apply(record.clone()) {
+            Ok(row) => rows.push((index, row)),
+            Err(error) => failures.push(Failure {
+                index,
+                reason: error.to_string(),
+            }),
+        }
+    }
+    for (offset, reject) in unit.rejects.iter().enumerate() {
+        failures.push(Failure {
+            index: unit.records.len() + offset,
+            reason: reject.reason.clone(),
+        });
+    }
+    Batch {
+        unit_id: unit.id.clone(),
+        rows,
+        failures,
+    }
+}
+
+async fn write_with_retries(
+    sink: &mut dyn Sink,
+    batch: Batch,
+) -> Result<WriteOutcome, sink::SinkError> {
+    let mut attempt = 1;
+    loop {
+        match sink.write(batch.clone()).await {
+            Err(error) if error.is_transient() && attempt < WRITE_ATTEMPTS => {
+                tracing::warn!(%error, attempt, "transient write error; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Extends the unit's visibility every half timeout while it is being written.
+fn keep_hidden(
+    context: &WorkerContext,
+    queues: &SinkQueues,
+    message_id: &str,
+) -> tokio::task::JoinHandle<()> {
+    let (queues_api, queue, message_id) = (
+        context.queues.clone(),
+        queues.units.clone(),
+        message_id.to_string(),
+    );
+    let visibility = context.config.queue.visibility_timeout;
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(visibility / 2).await;
+            if let Err(error) = queues_api.extend(&queue, &message_id, visibility).await {
+                tracing::warn!(%error, "could not extend the unit's visibility");
+            }
+        }
+    })
+}
+
+/// The dead-letter message for one failed entry of a unit: where it came from, why it failed,
+/// and the record (or raw line) itself, so it can be fixed and replayed.
+fn dead_letter(sink: &str, unit: &DataUnit, failure: &Failure) -> Vec<u8> {
+    let mut context = json!({
+        "id": format!("{}#{}", unit.id, failure.index),
+        "sink": sink,
+        "unit": unit.id,
+        "source": unit.source,
+        "origin": unit.origin,
+        "index": failure.index,
+        "reason": failure.reason,
+        "at_ms": now_ms(),
+    });
+    let mut message = json!({});
+    match unit.records.get(failure.index) {
+        Some(record) => {
+            context["lines"] = Value::String(format!("{}-{}", unit.first_line, unit.last_line));
+            message["record"] = record.clone();
+        }
+        None => {
+            let reject = &unit.rejects[failure.index - unit.records.len()];
+            context["line"] = Value::from(reject.line);
+            message["raw"] = Value::String(reject.raw.clone());
+        }
+    }
+    message["dead_letter"] = context;
+    serde_json::to_vec(&message).expect("dead letters serialize")
+}

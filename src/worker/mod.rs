@@ -1,0 +1,126 @@
+//! The two loops that run inside worker processes, and what they share: the job config, the
+//! Redis link, the run's state, a heartbeat and a shutdown signal.
+
+mod consumer;
+mod producer;
+pub mod shutdown;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::JobConfig;
+use crate::queue::{LinkError, Queues, RedisLink};
+use crate::run_state::RunState;
+use crate::sink::SinkError;
+use crate::source::SourceError;
+
+pub use consumer::run_consumer;
+pub use producer::run_producer;
+pub use shutdown::{Shutdown, ShutdownTrigger};
+
+/// Exit code of a worker that stopped on request before its work was done.
+pub const EXIT_INTERRUPTED: i32 = 10;
+
+/// How often a worker reports that it is alive.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The two kinds of worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads sources, sends units.
+    Producer,
+    /// Receives units, writes sinks.
+    Consumer,
+}
+
+impl Role {
+    /// `producer` or `consumer`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Producer => "producer",
+            Role::Consumer => "consumer",
+        }
+    }
+}
+
+/// How a worker's loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// All its work is done.
+    Done,
+    /// Shutdown was asked for first; the rest is picked up later.
+    Interrupted,
+}
+
+/// Why a worker failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Redis stayed unreachable.
+    #[error(transparent)]
+    Redis(#[from] LinkError),
+    /// A source could not be read.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A sink failed in a way retries cannot fix.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+/// Everything a worker loop needs.
+#[derive(Clone)]
+pub struct WorkerContext {
+    /// The job.
+    pub config: Arc<JobConfig>,
+    /// Queue operations.
+    pub queues: Queues,
+    /// The run's shared state.
+    pub state: RunState,
+    /// This worker's number within its role, from 1.
+    pub id: u32,
+    /// Stop taking work once set.
+    pub shutdown: Shutdown,
+}
+
+impl WorkerContext {
+    /// Connects a worker of run `run` to Redis at `redis_url`.
+    pub fn new(
+        config: JobConfig,
+        redis_url: &str,
+        run: &str,
+        id: u32,
+        shutdown: Shutdown,
+    ) -> Result<WorkerContext, LinkError> {
+        let link = Arc::new(RedisLink::new(redis_url)?);
+        let state = RunState::new(link.clone(), &config.job.name, run);
+        Ok(WorkerContext {
+            config: Arc::new(config),
+            queues: Queues::new(link),
+            state,
+            id,
+            shutdown,
+        })
+    }
+}
+
+/// Beats every [`HEARTBEAT_INTERVAL`] until shutdown; triggers shutdown if the parent
+/// (the supervisor) goes away, so orphaned workers do not run on unsupervised.
+pub async fn heartbeat(
+    state: RunState,
+    name: String,
+    trigger: ShutdownTrigger,
+    mut shutdown: Shutdown,
+) {
+    let parent = std::os::unix::process::parent_id();
+    let pid = std::process::id();
+    while !shutdown.is_set() {
+        if let Err(error) = state.beat(&name, pid).await {
+            tracing::warn!(%error, "heartbeat failed");
+        }
+        if std::os::unix::process::parent_id() != parent {
+            tracing::warn!("supervisor is gone; stopping");
+            trigger.trigger();
+        }
+        shutdown.sleep(HEARTBEAT_INTERVAL).await;
+    }
+}

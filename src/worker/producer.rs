@@ -1,0 +1,262 @@
+//! The producer loop: claim a work item, stream it into data units on a blocking thread, send
+//! the units in batches to every sink's queue, checkpoint, and mark the item done.
+//!
+//! A producer restarted mid-item resumes the item it held; units already sent (per the
+//! checkpoint) are read past but not sent again. Any unit sent twice anyway (a crash between
+//! send and checkpoint) has the same deterministic id and is absorbed by the sinks.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::{Finish, WorkerContext, WorkerError};
+use crate::queue::SinkQueues;
+use crate::run_state::WorkItem;
+use crate::source::{self, Entry, SourceError};
+use crate::unit::{DataUnit, unit_id};
+
+/// Units sent to Redis in one batched call.
+const SEND_BATCH: usize = 16;
+
+/// A unit ready to send: its position in the item, its wire bytes and how many inputs it holds.
+struct Cut {
+    chunk: u64,
+    bytes: Vec<u8>,
+    inputs: u64,
+}
+
+/// Runs producer `context.id` until every work item is taken or shutdown is asked for.
+pub async fn run_producer(context: WorkerContext) -> Result<Finish, WorkerError> {
+    let queues: Vec<SinkQueues> = context
+        .config
+        .sinks
+        .iter()
+        .map(|sink| SinkQueues::new(&context.config.job.name, &sink.name))
+        .collect();
+    loop {
+        if context.shutdown.is_set() {
+            return Ok(Finish::Interrupted);
+        }
+        let Some(item) = context.state.claim(context.id).await? else {
+            return Ok(Finish::Done);
+        };
+        tracing::info!(source = %item.source, origin = %item.origin, "work item claimed");
+        match produce_item(&context, &queues, &item).await? {
+            Finish::Done => {}
+            Finish::Interrupted => return Ok(Finish::Interrupted),
+        }
+    }
+}
+
+async fn produce_item(
+    context: &WorkerContext,
+    queues: &[SinkQueues],
+    item: &WorkItem,
+) -> Result<Finish, WorkerError> {
+    let already_sent = context.state.checkpoint(item).await?;
+    let (sender, mut receiver) = mpsc::channel::<Result<Cut, SourceError>>(SEND_BATCH * 2);
+    let reader = spawn_reader(context, item, sender)?;
+    let (mut inputs, mut batch, mut batch_inputs) = (0u64, Vec::with_capacity(SEND_BATCH), 0u64);
+    let mut next_chunk = already_sent;
+    while let Some(cut) = receiver.recv().await {
+        let cut = cut?;
+        inputs += cut.inputs;
+        if cut.chunk < already_sent {
+            continue;
+        }
+        next_chunk = cut.chunk + 1;
+        batch.push(cut.bytes);
+        batch_inputs += cut.inputs;
+        if (batch.len() >= SEND_BATCH || receiver.is_empty())
+            && !flush(
+                context,
+                queues,
+                item,
+                &mut batch,
+                next_chunk,
+                &mut batch_inputs,
+            )
+            .await?
+        {
+            drop(receiver);
+            let _ = reader.await;
+            return Ok(Finish::Interrupted);
+        }
+    }
+    if !flush(
+        context,
+        queues,
+        item,
+        &mut batch,
+        next_chunk,
+        &mut batch_inputs,
+    )
+    .await?
+    {
+        return Ok(Finish::Interrupted);
+    }
+    let _ = reader.await;
+    context.state.complete(context.id, item, inputs).await?;
+    tracing::info!(source = %item.source, origin = %item.origin, records = inputs, units = next_chunk, "work item done");
+    Ok(Finish::Done)
+}
+
+/// Sends `batch` to every sink queue once there is room, then checkpoints `next_chunk`.
+/// False if shutdown came first (nothing was sent).
+async fn flush(
+    context: &WorkerContext,
+    queues: &[SinkQueues],
+    item: &WorkItem,
+    batch: &mut Vec<Vec<u8>>,
+    next_chunk: u64,
+    inputs: &mut u64,
+) -> Result<bool, WorkerError> {
+    if batch.is_empty() {
+        return Ok(true);
+    }
+    if !wait_for_room(context, queues, &mut context.shutdown.clone()).await? {
+        return Ok(false);
+    }
+    for queue in queues {
+        context.queues.send_batch(&queue.units, batch).await?;
+    }
+    context.state.set_checkpoint(item, next_chunk).await?;
+    context.state.add_read_progress(*inputs).await?;
+    batch.clear();
+    *inputs = 0;
+    Ok(true)
+}
+
+/// Reads and encodes on a blocking thread; stops when the receiver is dropped.
+fn spawn_reader(
+    context: &WorkerContext,
+    item: &WorkItem,
+    sender: mpsc::Sender<Result<Cut, SourceError>>,
+) -> Result<tokio::task::JoinHandle<()>, WorkerError> {
+    let config = context.config.clone();
+    let source_config = config
+        .sources
+        .iter()
+        .find(|s| s.name == item.source)
+        .cloned();
+    let Some(source_config) = source_config else {
+        tracing::error!(source = %item.source, "work item names a source that is not in the config; skipping it");
+        return Ok(tokio::spawn(async {}));
+    };
+    let source = source::from_config(&source_config);
+    let entries = source.open(item)?;
+    let item = item.clone();
+    let run = context.state.run_id().to_string();
+    Ok(tokio::task::spawn_blocking(move || {
+        let mut cutter = Cutter::new(&config.job.name, &run, &item, config.queue.unit_records);
+        for entry in entries {
+            let cut = match entry {
+                Ok(entry) => cutter
+                    .push(entry)
+                    .map(|unit| Ok(encode(unit, &mut cutter, config.queue.compress_above))),
+                Err(error) => Some(Err(error)),
+            };
+            if let Some(cut) = cut
+                && sender.blocking_send(cut).is_err()
+            {
+                return;
+            }
+        }
+        if let Some(unit) = cutter.finish() {
+            let cut = encode(unit, &mut cutter, config.queue.compress_above);
+            let _ = sender.blocking_send(Ok(cut));
+        }
+    }))
+}
+
+fn encode(unit: DataUnit, cutter: &mut Cutter, compress_above: usize) -> Cut {
+    let cut = Cut {
+        chunk: cutter.chunk,
+        bytes: unit.encode(compress_above),
+        inputs: unit.input_count(),
+    };
+    cutter.chunk += 1;
+    cut
+}
+
+/// Waits while any sink queue is above its high watermark. False if shutdown came first.
+async fn wait_for_room(
+    context: &WorkerContext,
+    queues: &[SinkQueues],
+    shutdown: &mut super::Shutdown,
+) -> Result<bool, WorkerError> {
+    let high = context.config.queue.high_watermark;
+    for queue in queues {
+        let mut pause = Duration::from_millis(20);
+        while context.queues.depth(&queue.units).await? > high {
+            if shutdown.is_set() {
+                return Ok(false);
+            }
+            shutdown.sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+    Ok(!shutdown.is_set())
+}
+
+/// Cuts a stream of entries into units of `unit_records` entries with deterministic ids.
+struct Cutter {
+    job: String,
+    run: String,
+    item: WorkItem,
+    size: usize,
+    chunk: u64,
+    entries: Vec<Entry>,
+}
+
+impl Cutter {
+    fn new(job: &str, run: &str, item: &WorkItem, size: usize) -> Cutter {
+        Cutter {
+            job: job.to_string(),
+            run: run.to_string(),
+            item: item.clone(),
+            size,
+            chunk: 0,
+            entries: Vec::with_capacity(size),
+        }
+    }
+
+    fn push(&mut self, entry: Entry) -> Option<DataUnit> {
+        self.entries.push(entry);
+        (self.entries.len() >= self.size).then(|| self.cut())
+    }
+
+    fn finish(&mut self) -> Option<DataUnit> {
+        (!self.entries.is_empty()).then(|| self.cut())
+    }
+
+    fn cut(&mut self) -> DataUnit {
+        let entries = std::mem::replace(&mut self.entries, Vec::with_capacity(self.size));
+        let (first_line, last_line) = (
+            entries.first().map_or(0, Entry::line),
+            entries.last().map_or(0, Entry::line),
+        );
+        let (mut records, mut rejects) = (Vec::with_capacity(entries.len()), Vec::new());
+        for entry in entries {
+            match entry {
+                Entry::Record { value, .. } => records.push(value),
+                Entry::Rejected(reject) => rejects.push(reject),
+            }
+        }
+        DataUnit {
+            id: unit_id(
+                &self.job,
+                &self.run,
+                &self.item.source,
+                self.item.index,
+                self.chunk,
+            ),
+            source: self.item.source.clone(),
+            origin: self.item.origin.clone(),
+            first_line,
+            last_line,
+            records,
+            rejects,
+        }
+    }
+}
