@@ -1,6 +1,8 @@
 //! The `stevedore` binary: parse the command line, set up logging, run the command, exit
 //! with its code. Everything else lives in the library.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use stevedore::cli::{self, Cli, Command};
 use tracing_subscriber::EnvFilter;
@@ -48,7 +50,8 @@ fn init_logging(cli: &Cli) {
         EnvFilter::try_from_env("STEVEDORE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if cli.log_format == "json" {
         builder.json().init();
     } else {

@@ -11,7 +11,7 @@ use crate::run_state::WorkItem;
 use crate::unit::Reject;
 
 pub use files::FilesSource;
-pub use generator::GeneratorSource;
+pub use generator::{GeneratorSource, record as generated_record};
 
 /// One thing read from a source: a record, or input that could not become one.
 #[derive(Debug, Clone, PartialEq)]

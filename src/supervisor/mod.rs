@@ -104,10 +104,12 @@ pub async fn run_once(config: JobConfig, options: RunOptions) -> Result<Summary,
         &mut terminations,
     )
     .await;
+    let redis_restarts = managed.as_ref().map(|managed| managed.restarts);
     if let Some(managed) = managed {
         managed.stop().await;
     }
     let mut summary = result?;
+    summary.redis_restarts = redis_restarts;
     summary.duration_s = started.elapsed().as_secs_f64();
     Ok(summary)
 }
@@ -457,6 +459,7 @@ async fn summarize(
         records_read: totals.read,
         sinks,
         workers,
+        redis_restarts: None,
         duration_s: 0.0,
         log_dir: log_dir.display().to_string(),
     })

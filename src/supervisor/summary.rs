@@ -63,6 +63,9 @@ pub struct Summary {
     pub sinks: BTreeMap<String, SinkSummary>,
     /// The workers.
     pub workers: Vec<WorkerSummary>,
+    /// Times the managed Redis was restarted (absent for an external Redis).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_restarts: Option<u32>,
     /// Wall time of this invocation.
     pub duration_s: f64,
     /// Where worker logs are.
@@ -179,6 +182,7 @@ mod tests {
                 pid: 42,
                 restarts: 1,
             }],
+            redis_restarts: None,
             duration_s: 1.5,
             log_dir: "var/j/logs".into(),
         };

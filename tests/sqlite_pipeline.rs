@@ -1,0 +1,225 @@
+//! End-to-end runs into SQLite through real worker processes and a real Redis.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+use support::{Job, TestRedis, queue_bodies};
+
+/// Rows as canonical JSON strings, with NULL columns dropped (absent fields read back as NULL).
+fn canonical(rows: &[Value]) -> BTreeSet<String> {
+    rows.iter()
+        .map(|row| {
+            let object: serde_json::Map<String, Value> = row
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let sorted: std::collections::BTreeMap<_, _> = object.into_iter().collect();
+            serde_json::to_string(&sorted).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn sqlite_end_to_end_files_and_generator_land_exactly_once() {
+    let redis = TestRedis::start();
+    let job = Job::new(&format!(
+        r#"
+        [job]
+        name = "e2e"
+        data_dir = "{{dir}}/var"
+        [redis]
+        url = "{url}"
+        [workers]
+        producers = 2
+        consumers = 2
+        [queue]
+        unit_records = 100
+        [[source]]
+        name = "orders"
+        kind = "files"
+        path = "{{dir}}/data/orders-*.jsonl"
+        format = "jsonl"
+        [[source]]
+        name = "synthetic"
+        kind = "generator"
+        count = 5000
+        seed = 11
+        [[sink]]
+        name = "raw"
+        kind = "sqlite"
+        path = "{{dir}}/out.db"
+        table = "everything"
+        [[sink]]
+        name = "shaped"
+        kind = "sqlite"
+        path = "{{dir}}/out.db"
+        table = "shaped"
+        mode = "upsert"
+        key = ["id"]
+        [sink.map]
+        id = "id"
+        amount = {{ from = "total", type = "real" }}
+        note = {{ from = "comment", default = "-" }}
+        "#,
+        url = redis.url()
+    ));
+    let mut input = Vec::new();
+    for file in 0..3 {
+        let mut text = String::new();
+        for i in 0..250 {
+            let record = json!({"id": format!("f{file}-{i}"), "total": i as f64 + 0.25, "comment": format!("ünï {i}"), "nested": {"a": [i]}});
+            text.push_str(&record.to_string());
+            text.push('\n');
+            input.push(record);
+        }
+        job.write(&format!("data/orders-{file}.jsonl"), &text);
+    }
+    input.extend((0..5000).map(|n| stevedore::source::generated_record(11, n)));
+
+    let result = job.run();
+    result.expect_code(0);
+
+    let summary = &result.summary;
+    assert_eq!(summary["status"], "ok");
+    assert_eq!(summary["records_read"], 5750);
+    for sink in ["raw", "shaped"] {
+        assert_eq!(summary["sinks"][sink]["written"], 5750, "{sink}");
+        assert_eq!(summary["sinks"][sink]["dead_lettered"], 0, "{sink}");
+    }
+    let roles: Vec<&str> = summary["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles.iter().filter(|r| **r == "producer").count(), 2);
+    assert_eq!(roles.iter().filter(|r| **r == "consumer").count(), 2);
+    assert!(summary["duration_s"].as_f64().unwrap() > 0.0);
+
+    // Passthrough: every input record is a row, exactly once, with identical content
+    // (nested values are stored as JSON text).
+    let rows = job.sqlite_rows("out.db", "everything");
+    assert_eq!(rows.len(), 5750);
+    let expected: Vec<Value> = input
+        .iter()
+        .map(|record| {
+            let mut record = record.clone();
+            if let Some(nested) = record.get("nested") {
+                record["nested"] = Value::String(nested.to_string());
+            }
+            record
+        })
+        .collect();
+    assert_eq!(canonical(&rows), canonical(&expected));
+
+    // Mapped: renamed, cast and defaulted per the map.
+    let shaped = job.sqlite_rows("out.db", "shaped");
+    assert_eq!(shaped.len(), 5750);
+    let by_id = |id: Value| shaped.iter().find(|row| row["id"] == id).cloned().unwrap();
+    assert_eq!(
+        by_id(json!("f1-7")),
+        json!({"id": "f1-7", "amount": 7.25, "note": "ünï 7"})
+    );
+    let generated = stevedore::source::generated_record(11, 41);
+    let expected_note = generated.get("comment").cloned().unwrap_or(json!("-"));
+    assert_eq!(
+        by_id(json!(42)),
+        json!({"id": 42, "amount": generated["total"].as_f64().unwrap(), "note": expected_note})
+    );
+}
+
+#[test]
+fn sqlite_malformed_input_is_dead_lettered_with_reasons_and_the_rest_lands() {
+    let redis = TestRedis::start();
+    let job = Job::new(&format!(
+        r#"
+        [job]
+        name = "bad"
+        data_dir = "{{dir}}/var"
+        [redis]
+        url = "{url}"
+        [workers]
+        producers = 1
+        consumers = 2
+        [queue]
+        unit_records = 8
+        [[source]]
+        name = "orders"
+        kind = "files"
+        path = "{{dir}}/orders.jsonl"
+        format = "jsonl"
+        [[sink]]
+        name = "local"
+        kind = "sqlite"
+        path = "{{dir}}/out.db"
+        table = "orders"
+        [sink.map]
+        id = "id"
+        amount = {{ from = "total", type = "real" }}
+        "#,
+        url = redis.url()
+    ));
+    let mut lines: Vec<String> = (1..=20)
+        .map(|i| json!({"id": i, "total": i}).to_string())
+        .collect();
+    lines[4] = "{\"id\": 5, \"total\": ".to_string();
+    lines[11] = "not json at all".to_string();
+    lines[16] = json!({"id": 17, "total": "seventeen"}).to_string();
+    job.write("orders.jsonl", &(lines.join("\n") + "\n"));
+
+    let result = job.run();
+    result.expect_code(3);
+    assert_eq!(result.summary["status"], "dead_letters");
+    assert_eq!(result.summary["records_read"], 20);
+    assert_eq!(result.summary["sinks"]["local"]["written"], 17);
+    assert_eq!(result.summary["sinks"]["local"]["dead_lettered"], 3);
+    assert!(
+        result.stdout.contains("3 dead-lettered"),
+        "{}",
+        result.stdout
+    );
+
+    let ids: BTreeSet<i64> = job
+        .sqlite_rows("out.db", "orders")
+        .iter()
+        .map(|row| row["id"].as_i64().unwrap())
+        .collect();
+    let expected: BTreeSet<i64> = (1..=20).filter(|i| ![5, 12, 17].contains(i)).collect();
+    assert_eq!(ids, expected);
+
+    let mut dead = queue_bodies(&redis, "bad-local-dlq");
+    dead.sort_by_key(|message| message["dead_letter"]["index"].as_u64());
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    let by_line = |line: u64| {
+        dead.iter()
+            .find(|m| m["dead_letter"]["line"] == line)
+            .unwrap_or_else(|| panic!("line {line} in {dead:?}"))
+    };
+    assert!(
+        by_line(5)["dead_letter"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid JSON")
+    );
+    assert_eq!(by_line(5)["raw"], "{\"id\": 5, \"total\":");
+    assert!(
+        by_line(12)["dead_letter"]["origin"]
+            .as_str()
+            .unwrap()
+            .ends_with("orders.jsonl")
+    );
+    let cast = dead
+        .iter()
+        .find(|m| m["record"]["id"] == 17)
+        .expect("record 17 is dead-lettered");
+    assert_eq!(
+        cast["dead_letter"]["reason"],
+        "field `total` (column `amount`): cannot cast \"seventeen\" to real"
+    );
+    assert_eq!(cast["dead_letter"]["sink"], "local");
+}

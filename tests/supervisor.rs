@@ -1,0 +1,141 @@
+//! Supervision: killed workers are restarted, signals stop a run resumably, crash loops fail.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use support::{Job, TestRedis, kill, wait_until, worker_pid};
+
+fn generator_job(redis: &TestRedis, job_name: &str, count: u64, extra: &str) -> Job {
+    Job::new(&format!(
+        r#"
+        [job]
+        name = "{job_name}"
+        data_dir = "{{dir}}/var"
+        [redis]
+        url = "{url}"
+        [workers]
+        producers = 2
+        consumers = 2
+        {extra}
+        [queue]
+        unit_records = 200
+        visibility_timeout = "2s"
+        [[source]]
+        name = "synthetic"
+        kind = "generator"
+        count = {count}
+        seed = 3
+        [[sink]]
+        name = "local"
+        kind = "sqlite"
+        path = "{{dir}}/out.db"
+        table = "orders"
+        "#,
+        url = redis.url()
+    ))
+}
+
+fn distinct_ids(job: &Job) -> BTreeSet<i64> {
+    job.sqlite_rows("out.db", "orders")
+        .iter()
+        .map(|row| row["id"].as_i64().unwrap())
+        .collect()
+}
+
+#[test]
+fn supervisor_restarts_a_killed_consumer_and_every_record_lands_once() {
+    let redis = TestRedis::start();
+    let job = generator_job(&redis, "killed", 100_000, "");
+    let run = job.spawn_run();
+    wait_until("rows are landing", || {
+        job.sqlite_count("out.db", "orders") > 0
+    });
+    let pid = worker_pid(&redis, "killed", "consumer-1").expect("consumer-1 beats");
+    kill(pid, "KILL");
+
+    let result = job.finish(run);
+    result.expect_code(0);
+    assert_eq!(result.summary["status"], "ok");
+    let consumer = result.summary["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["role"] == "consumer" && w["id"] == 1)
+        .unwrap()
+        .clone();
+    assert!(consumer["restarts"].as_u64().unwrap() >= 1, "{consumer}");
+    assert_ne!(
+        consumer["pid"].as_u64().unwrap(),
+        u64::from(pid),
+        "the restarted consumer is a new process"
+    );
+    assert_eq!(job.sqlite_count("out.db", "orders"), 100_000);
+    assert_eq!(distinct_ids(&job), (1..=100_000).collect());
+    assert_eq!(result.summary["sinks"]["local"]["written"], 100_000);
+}
+
+#[test]
+fn supervisor_sigint_stops_resumably_and_the_next_run_finishes_the_job() {
+    let redis = TestRedis::start();
+    let job = generator_job(&redis, "interrupted", 150_000, "");
+    let run = job.spawn_run();
+    wait_until("rows are landing", || {
+        job.sqlite_count("out.db", "orders") > 0
+    });
+    kill(run.id(), "INT");
+    let first = job.finish(run);
+    first.expect_code(1);
+    assert_eq!(first.summary["status"], "failed");
+    assert!(
+        first.summary["reason"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted by SIGINT"),
+        "{}",
+        first.summary
+    );
+    let landed = job.sqlite_count("out.db", "orders");
+    assert!(landed < 150_000, "the run stopped early ({landed} rows)");
+
+    let second = job.run();
+    second.expect_code(0);
+    assert_eq!(second.summary["resumed"], true);
+    assert_eq!(
+        second.summary["run"], first.summary["run"],
+        "the interrupted run is continued, not restarted"
+    );
+    assert_eq!(second.summary["records_read"], 150_000);
+    assert_eq!(job.sqlite_count("out.db", "orders"), 150_000);
+    assert_eq!(distinct_ids(&job), (1..=150_000).collect());
+
+    let third = job.run();
+    third.expect_code(0);
+    assert_eq!(
+        third.summary["resumed"], false,
+        "a finished run is not resumed"
+    );
+    assert_eq!(
+        job.sqlite_count("out.db", "orders"),
+        300_000,
+        "append mode loads a fresh run again"
+    );
+}
+
+#[test]
+fn supervisor_fails_the_run_when_a_worker_crash_loops() {
+    let redis = TestRedis::start();
+    let job = generator_job(&redis, "looping", 1_000, "max_restarts = 2");
+    job.write(
+        "out.db/keep",
+        "a directory where the database file should be",
+    );
+    let result = job.run();
+    result.expect_code(1);
+    let reason = result.summary["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("crashed more than 2 times"), "{reason}");
+    assert!(
+        reason.contains("out.db"),
+        "the reason shows the worker's last log lines: {reason}"
+    );
+}

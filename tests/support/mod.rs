@@ -1,0 +1,303 @@
+//! Test support: real servers on free loopback ports, and a way to write a job and run the
+//! real `stevedore` binary against them. Every test gets its own Redis and its own files, so
+//! tests run in parallel and never touch a shared Redis.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long a test waits for anything before it fails.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+/// A throwaway `redis-server`, killed when dropped.
+pub struct TestRedis {
+    child: Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl TestRedis {
+    /// Starts `redis-server` (from PATH) on a free port and waits until it answers PING.
+    pub fn start() -> TestRedis {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (see .ci/run)");
+        let redis = TestRedis {
+            child,
+            port,
+            _dir: dir,
+        };
+        wait_until("redis answers PING", || redis.connection().is_some());
+        redis
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// A synchronous connection, if it answers.
+    pub fn connection(&self) -> Option<redis::Connection> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut connection = client
+            .get_connection_with_timeout(Duration::from_secs(1))
+            .ok()?;
+        redis::cmd("PING").query::<String>(&mut connection).ok()?;
+        Some(connection)
+    }
+
+    /// Runs a command and returns its reply.
+    pub fn query<T: redis::FromRedisValue>(&self, command: &mut redis::Cmd) -> T {
+        command
+            .query(&mut self.connection().expect("redis is up"))
+            .expect("redis command")
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `condition` until it holds; fails the test after [`PATIENCE`].
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A job written to a temporary directory.
+pub struct Job {
+    /// The directory holding the config, data, database and logs.
+    pub dir: tempfile::TempDir,
+    /// The config file.
+    pub config: PathBuf,
+}
+
+impl Job {
+    /// Writes `toml` (where `{dir}` stands for the job's directory) as the job's config.
+    pub fn new(toml: &str) -> Job {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("job.toml");
+        std::fs::write(
+            &config,
+            toml.replace("{dir}", &dir.path().display().to_string()),
+        )
+        .unwrap();
+        Job { dir, config }
+    }
+
+    /// A path inside the job's directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a data file inside the job's directory.
+    pub fn write(&self, name: &str, text: &str) {
+        let path = self.path(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// `stevedore <args> --config job.toml`, not yet started.
+    pub fn command(&self, subcommand: &str) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stevedore"));
+        command
+            .arg(subcommand)
+            .arg("--config")
+            .arg(&self.config)
+            .current_dir(self.dir.path());
+        command
+    }
+
+    /// Runs `stevedore run` to the end.
+    pub fn run(&self) -> RunResult {
+        let summary_path = self.path("summary.json");
+        let _ = std::fs::remove_file(&summary_path);
+        let output = self
+            .command("run")
+            .arg("--summary-json")
+            .arg(&summary_path)
+            .output()
+            .expect("stevedore runs");
+        RunResult::new(output, &summary_path)
+    }
+
+    /// Starts `stevedore run` in the background.
+    pub fn spawn_run(&self) -> Child {
+        let summary_path = self.path("summary.json");
+        let _ = std::fs::remove_file(&summary_path);
+        self.command("run")
+            .arg("--summary-json")
+            .arg(&summary_path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("stevedore starts")
+    }
+
+    /// Waits for a background run and collects its result.
+    pub fn finish(&self, child: Child) -> RunResult {
+        RunResult::new(
+            child.wait_with_output().expect("stevedore finishes"),
+            &self.path("summary.json"),
+        )
+    }
+
+    /// Rows of a SQLite table, each as `id -> row` in JSON, from the job's database.
+    pub fn sqlite_rows(&self, database: &str, table: &str) -> Vec<Value> {
+        let connection = rusqlite::Connection::open(self.path(database)).expect("database exists");
+        let mut statement = connection
+            .prepare(&format!("SELECT * FROM {table}"))
+            .expect("table exists");
+        let names: Vec<String> = statement
+            .column_names()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        statement
+            .query_map([], |row| {
+                let mut object = serde_json::Map::new();
+                for (index, name) in names.iter().enumerate() {
+                    let value = match row.get_ref(index)? {
+                        rusqlite::types::ValueRef::Null => Value::Null,
+                        rusqlite::types::ValueRef::Integer(i) => Value::from(i),
+                        rusqlite::types::ValueRef::Real(f) => Value::from(f),
+                        rusqlite::types::ValueRef::Text(t) => {
+                            Value::from(String::from_utf8_lossy(t).into_owned())
+                        }
+                        rusqlite::types::ValueRef::Blob(_) => Value::from("<blob>"),
+                    };
+                    object.insert(name.clone(), value);
+                }
+                Ok(Value::Object(object))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    /// Number of rows in a SQLite table, 0 while it does not exist yet.
+    pub fn sqlite_count(&self, database: &str, table: &str) -> i64 {
+        let Ok(connection) = rusqlite::Connection::open(self.path(database)) else {
+            return 0;
+        };
+        connection
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
+                row.get(0)
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// The outcome of one `stevedore run`.
+pub struct RunResult {
+    /// Exit code.
+    pub code: i32,
+    /// Standard output (the human summary).
+    pub stdout: String,
+    /// Standard error (problems, supervisor log).
+    pub stderr: String,
+    /// The `--summary-json` document, if written.
+    pub summary: Value,
+}
+
+impl RunResult {
+    fn new(output: Output, summary_path: &Path) -> RunResult {
+        let summary = std::fs::read_to_string(summary_path)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or(Value::Null);
+        RunResult {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            summary,
+        }
+    }
+
+    /// Fails with everything the run printed when the exit code is not `expected`.
+    pub fn expect_code(&self, expected: i32) -> &RunResult {
+        assert_eq!(
+            self.code, expected,
+            "unexpected exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// Reads every message body of an RSMQ queue without receiving it.
+pub fn queue_bodies(redis: &TestRedis, queue: &str) -> Vec<Value> {
+    let ids: Vec<String> = redis.query(
+        redis::cmd("ZRANGE")
+            .arg(format!("rsmq:{queue}"))
+            .arg(0)
+            .arg(-1),
+    );
+    ids.iter()
+        .map(|id| {
+            let body: String =
+                redis.query(redis::cmd("HGET").arg(format!("rsmq:{queue}:Q")).arg(id));
+            serde_json::from_str(&body).expect("queue messages are JSON")
+        })
+        .collect()
+}
+
+/// The pid of a worker (e.g. `consumer-1`) of the job's current run, from its heartbeat.
+pub fn worker_pid(redis: &TestRedis, job: &str, worker: &str) -> Option<u32> {
+    let run: Option<String> =
+        redis.query(redis::cmd("GET").arg(format!("stevedore:{job}:current_run")));
+    let beat: Option<String> = redis.query(
+        redis::cmd("HGET")
+            .arg(format!("stevedore:{job}:run:{}:heartbeats", run?))
+            .arg(worker),
+    );
+    serde_json::from_str::<Value>(&beat?).ok()?["pid"]
+        .as_u64()
+        .map(|pid| pid as u32)
+}
+
+/// Sends `signal` to `pid`.
+pub fn kill(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
