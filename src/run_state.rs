@@ -116,6 +116,9 @@ pub fn new_run_id() -> String {
     format!("{stamp}-{:04x}", (nanos ^ std::process::id()) & 0xffff)
 }
 
+/// How long a finished run's keys stay in Redis: a week, for `status` and post-mortems.
+pub const FINISHED_RUN_TTL_SECONDS: i64 = 7 * 24 * 3600;
+
 /// Milliseconds since the epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -166,17 +169,32 @@ impl RunState {
         format!("stevedore:{}:run:{}:{suffix}", self.job, self.run)
     }
 
-    /// Marks the run finished, so the next `stevedore run` starts a fresh one.
+    /// Marks the run finished, so the next `stevedore run` starts a fresh one, and lets the
+    /// run's keys expire after [`FINISHED_RUN_TTL_SECONDS`] (kept a while for inspection).
     pub async fn finish(&self) -> Result<(), LinkError> {
         let current = format!("stevedore:{}:current_run", self.job);
+        let pattern = self.key("*");
         self.link
             .call("finishing the run", |mut c| {
-                let current = current.clone();
+                let (current, pattern) = (current.clone(), pattern.clone());
                 async move {
                     let existing: Option<String> = c.redis.get(&current).await?;
                     if existing.as_deref() == Some(self.run.as_str()) {
                         let _: () = c.redis.del(&current).await?;
                     }
+                    let keys: Vec<String> = {
+                        let mut iter = c.redis.scan_match::<_, String>(&pattern).await?;
+                        let mut keys = Vec::new();
+                        while let Some(key) = iter.next_item().await {
+                            keys.push(key?);
+                        }
+                        keys
+                    };
+                    let mut pipe = redis::pipe();
+                    for key in &keys {
+                        pipe.expire(key, FINISHED_RUN_TTL_SECONDS).ignore();
+                    }
+                    pipe.query_async::<()>(&mut c.redis).await?;
                     Ok(())
                 }
             })

@@ -12,10 +12,8 @@ pub fn interpolate(
     problems: &mut Problems,
 ) {
     match value {
-        toml::Value::String(text) => {
-            if text.contains('$') {
-                *text = interpolate_str(text, path, env, problems);
-            }
+        toml::Value::String(text) if text.contains('$') => {
+            *text = interpolate_str(text, path, env, problems)
         }
         toml::Value::Array(items) => {
             for (index, item) in items.iter_mut().enumerate() {

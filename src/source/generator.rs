@@ -38,7 +38,7 @@ pub fn record(seed: u64, n: u64) -> Value {
         "currency": currency,
         "ts": 1_700_000_000 + (hash >> 20) % 31_536_000,
     });
-    if hash % 3 != 0 {
+    if !hash.is_multiple_of(3) {
         record["comment"] = Value::String(format!("order {} for c{:05}", n + 1, hash % 10_000));
     }
     record

@@ -1,0 +1,53 @@
+//! Unit encode/decode and mapping: the per-record work on the producer and consumer hot paths.
+//! `cargo bench --bench codec`
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+use stevedore::mapping::Mapping;
+use stevedore::source::generated_record;
+use stevedore::unit::DataUnit;
+
+fn unit(records: u64) -> DataUnit {
+    DataUnit {
+        id: "bench/run/synthetic/0.0".into(),
+        source: "synthetic".into(),
+        origin: "generator".into(),
+        first_line: 1,
+        last_line: records,
+        records: (0..records).map(|n| generated_record(7, n)).collect(),
+        rejects: Vec::new(),
+    }
+}
+
+fn codec(c: &mut Criterion) {
+    let unit = unit(500);
+    let mut group = c.benchmark_group("unit_500_records");
+    group.throughput(Throughput::Elements(500));
+    for (name, threshold) in [("inline", usize::MAX), ("zstd", 16 * 1024)] {
+        let bytes = unit.encode(threshold);
+        group.bench_function(format!("encode_{name}"), |b| {
+            b.iter(|| black_box(unit.encode(threshold)))
+        });
+        group.bench_function(format!("decode_{name}"), |b| {
+            b.iter(|| black_box(DataUnit::decode(black_box(&bytes)).unwrap()))
+        });
+    }
+    let table: toml::Table = toml::from_str(
+        r#"id = "id"
+amount = { from = "total", type = "real" }
+note = { from = "comment", default = "" }"#,
+    )
+    .unwrap();
+    let mapping = Mapping::parse(&table, "map", &mut Default::default()).unwrap();
+    group.bench_function("map_3_columns", |b| {
+        b.iter(|| {
+            for record in &unit.records {
+                black_box(mapping.apply(record.clone()).unwrap());
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, codec);
+criterion_main!(benches);

@@ -1,0 +1,259 @@
+//! The queue layer and the run state against a real Redis, without worker processes.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use stevedore::queue::{Queues, RedisLink, SinkQueues};
+use stevedore::run_state::{RunState, WorkItem};
+use support::{TestRedis, wait_until};
+
+fn queues(redis: &TestRedis) -> Queues {
+    Queues::new(Arc::new(RedisLink::new(&redis.url()).unwrap()))
+}
+
+#[tokio::test]
+async fn queue_unit_received_max_receives_times_moves_whole_to_the_dead_letter_queue() {
+    let redis = TestRedis::start();
+    let queues = queues(&redis);
+    let names = SinkQueues::new("poison", "local");
+    queues
+        .ensure(&names.units, Duration::from_secs(30))
+        .await
+        .unwrap();
+    queues
+        .ensure(&names.dead, Duration::from_secs(30))
+        .await
+        .unwrap();
+    queues
+        .send_batch(&names.units, &[b"unit-1".to_vec()])
+        .await
+        .unwrap();
+    for attempt in 1..=3 {
+        let delivery = queues
+            .receive(&names.units, &names.dead, Duration::ZERO, 3)
+            .await
+            .unwrap()
+            .expect("still deliverable");
+        assert_eq!(delivery.receives, attempt);
+        assert_eq!(delivery.body, b"unit-1");
+    }
+    assert!(
+        queues
+            .receive(&names.units, &names.dead, Duration::ZERO, 3)
+            .await
+            .unwrap()
+            .is_none(),
+        "the 4th receive dead-letters it"
+    );
+    assert_eq!(queues.depth(&names.units).await.unwrap(), 0);
+    let dead = queues.read_all(&names.dead).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body, b"unit-1");
+}
+
+#[tokio::test]
+async fn queue_ack_and_extend_control_redelivery() {
+    let redis = TestRedis::start();
+    let queues = queues(&redis);
+    let names = SinkQueues::new("acks", "local");
+    queues
+        .ensure(&names.units, Duration::from_secs(30))
+        .await
+        .unwrap();
+    queues
+        .ensure(&names.dead, Duration::from_secs(30))
+        .await
+        .unwrap();
+    queues
+        .send_batch(&names.units, &[b"a".to_vec(), b"b".to_vec()])
+        .await
+        .unwrap();
+    let first = queues
+        .receive(&names.units, &names.dead, Duration::from_secs(30), 5)
+        .await
+        .unwrap()
+        .unwrap();
+    let second = queues
+        .receive(&names.units, &names.dead, Duration::ZERO, 5)
+        .await
+        .unwrap()
+        .unwrap();
+    queues
+        .extend(&names.units, &second.message_id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(
+        queues
+            .receive(&names.units, &names.dead, Duration::ZERO, 5)
+            .await
+            .unwrap()
+            .is_none(),
+        "both are hidden now"
+    );
+    queues.ack(&names.units, &first.message_id).await.unwrap();
+    assert_eq!(
+        queues.depth(&names.units).await.unwrap(),
+        1,
+        "the unacknowledged unit is still owed"
+    );
+}
+
+#[tokio::test]
+async fn queue_client_reconnects_after_redis_restarts_on_the_same_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let start = || {
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let ping = || {
+        redis::Client::open(url.as_str())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+            .is_ok()
+    };
+    let mut server = start();
+    wait_until("redis is up", ping);
+    let queues = Queues::new(Arc::new(RedisLink::new(&url).unwrap()));
+    let names = SinkQueues::new("restart", "local");
+    queues
+        .ensure(&names.units, Duration::from_secs(30))
+        .await
+        .unwrap();
+    queues
+        .ensure(&names.dead, Duration::from_secs(30))
+        .await
+        .unwrap();
+    queues
+        .send_batch(&names.units, &[b"before".to_vec()])
+        .await
+        .unwrap();
+
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let mut server = start();
+    // The old client is dead (broken pipe, then NOSCRIPT): these calls must rebuild it.
+    queues
+        .send_batch(&names.units, &[b"after".to_vec()])
+        .await
+        .unwrap();
+    let mut bodies = BTreeSet::new();
+    while let Some(delivery) = queues
+        .receive(&names.units, &names.dead, Duration::from_secs(30), 5)
+        .await
+        .unwrap()
+    {
+        queues
+            .ack(&names.units, &delivery.message_id)
+            .await
+            .unwrap();
+        bodies.insert(delivery.body);
+    }
+    assert_eq!(
+        bodies,
+        BTreeSet::from([b"before".to_vec(), b"after".to_vec()]),
+        "the AOF kept the unit sent before the crash"
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[tokio::test]
+async fn queue_work_items_are_shared_without_overlap_and_resumed_by_their_holder() {
+    let redis = TestRedis::start();
+    let link = Arc::new(RedisLink::new(&redis.url()).unwrap());
+    let (state, resumed) = RunState::begin(link.clone(), "items", "run-1")
+        .await
+        .unwrap();
+    assert!(!resumed);
+    let items: Vec<WorkItem> = (0..10)
+        .map(|index| WorkItem {
+            source: "s".into(),
+            index,
+            origin: format!("f{index}"),
+            range: None,
+        })
+        .collect();
+    assert!(state.plan(&items).await.unwrap());
+    assert!(
+        !state.plan(&items).await.unwrap(),
+        "a plan is made once per run"
+    );
+
+    let held_by_1 = state.claim(1).await.unwrap().unwrap();
+    assert_eq!(
+        state.claim(1).await.unwrap().unwrap(),
+        held_by_1,
+        "a restarted producer resumes the item it held"
+    );
+    let mut seen = vec![held_by_1.clone()];
+    state.complete(1, &held_by_1, 5).await.unwrap();
+    for producer in [2, 3, 2, 3, 2, 3, 2, 3, 1] {
+        let item = state.claim(producer).await.unwrap().unwrap();
+        state.complete(producer, &item, 5).await.unwrap();
+        seen.push(item);
+    }
+    assert!(state.claim(2).await.unwrap().is_none());
+    let unique: BTreeSet<u64> = seen.iter().map(|item| item.index).collect();
+    assert_eq!(unique.len(), 10, "every item handed out exactly once");
+    assert_eq!(state.unfinished_items().await.unwrap(), 0);
+    assert_eq!(state.totals(&[]).await.unwrap().read, 50);
+
+    // A second supervisor start finds the unfinished run and resumes it.
+    let (again, resumed) = RunState::begin(link, "items", "run-2").await.unwrap();
+    assert!(resumed);
+    assert_eq!(again.run_id(), "run-1");
+
+    again.finish().await.unwrap();
+    let current: Option<String> = redis.query(redis::cmd("GET").arg("stevedore:items:current_run"));
+    assert_eq!(current, None, "a finished run is no longer current");
+    let ttl: i64 = redis.query(redis::cmd("TTL").arg("stevedore:items:run:run-1:read"));
+    assert!(
+        ttl > 0 && ttl <= stevedore::run_state::FINISHED_RUN_TTL_SECONDS,
+        "finished run keys expire (ttl {ttl})"
+    );
+}
+
+#[tokio::test]
+async fn queue_held_items_of_dead_producers_are_released_on_resume() {
+    let redis = TestRedis::start();
+    let link = Arc::new(RedisLink::new(&redis.url()).unwrap());
+    let (state, _) = RunState::begin(link, "release", "run-1").await.unwrap();
+    let items: Vec<WorkItem> = (0..3)
+        .map(|index| WorkItem {
+            source: "s".into(),
+            index,
+            origin: String::new(),
+            range: None,
+        })
+        .collect();
+    state.plan(&items).await.unwrap();
+    let held = state.claim(7).await.unwrap().unwrap();
+    assert_eq!(state.release_held_items().await.unwrap(), 1);
+    assert_eq!(
+        state.claim(1).await.unwrap().unwrap(),
+        held,
+        "the released item is next in line"
+    );
+    assert_eq!(state.unfinished_items().await.unwrap(), 3);
+}
