@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
 use crate::queue::{LinkError, RedisLink};
@@ -36,6 +35,15 @@ static RELEASE_HELD: LazyLock<redis::Script> = LazyLock::new(|| {
         for _, item in ipairs(items) do redis.call('LPUSH', KEYS[1], item) end
         redis.call('DEL', KEYS[2])
         return #items",
+    )
+});
+
+/// Deletes KEYS[1] only if it still holds ARGV[1], so finishing an old run never clears a newer one.
+static DELETE_IF_EQUAL: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+        return 0",
     )
 });
 
@@ -144,20 +152,20 @@ impl RunState {
         fresh: &str,
     ) -> Result<(RunState, bool), LinkError> {
         let key = format!("stevedore:{job}:current_run");
-        let (run, resumed) = link
-            .call("starting the run", |mut c| {
-                let key = key.clone();
-                async move {
-                    let created: bool = c.redis.set_nx(&key, fresh).await?;
-                    if created {
-                        return Ok((fresh.to_string(), false));
-                    }
-                    let existing: String = c.redis.get(&key).await?;
-                    Ok((existing, true))
-                }
-            })
-            .await?;
-        Ok((RunState::new(link, job, &run), resumed))
+        let created: bool = link
+            .query(
+                "starting the run",
+                redis::cmd("SET").arg(&key).arg(fresh).arg("NX"),
+            )
+            .await
+            .map(|r: Option<String>| r.is_some())?;
+        let run = if created {
+            fresh.to_string()
+        } else {
+            link.query("reading the current run", &redis::Cmd::get(&key))
+                .await?
+        };
+        Ok((RunState::new(link, job, &run), !created))
     }
 
     /// The run id.
@@ -169,93 +177,96 @@ impl RunState {
         format!("stevedore:{}:run:{}:{suffix}", self.job, self.run)
     }
 
+    /// Every key this run may have written.
+    fn keys(&self, sinks: &[String]) -> Vec<String> {
+        let fixed = [
+            "planned",
+            "items:pending",
+            "items:held",
+            "items:done",
+            "read",
+            "checkpoint",
+            "progress",
+            "drain",
+            "heartbeats",
+        ];
+        let per_sink = sinks
+            .iter()
+            .flat_map(|sink| [format!("written:{sink}"), format!("dead:{sink}")]);
+        fixed
+            .into_iter()
+            .map(str::to_string)
+            .chain(per_sink)
+            .map(|suffix| self.key(&suffix))
+            .collect()
+    }
+
     /// Marks the run finished, so the next `stevedore run` starts a fresh one, and lets the
     /// run's keys expire after [`FINISHED_RUN_TTL_SECONDS`] (kept a while for inspection).
-    pub async fn finish(&self) -> Result<(), LinkError> {
+    pub async fn finish(&self, sinks: &[String]) -> Result<(), LinkError> {
         let current = format!("stevedore:{}:current_run", self.job);
-        let pattern = self.key("*");
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for key in self.keys(sinks) {
+            pipe.expire(key, FINISHED_RUN_TTL_SECONDS).ignore();
+        }
         self.link
-            .call("finishing the run", |mut c| {
-                let (current, pattern) = (current.clone(), pattern.clone());
-                async move {
-                    let existing: Option<String> = c.redis.get(&current).await?;
-                    if existing.as_deref() == Some(self.run.as_str()) {
-                        let _: () = c.redis.del(&current).await?;
-                    }
-                    let keys: Vec<String> = {
-                        let mut iter = c.redis.scan_match::<_, String>(&pattern).await?;
-                        let mut keys = Vec::new();
-                        while let Some(key) = iter.next_item().await {
-                            keys.push(key?);
-                        }
-                        keys
-                    };
-                    let mut pipe = redis::pipe();
-                    for key in &keys {
-                        pipe.expire(key, FINISHED_RUN_TTL_SECONDS).ignore();
-                    }
-                    pipe.query_async::<()>(&mut c.redis).await?;
-                    Ok(())
-                }
-            })
+            .query_pipe::<()>("expiring the run's keys", &pipe)
+            .await?;
+        self.link
+            .script(
+                "finishing the run",
+                &DELETE_IF_EQUAL,
+                &[current],
+                std::slice::from_ref(&self.run),
+            )
             .await
     }
 
     /// Queues `items` as the run's work, once: a resumed run keeps the plan it had.
     pub async fn plan(&self, items: &[WorkItem]) -> Result<bool, LinkError> {
-        let (planned, pending) = (self.key("planned"), self.key("items:pending"));
         let encoded: Vec<String> = items.iter().map(WorkItem::encode).collect();
-        self.link
-            .call("planning work items", |mut c| {
-                let (planned, pending, encoded) =
-                    (planned.clone(), pending.clone(), encoded.clone());
-                async move {
-                    let first: bool = c.redis.set_nx(&planned, encoded.len()).await?;
-                    if first && !encoded.is_empty() {
-                        let _: () = c.redis.rpush(&pending, encoded).await?;
-                    }
-                    Ok(first)
-                }
-            })
-            .await
+        let first: Option<String> = self
+            .link
+            .query(
+                "planning work items",
+                redis::cmd("SET")
+                    .arg(self.key("planned"))
+                    .arg(items.len())
+                    .arg("NX"),
+            )
+            .await?;
+        if first.is_some() && !encoded.is_empty() {
+            self.link
+                .query::<()>(
+                    "planning work items",
+                    &redis::Cmd::rpush(self.key("items:pending"), encoded),
+                )
+                .await?;
+        }
+        Ok(first.is_some())
     }
 
     /// Puts items held by producers that no longer run back in front of the pending list.
     /// Called before any producer starts, so every holder is gone.
     pub async fn release_held_items(&self) -> Result<u64, LinkError> {
-        let (pending, held) = (self.key("items:pending"), self.key("items:held"));
+        let keys = [self.key("items:pending"), self.key("items:held")];
         self.link
-            .call("releasing held work items", |mut c| {
-                let (pending, held) = (pending.clone(), held.clone());
-                async move {
-                    RELEASE_HELD
-                        .key(&pending)
-                        .key(&held)
-                        .invoke_async(&mut c.redis)
-                        .await
-                        .map_err(Into::into)
-                }
-            })
+            .script("releasing held work items", &RELEASE_HELD, &keys, &[])
             .await
     }
 
     /// The next item for producer `producer`: the one it held when it last stopped, else a new one.
     pub async fn claim(&self, producer: u32) -> Result<Option<WorkItem>, LinkError> {
-        let (pending, held) = (self.key("items:pending"), self.key("items:held"));
+        let keys = [self.key("items:pending"), self.key("items:held")];
         let text: Option<String> = self
             .link
-            .call("claiming a work item", |mut c| {
-                let (pending, held) = (pending.clone(), held.clone());
-                async move {
-                    CLAIM
-                        .key(&pending)
-                        .key(&held)
-                        .arg(producer)
-                        .invoke_async(&mut c.redis)
-                        .await
-                        .map_err(Into::into)
-                }
-            })
+            .script(
+                "claiming a work item",
+                &CLAIM,
+                &keys,
+                &[producer.to_string()],
+            )
             .await?;
         Ok(text.and_then(|text| serde_json::from_str(&text).ok()))
     }
@@ -267,98 +278,53 @@ impl RunState {
         item: &WorkItem,
         read: u64,
     ) -> Result<(), LinkError> {
-        let (held, read_key, done) = (
-            self.key("items:held"),
-            self.key("read"),
-            self.key("items:done"),
-        );
-        let item_key = item.key();
-        self.link
-            .call("completing a work item", |mut c| {
-                let (held, read_key, done, item_key) = (
-                    held.clone(),
-                    read_key.clone(),
-                    done.clone(),
-                    item_key.clone(),
-                );
-                async move {
-                    redis::pipe()
-                        .atomic()
-                        .hset(&read_key, &item_key, read)
-                        .sadd(&done, &item_key)
-                        .hdel(&held, producer)
-                        .query_async::<()>(&mut c.redis)
-                        .await
-                        .map_err(Into::into)
-                }
-            })
-            .await
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset(self.key("read"), item.key(), read)
+            .sadd(self.key("items:done"), item.key())
+            .hdel(self.key("items:held"), producer);
+        self.link.query_pipe("completing a work item", &pipe).await
     }
 
     /// Work items not yet done: pending or held by a producer.
     pub async fn unfinished_items(&self) -> Result<u64, LinkError> {
-        let (pending, held) = (self.key("items:pending"), self.key("items:held"));
-        self.link
-            .call("counting work items", |mut c| {
-                let (pending, held) = (pending.clone(), held.clone());
-                async move {
-                    let (waiting, holding): (u64, u64) = redis::pipe()
-                        .llen(&pending)
-                        .hlen(&held)
-                        .query_async(&mut c.redis)
-                        .await?;
-                    Ok(waiting + holding)
-                }
-            })
-            .await
+        let mut pipe = redis::pipe();
+        pipe.llen(self.key("items:pending"))
+            .hlen(self.key("items:held"));
+        let (waiting, holding): (u64, u64) =
+            self.link.query_pipe("counting work items", &pipe).await?;
+        Ok(waiting + holding)
     }
 
     /// Records that the first `chunks` units of `item` are on the queues.
     pub async fn set_checkpoint(&self, item: &WorkItem, chunks: u64) -> Result<(), LinkError> {
-        let (key, field) = (self.key("checkpoint"), item.key());
         self.link
-            .call("saving a checkpoint", |mut c| {
-                let (key, field) = (key.clone(), field.clone());
-                async move {
-                    c.redis
-                        .hset::<_, _, _, ()>(&key, &field, chunks)
-                        .await
-                        .map_err(Into::into)
-                }
-            })
+            .query(
+                "saving a checkpoint",
+                &redis::Cmd::hset(self.key("checkpoint"), item.key(), chunks),
+            )
             .await
     }
 
     /// How many units of `item` were already sent by an earlier attempt.
     pub async fn checkpoint(&self, item: &WorkItem) -> Result<u64, LinkError> {
-        let (key, field) = (self.key("checkpoint"), item.key());
-        self.link
-            .call("reading a checkpoint", |mut c| {
-                let (key, field) = (key.clone(), field.clone());
-                async move {
-                    c.redis
-                        .hget::<_, _, Option<u64>>(&key, &field)
-                        .await
-                        .map(Option::unwrap_or_default)
-                        .map_err(Into::into)
-                }
-            })
-            .await
+        let chunks: Option<u64> = self
+            .link
+            .query(
+                "reading a checkpoint",
+                &redis::Cmd::hget(self.key("checkpoint"), item.key()),
+            )
+            .await?;
+        Ok(chunks.unwrap_or_default())
     }
 
     /// Adds to the live read counter.
     pub async fn add_read_progress(&self, records: u64) -> Result<(), LinkError> {
-        let key = self.key("progress");
         self.link
-            .call("updating progress", |mut c| {
-                let key = key.clone();
-                async move {
-                    c.redis
-                        .hincr::<_, _, _, ()>(&key, "read", records)
-                        .await
-                        .map_err(Into::into)
-                }
-            })
+            .query(
+                "updating progress",
+                &redis::Cmd::hincr(self.key("progress"), "read", records),
+            )
             .await
     }
 
@@ -371,29 +337,18 @@ impl RunState {
         dead: u64,
         fresh: bool,
     ) -> Result<(), LinkError> {
-        let (written_key, dead_key, progress) = (
-            self.key(&format!("written:{sink}")),
-            self.key(&format!("dead:{sink}")),
-            self.key("progress"),
-        );
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset(self.key(&format!("written:{sink}")), unit, written)
+            .hset(self.key(&format!("dead:{sink}")), unit, dead);
+        if fresh {
+            let progress = self.key("progress");
+            pipe.hincr(&progress, format!("written:{sink}"), written)
+                .hincr(&progress, format!("dead:{sink}"), dead);
+        }
+        pipe.ignore();
         self.link
-            .call("recording a written unit", |mut c| {
-                let (written_key, dead_key, progress) =
-                    (written_key.clone(), dead_key.clone(), progress.clone());
-                async move {
-                    let mut pipe = redis::pipe();
-                    pipe.atomic()
-                        .hset(&written_key, unit, written)
-                        .hset(&dead_key, unit, dead);
-                    if fresh {
-                        pipe.hincr(&progress, format!("written:{sink}"), written)
-                            .hincr(&progress, format!("dead:{sink}"), dead);
-                    }
-                    pipe.query_async::<()>(&mut c.redis)
-                        .await
-                        .map_err(Into::into)
-                }
-            })
+            .query_pipe("recording a written unit", &pipe)
             .await
     }
 
@@ -404,36 +359,28 @@ impl RunState {
         unit: &str,
         records: u64,
     ) -> Result<(), LinkError> {
-        let key = self.key(&format!("dead:{sink}"));
         self.link
-            .call("recording a dead unit", |mut c| {
-                let key = key.clone();
-                async move {
-                    c.redis
-                        .hset::<_, _, _, ()>(&key, unit, records)
-                        .await
-                        .map_err(Into::into)
-                }
-            })
+            .query(
+                "recording a dead unit",
+                &redis::Cmd::hset(self.key(&format!("dead:{sink}")), unit, records),
+            )
             .await
     }
 
     /// True when `unit` was fully handled for `sink` (written, dead letters sent, counted).
     pub async fn is_recorded(&self, sink: &str, unit: &str) -> Result<bool, LinkError> {
-        let key = self.key(&format!("written:{sink}"));
         self.link
-            .call("checking a unit", |mut c| {
-                let key = key.clone();
-                async move { c.redis.hexists(&key, unit).await.map_err(Into::into) }
-            })
+            .query(
+                "checking a unit",
+                &redis::Cmd::hexists(self.key(&format!("written:{sink}")), unit),
+            )
             .await
     }
 
     /// The exact totals for `sinks`.
     pub async fn totals(&self, sinks: &[String]) -> Result<Totals, LinkError> {
-        let read = self.sum_hash(self.key("read")).await?;
         let mut totals = Totals {
-            read,
+            read: self.sum_hash(self.key("read")).await?,
             ..Totals::default()
         };
         for sink in sinks {
@@ -451,36 +398,30 @@ impl RunState {
 
     /// Units of `sink` recorded as written, with their counts.
     pub async fn written_units(&self, sink: &str) -> Result<HashMap<String, u64>, LinkError> {
-        let key = self.key(&format!("written:{sink}"));
         self.link
-            .call("reading written units", |mut c| {
-                let key = key.clone();
-                async move { c.redis.hgetall(&key).await.map_err(Into::into) }
-            })
+            .query(
+                "reading written units",
+                &redis::Cmd::hgetall(self.key(&format!("written:{sink}"))),
+            )
             .await
     }
 
     async fn sum_hash(&self, key: String) -> Result<u64, LinkError> {
-        self.link
-            .call("summing counters", |mut c| {
-                let key = key.clone();
-                async move {
-                    let values: Vec<u64> = c.redis.hvals(&key).await?;
-                    Ok(values.iter().sum())
-                }
-            })
-            .await
+        let values: Vec<u64> = self
+            .link
+            .query("summing counters", &redis::Cmd::hvals(key))
+            .await?;
+        Ok(values.iter().sum())
     }
 
     /// The live counters.
     pub async fn progress(&self) -> Result<Progress, LinkError> {
-        let key = self.key("progress");
         let fields: HashMap<String, u64> = self
             .link
-            .call("reading progress", |mut c| {
-                let key = key.clone();
-                async move { c.redis.hgetall(&key).await.map_err(Into::into) }
-            })
+            .query(
+                "reading progress",
+                &redis::Cmd::hgetall(self.key("progress")),
+            )
             .await?;
         let mut progress = Progress::default();
         for (field, value) in fields {
@@ -496,56 +437,47 @@ impl RunState {
 
     /// Tells consumers that every work item is done: they stop once their queues are empty.
     pub async fn set_drain(&self) -> Result<(), LinkError> {
-        let key = self.key("drain");
         self.link
-            .call("setting the drain flag", |mut c| {
-                let key = key.clone();
-                async move { c.redis.set::<_, _, ()>(&key, 1).await.map_err(Into::into) }
-            })
+            .query(
+                "setting the drain flag",
+                &redis::Cmd::set(self.key("drain"), 1),
+            )
             .await
     }
 
     /// True once producers have finished every work item.
     pub async fn draining(&self) -> Result<bool, LinkError> {
-        let key = self.key("drain");
         self.link
-            .call("reading the drain flag", |mut c| {
-                let key = key.clone();
-                async move { c.redis.exists(&key).await.map_err(Into::into) }
-            })
+            .query(
+                "reading the drain flag",
+                &redis::Cmd::exists(self.key("drain")),
+            )
             .await
     }
 
     /// Records that `worker` (process `pid`) is alive now.
     pub async fn beat(&self, worker: &str, pid: u32) -> Result<(), LinkError> {
-        let key = self.key("heartbeats");
         let beat = serde_json::to_string(&Heartbeat {
             pid,
             at_ms: now_ms(),
         })
         .expect("heartbeats serialize");
         self.link
-            .call("sending a heartbeat", |mut c| {
-                let (key, beat) = (key.clone(), beat.clone());
-                async move {
-                    c.redis
-                        .hset::<_, _, _, ()>(&key, worker, beat)
-                        .await
-                        .map_err(Into::into)
-                }
-            })
+            .query(
+                "sending a heartbeat",
+                &redis::Cmd::hset(self.key("heartbeats"), worker, beat),
+            )
             .await
     }
 
     /// Every worker's last heartbeat.
     pub async fn heartbeats(&self) -> Result<HashMap<String, Heartbeat>, LinkError> {
-        let key = self.key("heartbeats");
         let raw: HashMap<String, String> = self
             .link
-            .call("reading heartbeats", |mut c| {
-                let key = key.clone();
-                async move { c.redis.hgetall(&key).await.map_err(Into::into) }
-            })
+            .query(
+                "reading heartbeats",
+                &redis::Cmd::hgetall(self.key("heartbeats")),
+            )
             .await?;
         Ok(raw
             .into_iter()

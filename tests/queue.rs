@@ -7,9 +7,24 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use stevedore::queue::{Queues, RedisLink, SinkQueues};
+use stevedore::queue::{Delivery, Queues, RedisLink, SinkQueues};
 use stevedore::run_state::{RunState, WorkItem};
 use support::{TestRedis, wait_until};
+
+/// Receives at most one unit, through the batched receive the consumers use.
+async fn receive_one(
+    queues: &Queues,
+    units: &str,
+    dead: &str,
+    visibility: Duration,
+    max_receives: u64,
+) -> Option<Delivery> {
+    queues
+        .receive_batch(units, dead, visibility, max_receives, 1)
+        .await
+        .unwrap()
+        .pop()
+}
 
 fn queues(redis: &TestRedis) -> Queues {
     Queues::new(Arc::new(RedisLink::new(&redis.url()).unwrap()))
@@ -33,19 +48,15 @@ async fn queue_unit_received_max_receives_times_moves_whole_to_the_dead_letter_q
         .await
         .unwrap();
     for attempt in 1..=3 {
-        let delivery = queues
-            .receive(&names.units, &names.dead, Duration::ZERO, 3)
+        let delivery = receive_one(&queues, &names.units, &names.dead, Duration::ZERO, 3)
             .await
-            .unwrap()
             .expect("still deliverable");
         assert_eq!(delivery.receives, attempt);
         assert_eq!(delivery.body, b"unit-1");
     }
     assert!(
-        queues
-            .receive(&names.units, &names.dead, Duration::ZERO, 3)
+        receive_one(&queues, &names.units, &names.dead, Duration::ZERO, 3)
             .await
-            .unwrap()
             .is_none(),
         "the 4th receive dead-letters it"
     );
@@ -72,25 +83,25 @@ async fn queue_ack_and_extend_control_redelivery() {
         .send_batch(&names.units, &[b"a".to_vec(), b"b".to_vec()])
         .await
         .unwrap();
-    let first = queues
-        .receive(&names.units, &names.dead, Duration::from_secs(30), 5)
+    let first = receive_one(
+        &queues,
+        &names.units,
+        &names.dead,
+        Duration::from_secs(30),
+        5,
+    )
+    .await
+    .unwrap();
+    let second = receive_one(&queues, &names.units, &names.dead, Duration::ZERO, 5)
         .await
-        .unwrap()
-        .unwrap();
-    let second = queues
-        .receive(&names.units, &names.dead, Duration::ZERO, 5)
-        .await
-        .unwrap()
         .unwrap();
     queues
         .extend(&names.units, &second.message_id, Duration::from_secs(30))
         .await
         .unwrap();
     assert!(
-        queues
-            .receive(&names.units, &names.dead, Duration::ZERO, 5)
+        receive_one(&queues, &names.units, &names.dead, Duration::ZERO, 5)
             .await
-            .unwrap()
             .is_none(),
         "both are hidden now"
     );
@@ -158,10 +169,14 @@ async fn queue_client_reconnects_after_redis_restarts_on_the_same_port() {
         .await
         .unwrap();
     let mut bodies = BTreeSet::new();
-    while let Some(delivery) = queues
-        .receive(&names.units, &names.dead, Duration::from_secs(30), 5)
-        .await
-        .unwrap()
+    while let Some(delivery) = receive_one(
+        &queues,
+        &names.units,
+        &names.dead,
+        Duration::from_secs(30),
+        5,
+    )
+    .await
     {
         queues
             .ack(&names.units, &delivery.message_id)
@@ -224,7 +239,7 @@ async fn queue_work_items_are_shared_without_overlap_and_resumed_by_their_holder
     assert!(resumed);
     assert_eq!(again.run_id(), "run-1");
 
-    again.finish().await.unwrap();
+    again.finish(&[]).await.unwrap();
     let current: Option<String> = redis.query(redis::cmd("GET").arg("stevedore:items:current_run"));
     assert_eq!(current, None, "a finished run is no longer current");
     let ttl: i64 = redis.query(redis::cmd("TTL").arg("stevedore:items:run:run-1:read"));

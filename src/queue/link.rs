@@ -93,6 +93,54 @@ impl RedisLink {
             .map_err(|source| LinkError::Redis { url: self.display_url.clone(), what: what.to_string(), source })
     }
 
+    /// Runs one prepared command, reconnecting and retrying like [`RedisLink::call`].
+    pub async fn query<T: redis::FromRedisValue>(
+        &self,
+        what: &str,
+        command: &redis::Cmd,
+    ) -> Result<T, LinkError> {
+        self.call(what, |mut c| async move {
+            command
+                .query_async(&mut c.redis)
+                .await
+                .map_err(RsmqError::from)
+        })
+        .await
+    }
+
+    /// Runs a prepared pipeline (atomic if it was built so), reconnecting and retrying.
+    pub async fn query_pipe<T: redis::FromRedisValue>(
+        &self,
+        what: &str,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, LinkError> {
+        self.call(what, |mut c| async move {
+            pipe.query_async(&mut c.redis)
+                .await
+                .map_err(RsmqError::from)
+        })
+        .await
+    }
+
+    /// Runs a Lua script with `keys` and `args`, reconnecting and retrying.
+    pub async fn script<T: redis::FromRedisValue>(
+        &self,
+        what: &str,
+        script: &redis::Script,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<T, LinkError> {
+        self.call(what, |mut c| async move {
+            let mut invocation = script.prepare_invoke();
+            invocation.key(keys).arg(args);
+            invocation
+                .invoke_async(&mut c.redis)
+                .await
+                .map_err(RsmqError::from)
+        })
+        .await
+    }
+
     async fn clients(&self) -> Result<Clients, RsmqError> {
         let mut current = self.current.lock().await;
         if let Some(clients) = current.as_ref() {

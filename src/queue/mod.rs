@@ -102,29 +102,43 @@ impl Queues {
             .await
     }
 
-    /// Receives the next visible unit of `queue`, hiding it for `visibility`. A unit already
-    /// received `max_receives` times is moved to `dead` atomically instead of being returned.
-    pub async fn receive(
+    /// Receives up to `count` visible units of `queue` in one call, hiding them for
+    /// `visibility`. A unit already received `max_receives` times is moved whole (keeping its
+    /// receive count) to `dead` instead of being returned.
+    pub async fn receive_batch(
         &self,
         queue: &str,
         dead: &str,
         visibility: Duration,
         max_receives: u64,
-    ) -> Result<Option<Delivery>, LinkError> {
-        self.link
+        count: u32,
+    ) -> Result<Vec<Delivery>, LinkError> {
+        let messages = self
+            .link
             .call(&format!("receiving from {queue}"), |mut c| async move {
                 c.rsmq
-                    .receive_message_or_dlq::<Vec<u8>>(queue, Some(visibility), dead, max_receives)
+                    .receive_message_batch::<Vec<u8>>(queue, Some(visibility), count)
                     .await
             })
-            .await
-            .map(|message| {
-                message.map(|m| Delivery {
-                    message_id: m.id,
-                    body: m.message,
-                    receives: m.rc,
-                })
-            })
+            .await?;
+        let mut deliveries = Vec::with_capacity(messages.len());
+        for message in messages {
+            if message.rc > max_receives {
+                tracing::warn!(
+                    queue,
+                    receives = message.rc,
+                    "unit delivered too often; moving it to the dead-letter queue"
+                );
+                self.move_message(queue, &message.id, dead).await?;
+            } else {
+                deliveries.push(Delivery {
+                    message_id: message.id,
+                    body: message.message,
+                    receives: message.rc,
+                });
+            }
+        }
+        Ok(deliveries)
     }
 
     /// Keeps a received unit hidden for another `visibility` from now.

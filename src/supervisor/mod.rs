@@ -448,7 +448,7 @@ async fn summarize(
         None => Status::Ok,
     };
     if status != Status::Failed {
-        state.finish().await?;
+        state.finish(&sink_names).await?;
     }
     Ok(Summary {
         job: config.job.name.clone(),

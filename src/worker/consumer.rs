@@ -5,7 +5,7 @@
 //! written is recognised by the sink's ledger; counts are stored per unit id. So a consumer may
 //! die anywhere and its unit, redelivered after the visibility timeout, lands exactly once.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -18,6 +18,10 @@ use crate::unit::DataUnit;
 
 /// How long an idle consumer waits before polling an empty queue again, at most.
 const MAX_IDLE_WAIT: Duration = Duration::from_millis(200);
+
+/// Units received per call; the ones waiting their turn are kept hidden (and released at once
+/// on shutdown).
+const PREFETCH: u32 = 4;
 
 /// Attempts at a transient sink error within one delivery before the unit is released.
 const WRITE_ATTEMPTS: u32 = 3;
@@ -53,20 +57,49 @@ async fn consume_sink(context: WorkerContext, config: SinkConfig) -> Result<Fini
         if shutdown.is_set() {
             return Ok(Finish::Interrupted);
         }
-        let Some(delivery) = context
+        let deliveries = context
             .queues
-            .receive(&queues.units, &queues.dead, visibility, max_receives)
-            .await?
-        else {
+            .receive_batch(
+                &queues.units,
+                &queues.dead,
+                visibility,
+                max_receives,
+                PREFETCH,
+            )
+            .await?;
+        if deliveries.is_empty() {
             if context.state.draining().await? && context.queues.depth(&queues.units).await? == 0 {
                 return Ok(Finish::Done);
             }
             shutdown.sleep(idle).await;
             idle = (idle * 2).min(MAX_IDLE_WAIT);
             continue;
-        };
+        }
         idle = Duration::from_millis(5);
-        handle(&context, &config, &queues, sink.as_mut(), delivery).await?;
+        let received = Instant::now();
+        let mut extended = received;
+        for (position, delivery) in deliveries.iter().enumerate() {
+            let waiting = &deliveries[position..];
+            if shutdown.is_set() {
+                for delivery in waiting {
+                    context
+                        .queues
+                        .extend(&queues.units, &delivery.message_id, Duration::ZERO)
+                        .await?;
+                }
+                return Ok(Finish::Interrupted);
+            }
+            if extended.elapsed() > visibility / 2 {
+                for delivery in waiting {
+                    context
+                        .queues
+                        .extend(&queues.units, &delivery.message_id, visibility)
+                        .await?;
+                }
+                extended = Instant::now();
+            }
+            handle(&context, &config, &queues, sink.as_mut(), delivery.clone()).await?;
+        }
     }
 }
 
