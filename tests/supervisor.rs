@@ -139,3 +139,29 @@ fn supervisor_fails_the_run_when_a_worker_crash_loops() {
         "the reason shows the worker's last log lines: {reason}"
     );
 }
+
+#[test]
+fn supervisor_refuses_a_second_run_of_a_job_that_is_running() {
+    let redis = TestRedis::start();
+    let job = generator_job(&redis, "locked", 100_000, "");
+    let first = job.spawn_run();
+    wait_until("rows are landing", || {
+        job.sqlite_count("out.db", "orders") > 0
+    });
+    let output = job.command("run").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("job `locked` is already running (host"),
+        "{stderr}"
+    );
+    let result = job.finish(first);
+    result.expect_code(0);
+    assert_eq!(result.summary["resumed"], false);
+    assert_eq!(
+        distinct_ids(&job),
+        (1..=100_000).collect(),
+        "the refused run changed nothing"
+    );
+    assert_eq!(job.sqlite_count("out.db", "orders"), 100_000);
+}

@@ -40,11 +40,12 @@ fn main() {
     std::process::exit(code);
 }
 
-/// Workers log at info (to their log files); the supervisor at warn unless RUST_LOG says otherwise.
+/// Logs go to stderr (workers' stderr is their log file) at info, `check` at warn;
+/// `STEVEDORE_LOG` overrides.
 fn init_logging(cli: &Cli) {
     let default = match cli.command {
-        Command::Worker { .. } => "info",
-        _ => "warn",
+        Command::Check { .. } => "warn",
+        _ => "info",
     };
     let filter =
         EnvFilter::try_from_env("STEVEDORE_LOG").unwrap_or_else(|_| EnvFilter::new(default));

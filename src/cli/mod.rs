@@ -68,8 +68,8 @@ pub enum Command {
         /// The run id.
         #[arg(long)]
         run: String,
-        /// The Redis URL.
-        #[arg(long)]
+        /// The Redis URL (set by the supervisor in the environment, never on the command line).
+        #[arg(long, env = "STEVEDORE_REDIS_URL", hide_env_values = true)]
         redis: String,
     },
 }

@@ -7,6 +7,7 @@
 //! run stays resumable: the next `stevedore run` continues it. The supervisor never touches a
 //! sink: it knows processes, Redis and counts.
 
+mod lock;
 mod managed_redis;
 mod progress;
 pub mod summary;
@@ -26,6 +27,7 @@ use crate::source::{self, SourceError};
 use crate::unit::DataUnit;
 use crate::worker::{EXIT_INTERRUPTED, Role};
 
+pub use lock::{JobLock, LOCK_TTL, LockError};
 pub use managed_redis::{ManagedRedis, free_port};
 pub use summary::{Status, Summary};
 use workers::{Launcher, State, WorkerProcess, log_tail, signal as send_signal};
@@ -45,6 +47,9 @@ pub enum SupervisorError {
     /// Redis was unreachable.
     #[error(transparent)]
     Link(#[from] LinkError),
+    /// Another supervisor runs the job.
+    #[error(transparent)]
+    Lock(#[from] LockError),
     /// Local files or processes failed.
     #[error("{0}")]
     Local(String),
@@ -74,13 +79,46 @@ pub fn plan_sources(config: &JobConfig) -> Result<Vec<WorkItem>, SourceError> {
     Ok(items)
 }
 
+/// The SIGINT and SIGTERM streams, registered before anything starts so none is missed.
+struct Signals {
+    interrupts: tokio::signal::unix::Signal,
+    terminations: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> Result<Signals, SupervisorError> {
+        let listen = |kind| {
+            signal(kind)
+                .map_err(|e| SupervisorError::Local(format!("cannot listen for signals: {e}")))
+        };
+        Ok(Signals {
+            interrupts: listen(SignalKind::interrupt())?,
+            terminations: listen(SignalKind::terminate())?,
+        })
+    }
+
+    /// The name of the next signal received.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupts.recv() => "SIGINT",
+            _ = self.terminations.recv() => "SIGTERM",
+        }
+    }
+}
+
+/// What one supervised run works with.
+struct Invocation<'a> {
+    config: &'a JobConfig,
+    options: &'a RunOptions,
+    redis_url: &'a str,
+    link: Arc<RedisLink>,
+    lock: JobLock,
+}
+
 /// Runs the job once, to completion, failure or interruption.
 pub async fn run_once(config: JobConfig, options: RunOptions) -> Result<Summary, SupervisorError> {
     let started = Instant::now();
-    let mut interrupts =
-        signal(SignalKind::interrupt()).map_err(|e| SupervisorError::Local(e.to_string()))?;
-    let mut terminations =
-        signal(SignalKind::terminate()).map_err(|e| SupervisorError::Local(e.to_string()))?;
+    let mut signals = Signals::listen()?;
     let items = plan_sources(&config)?;
     let mut managed = match &config.redis {
         RedisConfig::Managed {
@@ -94,15 +132,22 @@ pub async fn run_once(config: JobConfig, options: RunOptions) -> Result<Summary,
         (None, RedisConfig::External { url }) => url.clone(),
         (None, RedisConfig::Managed { .. }) => unreachable!("a managed redis was started above"),
     };
-    let result = supervise(
-        &config,
-        &options,
-        &redis_url,
-        items,
-        managed.as_mut(),
-        &mut interrupts,
-        &mut terminations,
-    )
+    let result = async {
+        let link = Arc::new(RedisLink::new(&redis_url)?);
+        let lock = JobLock::acquire(&link, &config.job.name).await?;
+        let invocation = Invocation {
+            config: &config,
+            options: &options,
+            redis_url: &redis_url,
+            link,
+            lock,
+        };
+        let result = supervise(&invocation, items, managed.as_mut(), &mut signals).await;
+        if let Err(error) = invocation.lock.release(&invocation.link).await {
+            tracing::warn!(%error, "could not release the job lock; it expires by itself");
+        }
+        result
+    }
     .await;
     let redis_restarts = managed.as_ref().map(|managed| managed.restarts);
     if let Some(managed) = managed {
@@ -115,15 +160,18 @@ pub async fn run_once(config: JobConfig, options: RunOptions) -> Result<Summary,
 }
 
 async fn supervise(
-    config: &JobConfig,
-    options: &RunOptions,
-    redis_url: &str,
+    invocation: &Invocation<'_>,
     items: Vec<WorkItem>,
     mut managed: Option<&mut ManagedRedis>,
-    interrupts: &mut tokio::signal::unix::Signal,
-    terminations: &mut tokio::signal::unix::Signal,
+    signals: &mut Signals,
 ) -> Result<Summary, SupervisorError> {
-    let link = Arc::new(RedisLink::new(redis_url)?);
+    let Invocation {
+        config,
+        options,
+        redis_url,
+        link,
+        lock,
+    } = invocation;
     let queues = Queues::new(link.clone());
     for sink in &config.sinks {
         let names = SinkQueues::new(&config.job.name, &sink.name);
@@ -134,7 +182,7 @@ async fn supervise(
             .ensure(&names.dead, config.queue.visibility_timeout)
             .await?;
     }
-    let (state, resumed) = RunState::begin(link, &config.job.name, &new_run_id()).await?;
+    let (state, resumed) = RunState::begin(link.clone(), &config.job.name, &new_run_id()).await?;
     if resumed {
         let released = state.release_held_items().await?;
         tracing::info!(
@@ -160,7 +208,13 @@ async fn supervise(
         log_dir: log_dir.clone(),
         log_format: options.log_format.clone(),
     };
-    tracing::info!(run = state.run_id(), logs = %log_dir.display(), "starting workers");
+    tracing::info!(
+        run = state.run_id(),
+        producers = config.workers.producers,
+        consumers = config.workers.consumers,
+        "starting workers; their logs are in {}",
+        log_dir.display()
+    );
     let mut workers = Vec::new();
     for (role, count) in [
         (Role::Producer, config.workers.producers),
@@ -186,11 +240,19 @@ async fn supervise(
     let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
     let display = progress::ProgressLine::new();
     let mut tick = tokio::time::interval(TICK);
+    let mut last_renewal = Instant::now();
     while !monitor.all_exited() {
         tokio::select! {
-            _ = interrupts.recv() => monitor.on_signal("SIGINT"),
-            _ = terminations.recv() => monitor.on_signal("SIGTERM"),
+            name = signals.next() => monitor.on_signal(name),
             _ = tick.tick() => {}
+        }
+        if last_renewal.elapsed() > LOCK_TTL / 3 {
+            match lock.renew(link).await {
+                Ok(true) => last_renewal = Instant::now(),
+                Ok(false) => monitor
+                    .stop("lost the job lock (Redis unreachable for longer than its TTL?)".into()),
+                Err(error) => tracing::warn!(%error, "could not renew the job lock"),
+            }
         }
         if let Some(managed) = managed.as_deref_mut()
             && let Err(error) = managed.revive().await

@@ -10,6 +10,10 @@ use tokio::process::{Child, Command};
 
 use crate::worker::Role;
 
+/// The environment variable that hands workers the Redis URL: unlike an argument, it does
+/// not show a password to everyone who runs `ps`.
+pub const REDIS_URL_ENV: &str = "STEVEDORE_REDIS_URL";
+
 /// Everything needed to start a worker of this run.
 pub struct Launcher {
     /// This binary.
