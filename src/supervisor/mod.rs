@@ -79,10 +79,12 @@ pub fn plan_sources(config: &JobConfig) -> Result<Vec<WorkItem>, SourceError> {
     Ok(items)
 }
 
-/// The SIGINT and SIGTERM streams, registered before anything starts so none is missed.
+/// The SIGINT, SIGTERM and SIGHUP streams, registered before anything starts so none is
+/// missed. All three stop the run gracefully (SIGHUP: the terminal went away).
 struct Signals {
     interrupts: tokio::signal::unix::Signal,
     terminations: tokio::signal::unix::Signal,
+    hangups: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -94,6 +96,7 @@ impl Signals {
         Ok(Signals {
             interrupts: listen(SignalKind::interrupt())?,
             terminations: listen(SignalKind::terminate())?,
+            hangups: listen(SignalKind::hangup())?,
         })
     }
 
@@ -102,6 +105,7 @@ impl Signals {
         tokio::select! {
             _ = self.interrupts.recv() => "SIGINT",
             _ = self.terminations.recv() => "SIGTERM",
+            _ = self.hangups.recv() => "SIGHUP",
         }
     }
 }
