@@ -46,13 +46,12 @@ impl Launcher {
                 &id.to_string(),
                 "--run",
                 &self.run,
-                "--redis",
-                &self.redis_url,
                 "--log-format",
                 &self.log_format,
             ])
             .arg("--config")
             .arg(&self.config_path)
+            .env(REDIS_URL_ENV, &self.redis_url)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
