@@ -27,6 +27,29 @@ static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
     )
 });
 
+/// Sets the plan flag and pushes the items in one step: KEYS = planned flag, pending list;
+/// ARGV = the items. Returns 1 if this call made the plan, 0 if one existed.
+static PLAN: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        if redis.call('SET', KEYS[1], #ARGV, 'NX') == false then return 0 end
+        for _, item in ipairs(ARGV) do redis.call('RPUSH', KEYS[2], item) end
+        return 1",
+    )
+});
+
+/// Records an item's count, marks it done and clears the producer's slot if it holds this
+/// item: KEYS = held hash, read hash, done set; ARGV = producer, item, item key, count.
+static COMPLETE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+        redis.call('SADD', KEYS[3], ARGV[3])
+        if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
+        return 1",
+    )
+});
+
 /// Moves every held item back to the front of the pending list: KEYS = pending list, held hash.
 static RELEASE_HELD: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
@@ -223,28 +246,16 @@ impl RunState {
             .await
     }
 
-    /// Queues `items` as the run's work, once: a resumed run keeps the plan it had.
+    /// Queues `items` as the run's work, once: a resumed run keeps the plan it had. The flag
+    /// and the items are written by one script, so a crash cannot leave a plan with no items.
     pub async fn plan(&self, items: &[WorkItem]) -> Result<bool, LinkError> {
+        let keys = [self.key("planned"), self.key("items:pending")];
         let encoded: Vec<String> = items.iter().map(WorkItem::encode).collect();
-        let first: Option<String> = self
+        let first: i64 = self
             .link
-            .query(
-                "planning work items",
-                redis::cmd("SET")
-                    .arg(self.key("planned"))
-                    .arg(items.len())
-                    .arg("NX"),
-            )
+            .script("planning work items", &PLAN, &keys, &encoded)
             .await?;
-        if first.is_some() && !encoded.is_empty() {
-            self.link
-                .query::<()>(
-                    "planning work items",
-                    &redis::Cmd::rpush(self.key("items:pending"), encoded),
-                )
-                .await?;
-        }
-        Ok(first.is_some())
+        Ok(first == 1)
     }
 
     /// Puts items held by producers that no longer run back in front of the pending list.
@@ -271,19 +282,29 @@ impl RunState {
         Ok(text.and_then(|text| serde_json::from_str(&text).ok()))
     }
 
-    /// Marks `item` done by `producer`, with the exact number of input records it held.
+    /// Marks `item` done by `producer`, with the exact number of input records it held. The
+    /// producer's slot is cleared only if it still holds this very item.
     pub async fn complete(
         &self,
         producer: u32,
         item: &WorkItem,
         read: u64,
     ) -> Result<(), LinkError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hset(self.key("read"), item.key(), read)
-            .sadd(self.key("items:done"), item.key())
-            .hdel(self.key("items:held"), producer);
-        self.link.query_pipe("completing a work item", &pipe).await
+        let keys = [
+            self.key("items:held"),
+            self.key("read"),
+            self.key("items:done"),
+        ];
+        let args = [
+            producer.to_string(),
+            item.encode(),
+            item.key(),
+            read.to_string(),
+        ];
+        self.link
+            .script::<i64>("completing a work item", &COMPLETE, &keys, &args)
+            .await
+            .map(drop)
     }
 
     /// Work items not yet done: pending or held by a producer.

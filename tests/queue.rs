@@ -272,3 +272,35 @@ async fn queue_held_items_of_dead_producers_are_released_on_resume() {
     );
     assert_eq!(state.unfinished_items().await.unwrap(), 3);
 }
+
+#[tokio::test]
+async fn queue_a_stale_completion_does_not_drop_the_item_a_new_producer_holds() {
+    let redis = TestRedis::start();
+    let link = Arc::new(RedisLink::new(&redis.url()).unwrap());
+    let (state, _) = RunState::begin(link, "stale", "run-1").await.unwrap();
+    let items: Vec<WorkItem> = (0..3)
+        .map(|index| WorkItem {
+            source: "s".into(),
+            index,
+            origin: String::new(),
+            range: None,
+        })
+        .collect();
+    state.plan(&items).await.unwrap();
+    // An orphaned producer-1 holds item 0; a new supervisor releases it and a new
+    // producer-1 ends up holding item 1.
+    let old = state.claim(1).await.unwrap().unwrap();
+    state.release_held_items().await.unwrap();
+    assert_eq!(state.claim(2).await.unwrap().unwrap(), old);
+    let new = state.claim(1).await.unwrap().unwrap();
+    assert_ne!(new, old);
+    // The orphan finishes late: its count is recorded, the new holder keeps its item.
+    state.complete(1, &old, 4).await.unwrap();
+    assert_eq!(
+        state.claim(1).await.unwrap().unwrap(),
+        new,
+        "producer-1 still holds its item"
+    );
+    // Producer 2 still holds item 0 (it redoes it harmlessly: unit ids are deterministic).
+    assert_eq!(state.unfinished_items().await.unwrap(), 3);
+}

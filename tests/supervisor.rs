@@ -52,9 +52,17 @@ fn supervisor_restarts_a_killed_consumer_and_every_record_lands_once() {
         job.sqlite_count("out.db", "orders") > 0
     });
     let pid = worker_pid(&redis, "killed", "consumer-1").expect("consumer-1 beats");
-    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap().replace('\0', " ");
-    assert!(cmdline.contains("worker consumer --id 1"), "ps shows the role: {cmdline}");
-    assert!(!cmdline.contains("redis://"), "the Redis URL (and any password) stays out of argv: {cmdline}");
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+        .unwrap()
+        .replace('\0', " ");
+    assert!(
+        cmdline.contains("worker consumer --id 1"),
+        "ps shows the role: {cmdline}"
+    );
+    assert!(
+        !cmdline.contains("redis://"),
+        "the Redis URL (and any password) stays out of argv: {cmdline}"
+    );
     kill(pid, "KILL");
 
     let result = job.finish(run);

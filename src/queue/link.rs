@@ -178,17 +178,20 @@ pub fn is_connection_error(error: &RsmqError) -> bool {
 }
 
 fn is_redis_connection_error(error: &RedisError) -> bool {
+    // Not `is_unrecoverable_error()`: it also covers a wrong password or a protocol error,
+    // which retrying cannot fix and which should surface at once.
     error.is_io_error()
         || error.is_connection_dropped()
         || error.is_connection_refusal()
         || error.is_timeout()
-        || error.is_unrecoverable_error()
         || matches!(
             error.kind(),
             ErrorKind::Server(
                 ServerErrorKind::NoScript
                     | ServerErrorKind::BusyLoading
                     | ServerErrorKind::TryAgain
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ReadOnly
             )
         )
 }

@@ -85,11 +85,14 @@ impl JobLock {
             let holder: Option<String> = link
                 .query("reading the job lock", &redis::Cmd::get(&key))
                 .await?;
-            return Err(LockError::Held {
-                job: job.to_string(),
-                holder: holder.unwrap_or_else(|| "released just now".into()),
-                ttl: LOCK_TTL.as_secs(),
-            });
+            // A retried SET whose first reply was lost finds our own token: that is success.
+            if holder.as_deref() != Some(token.as_str()) {
+                return Err(LockError::Held {
+                    job: job.to_string(),
+                    holder: holder.unwrap_or_else(|| "released just now".into()),
+                    ttl: LOCK_TTL.as_secs(),
+                });
+            }
         }
         let fencing_token = link
             .query(

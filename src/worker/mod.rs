@@ -62,6 +62,9 @@ pub enum WorkerError {
     /// A source could not be read.
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// The thread reading a source failed.
+    #[error("reading the source failed: {0}")]
+    Reader(String),
     /// A sink failed in a way retries cannot fix.
     #[error(transparent)]
     Sink(#[from] SinkError),

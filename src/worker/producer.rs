@@ -95,7 +95,10 @@ async fn produce_item(
     {
         return Ok(Finish::Interrupted);
     }
-    let _ = reader.await;
+    if let Err(error) = reader.await {
+        // The reader thread panicked: the item is not done, whatever was counted.
+        return Err(WorkerError::Reader(error.to_string()));
+    }
     context.state.complete(context.id, item, inputs).await?;
     tracing::info!(source = %item.source, origin = %item.origin, records = inputs, units = next_chunk, "work item done");
     Ok(Finish::Done)
