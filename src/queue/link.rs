@@ -41,11 +41,22 @@ pub enum LinkError {
     },
 }
 
+/// How hard a link tries before it reports an error.
+#[derive(Debug, Clone, Copy)]
+pub enum Patience {
+    /// Retry connection-level errors for about a minute: for work that must happen.
+    Patient,
+    /// One attempt of at most a second: for periodic reads that the next tick repeats, so a
+    /// Redis outage never stalls the loop that must notice it.
+    Impatient,
+}
+
 /// Reconnecting access to one Redis.
 pub struct RedisLink {
     client: redis::Client,
     display_url: String,
     current: Mutex<Option<Clients>>,
+    patience: Patience,
 }
 
 impl RedisLink {
@@ -61,7 +72,18 @@ impl RedisLink {
             client,
             display_url,
             current: Mutex::new(None),
+            patience: Patience::Patient,
         })
+    }
+
+    /// The same Redis with another [`Patience`] (and its own connection).
+    pub fn with_patience(&self, patience: Patience) -> RedisLink {
+        RedisLink {
+            client: self.client.clone(),
+            display_url: self.display_url.clone(),
+            current: Mutex::new(None),
+            patience,
+        }
     }
 
     /// The URL with any password removed, for messages.
@@ -76,8 +98,13 @@ impl RedisLink {
         Fut: Future<Output = Result<T, RsmqError>>,
     {
         let attempt = || async {
-            let clients = self.clients().await?;
-            let result = op(clients).await;
+            let work = async { op(self.clients().await?).await };
+            let result = match self.patience {
+                Patience::Patient => work.await,
+                Patience::Impatient => tokio::time::timeout(IMPATIENT_TIMEOUT, work)
+                    .await
+                    .unwrap_or_else(|_| Err(timed_out())),
+            };
             if let Err(error) = &result
                 && is_connection_error(error)
             {
@@ -86,7 +113,7 @@ impl RedisLink {
             result
         };
         attempt
-            .retry(backoff())
+            .retry(backoff(self.patience))
             .when(is_connection_error)
             .notify(|error, wait| tracing::warn!(%error, ?wait, redis = %self.display_url, "{what}: redis unavailable, retrying"))
             .await
@@ -160,12 +187,27 @@ impl RedisLink {
     }
 }
 
-fn backoff() -> ExponentialBuilder {
+/// How long an impatient call may take.
+const IMPATIENT_TIMEOUT: Duration = Duration::from_secs(1);
+
+fn backoff(patience: Patience) -> ExponentialBuilder {
+    let retries = match patience {
+        Patience::Patient => 40,
+        Patience::Impatient => 0,
+    };
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(50))
         .with_max_delay(Duration::from_secs(2))
-        .with_max_times(40)
+        .with_max_times(retries)
         .with_jitter()
+}
+
+fn timed_out() -> RsmqError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "no reply within 1 s",
+    ))
+    .into()
 }
 
 /// True for errors after which the client must be rebuilt: the connection broke, the server

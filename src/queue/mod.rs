@@ -10,7 +10,9 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use rsmq_async::{RsmqConnection, RsmqError};
 
-pub use link::{Clients, LinkError, RSMQ_NAMESPACE, RedisLink, is_connection_error, redact_url};
+pub use link::{
+    Clients, LinkError, Patience, RSMQ_NAMESPACE, RedisLink, is_connection_error, redact_url,
+};
 
 /// The two queue names of one sink.
 #[derive(Debug, Clone, PartialEq, Eq)]

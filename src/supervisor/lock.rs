@@ -13,10 +13,17 @@ use crate::queue::{LinkError, RedisLink};
 /// How long the lock outlives a holder that stopped renewing it.
 pub const LOCK_TTL: Duration = Duration::from_secs(15);
 
+/// Extends the lock if we hold it, or takes it back if it expired and nobody else took it
+/// (Redis was unreachable for longer than the TTL): KEYS = lock; ARGV = token, TTL in ms.
 static RENEW: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
-        if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+        local holder = redis.call('GET', KEYS[1])
+        if holder == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+        if holder == false then
+            redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+            return 1
+        end
         return 0",
     )
 });
@@ -107,7 +114,7 @@ impl JobLock {
         })
     }
 
-    /// Extends the lock; false if it was lost (expired and taken by someone else).
+    /// Extends (or retakes, if it expired unclaimed) the lock; false if someone else holds it.
     pub async fn renew(&self, link: &RedisLink) -> Result<bool, LinkError> {
         let renewed: i64 = link
             .script(

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{JobConfig, RedisConfig, SinkKind};
-use crate::queue::{LinkError, Queues, RedisLink, SinkQueues};
+use crate::queue::{LinkError, Patience, Queues, RedisLink, SinkQueues};
 use crate::run_state::{RunState, WorkItem, new_run_id, now_ms};
 use crate::source::{self, SourceError};
 use crate::unit::DataUnit;
@@ -232,14 +232,19 @@ async fn supervise(
         }
     }
 
+    // Per-tick reads go through an impatient view of Redis: one attempt of at most a second,
+    // so an outage never stops the loop that handles signals, reaps workers and revives Redis.
+    let ticker_link = Arc::new(link.with_patience(Patience::Impatient));
+    let ticker_state = RunState::new(ticker_link.clone(), &config.job.name, state.run_id());
     let mut monitor = Monitor {
         config,
-        state: &state,
+        state: &ticker_state,
         launcher: &launcher,
         workers,
         stopping: None,
         stop_deadline: None,
         drained: false,
+        heartbeat_grace_until: Instant::now(),
     };
     let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
     let display = progress::ProgressLine::new();
@@ -250,24 +255,25 @@ async fn supervise(
             name = signals.next() => monitor.on_signal(name),
             _ = tick.tick() => {}
         }
-        if last_renewal.elapsed() > LOCK_TTL / 3 {
-            match lock.renew(link).await {
-                Ok(true) => last_renewal = Instant::now(),
-                Ok(false) => monitor
-                    .stop("lost the job lock (Redis unreachable for longer than its TTL?)".into()),
-                Err(error) => tracing::warn!(%error, "could not renew the job lock"),
-            }
-        }
         if let Some(managed) = managed.as_deref_mut()
             && let Err(error) = managed.revive().await
         {
             monitor.stop(error.to_string());
         }
+        if last_renewal.elapsed() > LOCK_TTL / 3 {
+            match lock.renew(&ticker_link).await {
+                Ok(true) => last_renewal = Instant::now(),
+                Ok(false) => {
+                    monitor.stop("lost the job lock: another supervisor took over this job".into())
+                }
+                Err(error) => tracing::warn!(%error, "could not renew the job lock"),
+            }
+        }
         monitor.reap();
         monitor.restart_due();
         monitor.check_heartbeats().await;
         monitor.drain_when_produced().await;
-        if let Ok(progress) = state.progress().await {
+        if let Ok(progress) = ticker_state.progress().await {
             display.update(&progress, &sink_names);
         }
     }
@@ -304,6 +310,8 @@ struct Monitor<'a> {
     stopping: Option<String>,
     stop_deadline: Option<Instant>,
     drained: bool,
+    /// Heartbeats are not judged before this: after Redis was unreachable, every beat is old.
+    heartbeat_grace_until: Instant,
 }
 
 impl Monitor<'_> {
@@ -421,10 +429,14 @@ impl Monitor<'_> {
         if self.stopping.is_some() {
             return;
         }
+        let timeout = self.config.workers.heartbeat_timeout;
         let Ok(beats) = self.state.heartbeats().await else {
+            self.heartbeat_grace_until = Instant::now() + timeout;
             return;
         };
-        let timeout = self.config.workers.heartbeat_timeout;
+        if Instant::now() < self.heartbeat_grace_until {
+            return;
+        }
         let now = now_ms();
         for worker in &self.workers {
             if !matches!(worker.state, State::Running(_)) || worker.started.elapsed() < timeout {
