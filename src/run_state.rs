@@ -215,7 +215,7 @@ impl RunState {
         ];
         let per_sink = sinks
             .iter()
-            .flat_map(|sink| [format!("written:{sink}"), format!("dead:{sink}")]);
+            .flat_map(|sink| ["written", "dead", "attempts"].map(|kind| format!("{kind}:{sink}")));
         fixed
             .into_iter()
             .map(str::to_string)
@@ -384,6 +384,16 @@ impl RunState {
             .query(
                 "recording a dead unit",
                 &redis::Cmd::hset(self.key(&format!("dead:{sink}")), unit, records),
+            )
+            .await
+    }
+
+    /// Counts the start of a write attempt of `unit` on `sink`; returns the attempt number.
+    pub async fn begin_attempt(&self, sink: &str, unit: &str) -> Result<u64, LinkError> {
+        self.link
+            .query(
+                "counting an attempt",
+                &redis::Cmd::hincr(self.key(&format!("attempts:{sink}")), unit, 1),
             )
             .await
     }

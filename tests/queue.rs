@@ -12,15 +12,9 @@ use stevedore::run_state::{RunState, WorkItem};
 use support::{TestRedis, wait_until};
 
 /// Receives at most one unit, through the batched receive the consumers use.
-async fn receive_one(
-    queues: &Queues,
-    units: &str,
-    dead: &str,
-    visibility: Duration,
-    max_receives: u64,
-) -> Option<Delivery> {
+async fn receive_one(queues: &Queues, units: &str, visibility: Duration) -> Option<Delivery> {
     queues
-        .receive_batch(units, dead, visibility, max_receives, 1)
+        .receive_batch(units, visibility, 1)
         .await
         .unwrap()
         .pop()
@@ -31,7 +25,7 @@ fn queues(redis: &TestRedis) -> Queues {
 }
 
 #[tokio::test]
-async fn queue_unit_received_max_receives_times_moves_whole_to_the_dead_letter_queue() {
+async fn queue_receive_counts_deliveries_and_move_keeps_the_unit_whole() {
     let redis = TestRedis::start();
     let queues = queues(&redis);
     let names = SinkQueues::new("poison", "local");
@@ -48,18 +42,20 @@ async fn queue_unit_received_max_receives_times_moves_whole_to_the_dead_letter_q
         .await
         .unwrap();
     for attempt in 1..=3 {
-        let delivery = receive_one(&queues, &names.units, &names.dead, Duration::ZERO, 3)
+        let delivery = receive_one(&queues, &names.units, Duration::ZERO)
             .await
             .expect("still deliverable");
         assert_eq!(delivery.receives, attempt);
         assert_eq!(delivery.body, b"unit-1");
     }
-    assert!(
-        receive_one(&queues, &names.units, &names.dead, Duration::ZERO, 3)
-            .await
-            .is_none(),
-        "the 4th receive dead-letters it"
-    );
+    let last = receive_one(&queues, &names.units, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(last.receives, 4);
+    queues
+        .move_message(&names.units, &last.message_id, &names.dead)
+        .await
+        .unwrap();
     assert_eq!(queues.depth(&names.units).await.unwrap(), 0);
     let dead = queues.read_all(&names.dead).await.unwrap();
     assert_eq!(dead.len(), 1);
@@ -83,16 +79,10 @@ async fn queue_ack_and_extend_control_redelivery() {
         .send_batch(&names.units, &[b"a".to_vec(), b"b".to_vec()])
         .await
         .unwrap();
-    let first = receive_one(
-        &queues,
-        &names.units,
-        &names.dead,
-        Duration::from_secs(30),
-        5,
-    )
-    .await
-    .unwrap();
-    let second = receive_one(&queues, &names.units, &names.dead, Duration::ZERO, 5)
+    let first = receive_one(&queues, &names.units, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let second = receive_one(&queues, &names.units, Duration::ZERO)
         .await
         .unwrap();
     queues
@@ -100,7 +90,7 @@ async fn queue_ack_and_extend_control_redelivery() {
         .await
         .unwrap();
     assert!(
-        receive_one(&queues, &names.units, &names.dead, Duration::ZERO, 5)
+        receive_one(&queues, &names.units, Duration::ZERO)
             .await
             .is_none(),
         "both are hidden now"
@@ -169,15 +159,7 @@ async fn queue_client_reconnects_after_redis_restarts_on_the_same_port() {
         .await
         .unwrap();
     let mut bodies = BTreeSet::new();
-    while let Some(delivery) = receive_one(
-        &queues,
-        &names.units,
-        &names.dead,
-        Duration::from_secs(30),
-        5,
-    )
-    .await
-    {
+    while let Some(delivery) = receive_one(&queues, &names.units, Duration::from_secs(30)).await {
         queues
             .ack(&names.units, &delivery.message_id)
             .await

@@ -223,3 +223,72 @@ fn sqlite_malformed_input_is_dead_lettered_with_reasons_and_the_rest_lands() {
     );
     assert_eq!(cast["dead_letter"]["sink"], "local");
 }
+
+#[test]
+fn sqlite_unit_failing_every_attempt_is_dead_lettered_whole_after_max_receives() {
+    let redis = TestRedis::start();
+    let job = Job::new(&format!(
+        r#"
+        [job]
+        name = "poison"
+        data_dir = "{{dir}}/var"
+        [redis]
+        url = "{url}"
+        [workers]
+        producers = 1
+        consumers = 1
+        [queue]
+        unit_records = 10
+        visibility_timeout = "1s"
+        max_receives = 2
+        [[source]]
+        name = "orders"
+        kind = "files"
+        path = "{{dir}}/orders.jsonl"
+        format = "jsonl"
+        [[sink]]
+        name = "local"
+        kind = "sqlite"
+        path = "{{dir}}/out.db"
+        table = "orders"
+        busy_timeout = "50ms"
+        "#,
+        url = redis.url()
+    ));
+    let lines: Vec<String> = (1..=15).map(|i| json!({"id": i}).to_string()).collect();
+    job.write("orders.jsonl", &(lines.join("\n") + "\n"));
+    // Another program holds the database for the whole run: every write attempt fails.
+    let holder = rusqlite::Connection::open(job.path("out.db")).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+
+    let result = job.run();
+    holder.execute_batch("COMMIT").unwrap();
+    result.expect_code(3);
+    assert_eq!(result.summary["records_read"], 15);
+    assert_eq!(result.summary["sinks"]["local"]["written"], 0);
+    assert_eq!(result.summary["sinks"]["local"]["dead_lettered"], 15);
+    let dead = queue_bodies(&redis, "poison-local-dlq");
+    assert_eq!(
+        dead.len(),
+        2,
+        "both units are dead-lettered whole: {dead:?}"
+    );
+    let counts: BTreeSet<u64> = dead
+        .iter()
+        .map(|unit| unit["count"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        counts,
+        BTreeSet::from([5, 10]),
+        "the envelopes keep their records"
+    );
+    let attempts: Vec<u64> = redis.query(redis::cmd("HVALS").arg(format!(
+        "stevedore:poison:run:{}:attempts:local",
+        result.summary["run"].as_str().unwrap()
+    )));
+    assert_eq!(
+        attempts,
+        vec![3, 3],
+        "two real attempts each, the third delivery dead-letters"
+    );
+}

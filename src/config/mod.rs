@@ -161,6 +161,8 @@ pub struct SqliteSinkConfig {
     pub mode: WriteMode,
     /// Key columns for upsert mode.
     pub key: Vec<String>,
+    /// How long a write waits for another writer's lock before it counts as a failed attempt.
+    pub busy_timeout: Duration,
 }
 
 /// How a sink applies rows.

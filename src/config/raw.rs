@@ -67,6 +67,7 @@ struct RawSqlite {
     mode: WriteMode,
     #[serde(default)]
     key: Vec<String>,
+    busy_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -306,11 +307,18 @@ fn read_sink(mut table: toml::Table, path: &str, problems: &mut Problems) -> Opt
     let rest = toml::Value::Table(table);
     let kind = match kind.as_str() {
         "sqlite" => section::<RawSqlite>(rest, path, problems).map(|sqlite| {
+            let busy_timeout = duration(
+                sqlite.busy_timeout,
+                "60s",
+                &join(path, "busy_timeout"),
+                problems,
+            );
             SinkKind::Sqlite(SqliteSinkConfig {
                 path: sqlite.path,
                 table: sqlite.table,
                 mode: sqlite.mode,
                 key: sqlite.key,
+                busy_timeout,
             })
         }),
         "blackhole" => section::<RawBlackhole>(rest, path, problems).map(|_| SinkKind::Blackhole),

@@ -105,14 +105,12 @@ impl Queues {
     }
 
     /// Receives up to `count` visible units of `queue` in one call, hiding them for
-    /// `visibility`. A unit already received `max_receives` times is moved whole (keeping its
-    /// receive count) to `dead` instead of being returned.
+    /// `visibility`. Each delivery carries RSMQ's receive count; what to do with units that
+    /// keep failing is the caller's policy.
     pub async fn receive_batch(
         &self,
         queue: &str,
-        dead: &str,
         visibility: Duration,
-        max_receives: u64,
         count: u32,
     ) -> Result<Vec<Delivery>, LinkError> {
         let messages = self
@@ -123,24 +121,14 @@ impl Queues {
                     .await
             })
             .await?;
-        let mut deliveries = Vec::with_capacity(messages.len());
-        for message in messages {
-            if message.rc > max_receives {
-                tracing::warn!(
-                    queue,
-                    receives = message.rc,
-                    "unit delivered too often; moving it to the dead-letter queue"
-                );
-                self.move_message(queue, &message.id, dead).await?;
-            } else {
-                deliveries.push(Delivery {
-                    message_id: message.id,
-                    body: message.message,
-                    receives: message.rc,
-                });
-            }
-        }
-        Ok(deliveries)
+        Ok(messages
+            .into_iter()
+            .map(|m| Delivery {
+                message_id: m.id,
+                body: m.message,
+                receives: m.rc,
+            })
+            .collect())
     }
 
     /// Keeps a received unit hidden for another `visibility` from now.

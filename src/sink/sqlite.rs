@@ -12,7 +12,6 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::types::Value as SqlValue;
@@ -65,7 +64,7 @@ impl SqliteSink {
         }
         let connection = Connection::open(&self.config.path).map_err(|e| self.error(e))?;
         connection
-            .busy_timeout(Duration::from_secs(60))
+            .busy_timeout(self.config.busy_timeout)
             .map_err(|e| self.error(e))?;
         connection
             .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
@@ -384,6 +383,7 @@ fn classify(sink: &str, path: &Path, error: rusqlite::Error) -> SinkError {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::time::Duration;
 
     fn sink(dir: &Path, mode: WriteMode, key: &[&str]) -> SqliteSink {
         let config = SqliteSinkConfig {
@@ -391,6 +391,7 @@ mod tests {
             table: "orders".into(),
             mode,
             key: key.iter().map(|k| k.to_string()).collect(),
+            busy_timeout: Duration::from_secs(5),
         };
         SqliteSink::new("local", config, Mapping::passthrough())
     }

@@ -1,17 +1,24 @@
-//! The consumer loop, one task per sink: receive a unit, map its records, write them, send
-//! what failed to the dead-letter queue with reasons, record the counts, acknowledge.
+//! The consumer loop, one task per sink: receive units in batches, and for each: map its
+//! records, write them, send what failed to the dead-letter queue with reasons, record the
+//! counts, acknowledge.
 //!
 //! Each step is safe to repeat: a unit already recorded is only acknowledged; a unit already
 //! written is recognised by the sink's ledger; counts are stored per unit id. So a consumer may
 //! die anywhere and its unit, redelivered after the visibility timeout, lands exactly once.
+//!
+//! A unit goes whole to the dead-letter queue after `max_receives` real write attempts, counted
+//! per unit in Redis when an attempt starts. RSMQ's own receive count is not used for that: it
+//! also counts deliveries that were never attempted (units prefetched by a consumer that was
+//! then stopped or killed), which would dead-letter healthy units after a few interruptions.
 
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use super::{Finish, WorkerContext, WorkerError};
 use crate::config::SinkConfig;
-use crate::queue::{Delivery, SinkQueues};
+use crate::queue::{Delivery, Queues, SinkQueues};
 use crate::run_state::now_ms;
 use crate::sink::{self, Batch, Failure, Sink, WriteOutcome};
 use crate::unit::DataUnit;
@@ -19,8 +26,8 @@ use crate::unit::DataUnit;
 /// How long an idle consumer waits before polling an empty queue again, at most.
 const MAX_IDLE_WAIT: Duration = Duration::from_millis(200);
 
-/// Units received per call; the ones waiting their turn are kept hidden (and released at once
-/// on shutdown).
+/// Units received per call; the ones waiting their turn are kept hidden, and released at once
+/// on shutdown.
 const PREFETCH: u32 = 4;
 
 /// Attempts at a transient sink error within one delivery before the unit is released.
@@ -48,10 +55,7 @@ async fn consume_sink(context: WorkerContext, config: SinkConfig) -> Result<Fini
     let queues = SinkQueues::new(&context.config.job.name, &config.name);
     let mut sink = sink::from_config(&config);
     let mut shutdown = context.shutdown.clone();
-    let (visibility, max_receives) = (
-        context.config.queue.visibility_timeout,
-        context.config.queue.max_receives,
-    );
+    let visibility = context.config.queue.visibility_timeout;
     let mut idle = Duration::from_millis(5);
     loop {
         if shutdown.is_set() {
@@ -59,13 +63,7 @@ async fn consume_sink(context: WorkerContext, config: SinkConfig) -> Result<Fini
         }
         let deliveries = context
             .queues
-            .receive_batch(
-                &queues.units,
-                &queues.dead,
-                visibility,
-                max_receives,
-                PREFETCH,
-            )
+            .receive_batch(&queues.units, visibility, PREFETCH)
             .await?;
         if deliveries.is_empty() {
             if context.state.draining().await? && context.queues.depth(&queues.units).await? == 0 {
@@ -76,31 +74,63 @@ async fn consume_sink(context: WorkerContext, config: SinkConfig) -> Result<Fini
             continue;
         }
         idle = Duration::from_millis(5);
-        let received = Instant::now();
-        let mut extended = received;
-        for (position, delivery) in deliveries.iter().enumerate() {
-            let waiting = &deliveries[position..];
+        let waiting = Arc::new(Mutex::new(
+            deliveries
+                .iter()
+                .map(|d| d.message_id.clone())
+                .collect::<Vec<_>>(),
+        ));
+        let keeper = keep_hidden(
+            context.queues.clone(),
+            queues.units.clone(),
+            waiting.clone(),
+            visibility,
+        );
+        for delivery in deliveries {
             if shutdown.is_set() {
-                for delivery in waiting {
+                keeper.abort();
+                let unstarted = std::mem::take(&mut *waiting.lock().expect("not poisoned"));
+                for message_id in unstarted {
                     context
                         .queues
-                        .extend(&queues.units, &delivery.message_id, Duration::ZERO)
+                        .extend(&queues.units, &message_id, Duration::ZERO)
                         .await?;
                 }
                 return Ok(Finish::Interrupted);
             }
-            if extended.elapsed() > visibility / 2 {
-                for delivery in waiting {
-                    context
-                        .queues
-                        .extend(&queues.units, &delivery.message_id, visibility)
-                        .await?;
-                }
-                extended = Instant::now();
+            waiting
+                .lock()
+                .expect("not poisoned")
+                .retain(|id| *id != delivery.message_id);
+            let result = handle(&context, &config, &queues, sink.as_mut(), delivery).await;
+            if result.is_err() {
+                keeper.abort();
             }
-            handle(&context, &config, &queues, sink.as_mut(), delivery.clone()).await?;
+            result?;
         }
+        keeper.abort();
     }
+}
+
+/// Keeps the listed units hidden, extending them every half visibility timeout, until aborted.
+/// The unit being written is in the list too until its turn, then handled by [`handle`].
+fn keep_hidden(
+    queues: Queues,
+    queue: String,
+    ids: Arc<Mutex<Vec<String>>>,
+    visibility: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(visibility / 2).await;
+            let current = ids.lock().expect("not poisoned").clone();
+            for message_id in current {
+                if let Err(error) = queues.extend(&queue, &message_id, visibility).await {
+                    tracing::warn!(%error, "could not extend a unit's visibility");
+                }
+            }
+        }
+    })
 }
 
 async fn handle(
@@ -131,18 +161,36 @@ async fn handle(
             .ack(&queues.units, &delivery.message_id)
             .await?);
     }
+    let attempt = context.state.begin_attempt(&config.name, &unit.id).await?;
+    if attempt > context.config.queue.max_receives {
+        tracing::warn!(
+            attempts = attempt - 1,
+            "unit failed every attempt; moving it whole to the dead-letter queue"
+        );
+        context
+            .queues
+            .move_message(&queues.units, &delivery.message_id, &queues.dead)
+            .await?;
+        return Ok(());
+    }
     let batch = map_unit(config, &unit);
     let outcome = {
-        let keep_hidden = keep_hidden(context, queues, &delivery.message_id);
+        let current = Arc::new(Mutex::new(vec![delivery.message_id.clone()]));
+        let keeper = keep_hidden(
+            context.queues.clone(),
+            queues.units.clone(),
+            current,
+            context.config.queue.visibility_timeout,
+        );
         let outcome = write_with_retries(sink, batch).await;
-        keep_hidden.abort();
+        keeper.abort();
         outcome
     };
     let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(error) if error.is_transient() => {
-            let retry_in = Duration::from_secs(1 << delivery.receives.min(5));
-            tracing::warn!(%error, ?retry_in, "write failed; releasing the unit for a later attempt");
+            let retry_in = Duration::from_secs(1 << attempt.min(5));
+            tracing::warn!(%error, attempt, ?retry_in, "write failed; releasing the unit for a later attempt");
             context
                 .queues
                 .extend(&queues.units, &delivery.message_id, retry_in)
@@ -225,28 +273,6 @@ async fn write_with_retries(
             result => return result,
         }
     }
-}
-
-/// Extends the unit's visibility every half timeout while it is being written.
-fn keep_hidden(
-    context: &WorkerContext,
-    queues: &SinkQueues,
-    message_id: &str,
-) -> tokio::task::JoinHandle<()> {
-    let (queues_api, queue, message_id) = (
-        context.queues.clone(),
-        queues.units.clone(),
-        message_id.to_string(),
-    );
-    let visibility = context.config.queue.visibility_timeout;
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(visibility / 2).await;
-            if let Err(error) = queues_api.extend(&queue, &message_id, visibility).await {
-                tracing::warn!(%error, "could not extend the unit's visibility");
-            }
-        }
-    })
 }
 
 /// The dead-letter message for one failed entry of a unit: where it came from, why it failed,
