@@ -124,7 +124,7 @@ impl Sink for SqliteSink {
         }
         let missing: Vec<_> = required
             .iter()
-            .filter(|c| !columns.contains(*c))
+            .filter(|c| !columns.contains(&c.to_lowercase()))
             .cloned()
             .collect();
         if !missing.is_empty() {
@@ -196,11 +196,19 @@ impl Writer {
         let mut failures = batch.failures;
         let mut written = 0;
         for (index, row) in &batch.rows {
-            self.add_missing_columns(&transaction, &mut columns, row)?;
+            // New columns and the insert share the row's savepoint: whatever the row's data
+            // makes SQLite refuse is undone for that row alone.
             transaction.execute_batch("SAVEPOINT row")?;
-            match self.insert(&transaction, row) {
-                Ok(()) => {
+            let attempt = self
+                .add_missing_columns(&transaction, &columns, row)
+                .and_then(|added| {
+                    self.insert(&transaction, row)?;
+                    Ok(added)
+                });
+            match attempt {
+                Ok(added) => {
                     transaction.execute_batch("RELEASE row")?;
+                    columns.extend(added);
                     written += 1;
                 }
                 Err(error) if is_row_error(&error) => {
@@ -229,7 +237,8 @@ impl Writer {
         })
     }
 
-    /// Creates the table (and the upsert key index) if needed; returns its columns.
+    /// Creates the table (and the upsert key index) if needed; returns its columns,
+    /// lower-cased (SQLite column names are case-insensitive).
     fn prepare_table(
         &self,
         connection: &Connection,
@@ -241,70 +250,74 @@ impl Writer {
             let definitions: Vec<String> = match self.mapping.columns() {
                 Some(mapped) => mapped
                     .iter()
-                    .map(|c| format!("\"{}\" {}", c.column, sql_type(c.cast)))
+                    .map(|c| format!("{} {}", quote(&c.column), sql_type(c.cast)))
                     .collect(),
                 None => {
-                    let mut seen = Vec::new();
-                    for key in self
+                    let mut seen = HashSet::new();
+                    let names = self
                         .config
                         .key
                         .iter()
-                        .chain(rows.iter().flat_map(|(_, row)| row.keys()))
-                    {
-                        if !seen.contains(key) {
-                            seen.push(key.clone());
-                        }
-                    }
-                    seen.iter().map(|c| format!("\"{c}\"")).collect()
+                        .chain(rows.iter().flat_map(|(_, row)| row.keys()));
+                    names
+                        .filter(|name| seen.insert(name.to_lowercase()))
+                        .map(|name| quote(name))
+                        .collect()
                 }
             };
             connection.execute_batch(&format!(
-                "CREATE TABLE IF NOT EXISTS \"{table}\" ({})",
+                "CREATE TABLE IF NOT EXISTS {} ({})",
+                quote(table),
                 definitions.join(", ")
             ))?;
             columns = table_columns(connection, table)?;
         }
         if self.config.mode == WriteMode::Upsert {
-            let key = quoted(&self.config.key);
+            let index = quote(&format!("stevedore_{table}_key"));
             connection.execute_batch(&format!(
-                "CREATE UNIQUE INDEX IF NOT EXISTS \"stevedore_{table}_key\" ON \"{table}\" ({key})"
+                "CREATE UNIQUE INDEX IF NOT EXISTS {index} ON {} ({})",
+                quote(table),
+                quoted(&self.config.key)
             ))?;
         }
         Ok(columns)
     }
 
+    /// Adds the row's fields that the table lacks; returns them (lower-cased) for the cache.
     fn add_missing_columns(
         &self,
         connection: &Connection,
-        columns: &mut HashSet<String>,
+        columns: &HashSet<String>,
         row: &Row,
-    ) -> Result<(), rusqlite::Error> {
+    ) -> Result<Vec<String>, rusqlite::Error> {
+        let mut added = Vec::new();
         for key in row.keys() {
-            if !columns.contains(key) {
+            let lower = key.to_lowercase();
+            if !columns.contains(&lower) && !added.contains(&lower) {
                 connection.execute_batch(&format!(
-                    "ALTER TABLE \"{}\" ADD COLUMN \"{}\"",
-                    self.config.table,
-                    key.replace('"', "\"\"")
+                    "ALTER TABLE {} ADD COLUMN {}",
+                    quote(&self.config.table),
+                    quote(key)
                 ))?;
-                columns.insert(key.clone());
+                added.push(lower);
             }
         }
-        Ok(())
+        Ok(added)
     }
 
     fn insert(&self, connection: &Connection, row: &Row) -> Result<(), rusqlite::Error> {
         let names: Vec<String> = row.keys().cloned().collect();
         let placeholders = vec!["?"; names.len()].join(", ");
         let mut sql = format!(
-            "INSERT INTO \"{}\" ({}) VALUES ({placeholders})",
-            self.config.table,
+            "INSERT INTO {} ({}) VALUES ({placeholders})",
+            quote(&self.config.table),
             quoted(&names)
         );
         if self.config.mode == WriteMode::Upsert {
             let updates: Vec<String> = names
                 .iter()
-                .filter(|n| !self.config.key.contains(n))
-                .map(|n| format!("\"{n}\" = excluded.\"{n}\""))
+                .filter(|n| !self.config.key.iter().any(|k| k.eq_ignore_ascii_case(n)))
+                .map(|n| format!("{0} = excluded.{0}", quote(n)))
                 .collect();
             let action = if updates.is_empty() {
                 "NOTHING".to_string()
@@ -322,16 +335,24 @@ impl Writer {
     }
 }
 
+/// The table's column names, lower-cased; empty when the table does not exist.
 fn table_columns(connection: &Connection, table: &str) -> Result<HashSet<String>, rusqlite::Error> {
     let mut statement = connection.prepare("SELECT name FROM pragma_table_info(?1)")?;
-    let names = statement.query_map([table], |row| row.get::<_, String>(0))?;
+    let names = statement.query_map([table], |row| {
+        row.get::<_, String>(0).map(|name| name.to_lowercase())
+    })?;
     names.collect()
+}
+
+/// An identifier as SQL text, whatever characters it holds.
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 fn quoted(names: &[String]) -> String {
     names
         .iter()
-        .map(|n| format!("\"{}\"", n.replace('"', "\"\"")))
+        .map(|n| quote(n))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -358,9 +379,13 @@ fn to_sql(value: &Value) -> SqlValue {
     }
 }
 
-/// Errors that concern one row's data, not the database.
+/// Errors that concern one row's data (a constraint, a value too big, a field name SQLite
+/// refuses), not the database: the row fails alone.
 fn is_row_error(error: &rusqlite::Error) -> bool {
-    matches!(error, rusqlite::Error::SqliteFailure(e, _) if matches!(e.code, ErrorCode::ConstraintViolation | ErrorCode::TooBig | ErrorCode::TypeMismatch))
+    matches!(error, rusqlite::Error::SqliteFailure(e, _) if matches!(
+        e.code,
+        ErrorCode::ConstraintViolation | ErrorCode::TooBig | ErrorCode::TypeMismatch | ErrorCode::ParameterOutOfRange | ErrorCode::Unknown
+    ))
 }
 
 fn classify(sink: &str, path: &Path, error: rusqlite::Error) -> SinkError {
@@ -483,6 +508,37 @@ mod tests {
             again.failures, outcome.failures,
             "the ledger remembers failures for redeliveries"
         );
+    }
+
+    #[tokio::test]
+    async fn sqlite_odd_field_names_land_without_failing_the_unit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = sink(dir.path(), WriteMode::Append, &[]);
+        let rows = [
+            json!({"id": 1, "na\"me": "quote in a field name"}),
+            json!({"ID": 2, "Na\"Me": "same columns, other case"}),
+            json!({"id": 3, "ID": 4}),
+            json!({"id": 5, "new field": true}),
+        ];
+        let outcome = sink.write(batch("u/odd", &rows)).await.unwrap();
+        assert_eq!(
+            outcome.written, 4,
+            "case-insensitive and quoted names all land: {:?}",
+            outcome.failures
+        );
+        let connection = Connection::open(dir.path().join("out/test.db")).unwrap();
+        let quoted: String = connection
+            .query_row("SELECT \"na\"\"me\" FROM orders WHERE id = 2", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(quoted, "same columns, other case");
+        let added: bool = connection
+            .query_row("SELECT \"new field\" FROM orders WHERE id = 5", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert!(added);
     }
 
     #[tokio::test]
