@@ -27,14 +27,20 @@ static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
     )
 });
 
-/// Sets the plan flag and pushes the items in one step: KEYS = planned flag, pending list;
-/// ARGV = the items. Returns 1 if this call made the plan, 0 if one existed.
+/// Stores the plan's basis and pushes the items in one step: KEYS = planned (holds the basis),
+/// pending list; ARGV = basis, items... Returns {1, basis} for a new plan, {0, basis} when the
+/// same basis was planned before, {-1, stored basis} when another one was.
 static PLAN: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
-        if redis.call('SET', KEYS[1], #ARGV, 'NX') == false then return 0 end
-        for _, item in ipairs(ARGV) do redis.call('RPUSH', KEYS[2], item) end
-        return 1",
+        local stored = redis.call('GET', KEYS[1])
+        if stored then
+            if stored == ARGV[1] then return {0, stored} end
+            return {-1, stored}
+        end
+        redis.call('SET', KEYS[1], ARGV[1])
+        for i = 2, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+        return {1, ARGV[1]}",
     )
 });
 
@@ -93,6 +99,20 @@ impl WorkItem {
     fn encode(&self) -> String {
         serde_json::to_string(self).expect("work items always serialize")
     }
+}
+
+/// What [`RunState::plan`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Planned {
+    /// This call made the plan.
+    New,
+    /// The run was planned before from the same basis; its plan stands.
+    Kept,
+    /// The run was planned from another basis: resuming it now would mis-id its units.
+    Changed {
+        /// The basis it was planned from.
+        planned_from: String,
+    },
 }
 
 /// A worker's last heartbeat.
@@ -246,16 +266,24 @@ impl RunState {
             .await
     }
 
-    /// Queues `items` as the run's work, once: a resumed run keeps the plan it had. The flag
-    /// and the items are written by one script, so a crash cannot leave a plan with no items.
-    pub async fn plan(&self, items: &[WorkItem]) -> Result<bool, LinkError> {
+    /// Queues `items` as the run's work, once, recording the `basis` they were planned from.
+    /// A resumed run keeps the plan it had, and only under the same basis: flag, basis and
+    /// items are written by one script, so a crash cannot leave a plan with no items.
+    pub async fn plan(&self, items: &[WorkItem], basis: &str) -> Result<Planned, LinkError> {
         let keys = [self.key("planned"), self.key("items:pending")];
-        let encoded: Vec<String> = items.iter().map(WorkItem::encode).collect();
-        let first: i64 = self
+        let mut args = vec![basis.to_string()];
+        args.extend(items.iter().map(WorkItem::encode));
+        let (outcome, stored): (i64, String) = self
             .link
-            .script("planning work items", &PLAN, &keys, &encoded)
+            .script("planning work items", &PLAN, &keys, &args)
             .await?;
-        Ok(first == 1)
+        Ok(match outcome {
+            1 => Planned::New,
+            0 => Planned::Kept,
+            _ => Planned::Changed {
+                planned_from: stored,
+            },
+        })
     }
 
     /// Puts items held by producers that no longer run back in front of the pending list.

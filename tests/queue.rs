@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stevedore::queue::{Delivery, Queues, RedisLink, SinkQueues};
-use stevedore::run_state::{RunState, WorkItem};
+use stevedore::run_state::{Planned, RunState, WorkItem};
 use support::{TestRedis, wait_until};
 
 /// Receives at most one unit, through the batched receive the consumers use.
@@ -191,10 +191,18 @@ async fn queue_work_items_are_shared_without_overlap_and_resumed_by_their_holder
             range: None,
         })
         .collect();
-    assert!(state.plan(&items).await.unwrap());
-    assert!(
-        !state.plan(&items).await.unwrap(),
+    assert_eq!(state.plan(&items, "basis A").await.unwrap(), Planned::New);
+    assert_eq!(
+        state.plan(&items, "basis A").await.unwrap(),
+        Planned::Kept,
         "a plan is made once per run"
+    );
+    assert_eq!(
+        state.plan(&items[..2], "basis B").await.unwrap(),
+        Planned::Changed {
+            planned_from: "basis A".into()
+        },
+        "a run is never re-planned from another basis"
     );
 
     let held_by_1 = state.claim(1).await.unwrap().unwrap();
@@ -244,7 +252,7 @@ async fn queue_held_items_of_dead_producers_are_released_on_resume() {
             range: None,
         })
         .collect();
-    state.plan(&items).await.unwrap();
+    state.plan(&items, "basis").await.unwrap();
     let held = state.claim(7).await.unwrap().unwrap();
     assert_eq!(state.release_held_items().await.unwrap(), 1);
     assert_eq!(
@@ -268,7 +276,7 @@ async fn queue_a_stale_completion_does_not_drop_the_item_a_new_producer_holds() 
             range: None,
         })
         .collect();
-    state.plan(&items).await.unwrap();
+    state.plan(&items, "basis").await.unwrap();
     // An orphaned producer-1 holds item 0; a new supervisor releases it and a new
     // producer-1 ends up holding item 1.
     let old = state.claim(1).await.unwrap().unwrap();

@@ -109,6 +109,43 @@ fn supervisor_sigint_stops_resumably_and_the_next_run_finishes_the_job() {
     let landed = job.sqlite_count("out.db", "orders");
     assert!(landed < 150_000, "the run stopped early ({landed} rows)");
 
+    // The run is resumable only under the sources and unit size it was planned with.
+    let original = std::fs::read_to_string(&job.config).unwrap();
+    let snapshot = job.path(&format!(
+        "var/logs/{}/job.toml",
+        first.summary["run"].as_str().unwrap()
+    ));
+    assert_eq!(
+        std::fs::read_to_string(&snapshot).unwrap(),
+        original,
+        "workers ran from a copy of the config"
+    );
+    std::fs::write(
+        &job.config,
+        original.replace("unit_records = 200", "unit_records = 300"),
+    )
+    .unwrap();
+    let refused = job.run();
+    refused.expect_code(2);
+    assert!(
+        refused
+            .stderr
+            .contains("was planned from other sources or another queue.unit_records"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains(&snapshot.display().to_string()),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        job.sqlite_count("out.db", "orders"),
+        landed,
+        "a refused resume touches nothing"
+    );
+    std::fs::write(&job.config, &original).unwrap();
+
     let second = job.run();
     second.expect_code(0);
     assert_eq!(second.summary["resumed"], true);

@@ -34,6 +34,9 @@ pub struct JobConfig {
     pub sources: Vec<SourceConfig>,
     /// Where records go, in config order; each sink has its own queue.
     pub sinks: Vec<SinkConfig>,
+    /// The config file as written (before interpolation, so without secrets): saved with each
+    /// run so that its workers read exactly what the supervisor read.
+    pub text: String,
 }
 
 /// `[job]`: the job's name (part of every queue name and unit id) and its local data dir.
@@ -277,7 +280,7 @@ impl JobConfig {
             })?;
         let mut problems = Problems::default();
         interpolate(&mut tree, "", env, &mut problems);
-        let config = raw::read(tree, &mut problems);
+        let config = raw::read(tree, text, &mut problems);
         match config {
             Some(config) if problems.is_empty() => Ok(config),
             _ => Err(ConfigError::Invalid {
@@ -285,6 +288,23 @@ impl JobConfig {
                 problems,
             }),
         }
+    }
+
+    /// What a run's unit ids and checkpoints depend on: the sources and the unit size. A run
+    /// may only be resumed under the same basis.
+    pub fn plan_basis(&self) -> String {
+        let mut basis = format!("unit_records={}", self.queue.unit_records);
+        for source in &self.sources {
+            match &source.kind {
+                SourceKind::Files { path, format } => {
+                    basis.push_str(&format!("; {} files {path} {format:?}", source.name))
+                }
+                SourceKind::Generator { count, seed } => {
+                    basis.push_str(&format!("; {} generator {count} {seed}", source.name))
+                }
+            }
+        }
+        basis
     }
 
     /// The sink named `name`, if the config has one.

@@ -80,7 +80,7 @@ fn append() -> WriteMode {
 const SECTIONS: &[&str] = &["job", "redis", "workers", "queue", "source", "sink"];
 
 /// Reads the whole tree; returns `None` when a required part could not be read at all.
-pub(super) fn read(tree: toml::Value, problems: &mut Problems) -> Option<JobConfig> {
+pub(super) fn read(tree: toml::Value, text: &str, problems: &mut Problems) -> Option<JobConfig> {
     let toml::Value::Table(mut root) = tree else {
         return None;
     };
@@ -148,6 +148,7 @@ pub(super) fn read(tree: toml::Value, problems: &mut Problems) -> Option<JobConf
         queue: queue?,
         sources,
         sinks,
+        text: text.to_string(),
     };
     validate::validate(&config, problems);
     Some(config)

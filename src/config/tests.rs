@@ -147,3 +147,17 @@ fn config_type_errors_and_syntax_errors_are_located() {
         "{syntax}"
     );
 }
+
+#[test]
+fn config_two_sqlite_sinks_may_not_share_a_table() {
+    let text = VALID.replace(
+        "name = \"nowhere\"\nkind = \"blackhole\"",
+        "name = \"again\"\nkind = \"sqlite\"\npath = \"${DB_PATH}\"\ntable = \"ORDERS\"",
+    );
+    let report = problems(&text);
+    assert!(
+        report
+            .contains("sink[1] (again).table: another sqlite sink writes this table of this file"),
+        "{report}"
+    );
+}

@@ -46,6 +46,7 @@ pub(super) fn validate(config: &JobConfig, problems: &mut Problems) {
         }
     }
     let mut names = HashSet::new();
+    let mut sqlite_targets = HashSet::new();
     for (index, sink) in config.sinks.iter().enumerate() {
         let path = format!("sink[{index}] ({})", sink.name);
         check_name(&sink.name, &format!("{path}.name"), problems);
@@ -55,6 +56,12 @@ pub(super) fn validate(config: &JobConfig, problems: &mut Problems) {
         match &sink.kind {
             SinkKind::Sqlite(sqlite) => {
                 check_identifier(&sqlite.table, &format!("{path}.table"), problems);
+                if !sqlite_targets.insert((sqlite.path.clone(), sqlite.table.to_lowercase())) {
+                    problems.push(
+                        format!("{path}.table"),
+                        "another sqlite sink writes this table of this file",
+                    );
+                }
                 match sqlite.mode {
                     WriteMode::Upsert if sqlite.key.is_empty() => problems.push(
                         format!("{path}.key"),

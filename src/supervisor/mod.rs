@@ -22,7 +22,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{JobConfig, RedisConfig, SinkKind};
 use crate::queue::{LinkError, Patience, Queues, RedisLink, SinkQueues};
-use crate::run_state::{RunState, WorkItem, new_run_id, now_ms};
+use crate::run_state::{Planned, RunState, WorkItem, new_run_id, now_ms};
 use crate::source::{self, SourceError};
 use crate::unit::DataUnit;
 use crate::worker::{EXIT_INTERRUPTED, Role};
@@ -47,6 +47,9 @@ pub enum SupervisorError {
     /// Redis was unreachable.
     #[error(transparent)]
     Link(#[from] LinkError),
+    /// The unfinished run cannot be resumed under the config as it is now: a config problem.
+    #[error("{0}")]
+    Changed(String),
     /// Another supervisor runs the job.
     #[error(transparent)]
     Lock(#[from] LockError),
@@ -58,7 +61,7 @@ pub enum SupervisorError {
 impl SupervisorError {
     /// True when the user's config is at fault (exit code 2).
     pub fn is_config_error(&self) -> bool {
-        matches!(self, SupervisorError::Plan(_))
+        matches!(self, SupervisorError::Plan(_) | SupervisorError::Changed(_))
     }
 }
 
@@ -187,6 +190,18 @@ async fn supervise(
             .await?;
     }
     let (state, resumed) = RunState::begin(link.clone(), &config.job.name, &new_run_id()).await?;
+    let log_dir = config.job.data_dir.join("logs").join(state.run_id());
+    let snapshot = log_dir.join("job.toml");
+    if let Planned::Changed { planned_from } = state.plan(&items, &config.plan_basis()).await? {
+        return Err(SupervisorError::Changed(format!(
+            "the unfinished run {} of job {} was planned from other sources or another queue.unit_records \
+             ({planned_from}); resuming it under this config would mis-identify its units. Restore those \
+             settings to finish it (the config it last ran with is saved in {})",
+            state.run_id(),
+            config.job.name,
+            snapshot.display()
+        )));
+    }
     if resumed {
         let released = state.release_held_items().await?;
         tracing::info!(
@@ -195,18 +210,15 @@ async fn supervise(
             "resuming the unfinished run"
         );
     }
-    state.plan(&items).await?;
-
-    let log_dir = config.job.data_dir.join("logs").join(state.run_id());
+    // Workers read this copy, never the original: an edit of the config file while the run
+    // goes on cannot reach a restarted worker. It holds `${VAR}`s, not their values.
     std::fs::create_dir_all(&log_dir)
-        .map_err(|e| SupervisorError::Local(format!("cannot create {}: {e}", log_dir.display())))?;
+        .and_then(|()| std::fs::write(&snapshot, &config.text))
+        .map_err(|e| SupervisorError::Local(format!("cannot write {}: {e}", snapshot.display())))?;
     let launcher = Launcher {
         exe: std::env::current_exe()
             .map_err(|e| SupervisorError::Local(format!("cannot find this executable: {e}")))?,
-        config_path: options
-            .config_path
-            .canonicalize()
-            .unwrap_or_else(|_| options.config_path.clone()),
+        config_path: snapshot.canonicalize().unwrap_or_else(|_| snapshot.clone()),
         run: state.run_id().to_string(),
         redis_url: redis_url.to_string(),
         log_dir: log_dir.clone(),
