@@ -416,24 +416,15 @@ impl RunState {
             .await
     }
 
-    /// Counts the start of a write attempt of `unit` on `sink`; returns the attempt number.
-    pub async fn begin_attempt(&self, sink: &str, unit: &str) -> Result<u64, LinkError> {
-        self.link
-            .query(
-                "counting an attempt",
-                &redis::Cmd::hincr(self.key(&format!("attempts:{sink}")), unit, 1),
-            )
-            .await
-    }
-
-    /// True when `unit` was fully handled for `sink` (written, dead letters sent, counted).
-    pub async fn is_recorded(&self, sink: &str, unit: &str) -> Result<bool, LinkError> {
-        self.link
-            .query(
-                "checking a unit",
-                &redis::Cmd::hexists(self.key(&format!("written:{sink}")), unit),
-            )
-            .await
+    /// Starts a write attempt of `unit` on `sink`, in one round trip: `None` when the unit was
+    /// already fully handled (only its acknowledgement is missing), else the attempt number.
+    pub async fn begin_attempt(&self, sink: &str, unit: &str) -> Result<Option<u64>, LinkError> {
+        let mut pipe = redis::pipe();
+        pipe.hexists(self.key(&format!("written:{sink}")), unit)
+            .hincr(self.key(&format!("attempts:{sink}")), unit, 1);
+        let (recorded, attempt): (bool, u64) =
+            self.link.query_pipe("starting an attempt", &pipe).await?;
+        Ok((!recorded).then_some(attempt))
     }
 
     /// The exact totals for `sinks`.

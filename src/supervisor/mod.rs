@@ -82,12 +82,22 @@ pub fn plan_sources(config: &JobConfig) -> Result<Vec<WorkItem>, SourceError> {
     Ok(items)
 }
 
-/// The SIGINT, SIGTERM and SIGHUP streams, registered before anything starts so none is
-/// missed. All three stop the run gracefully (SIGHUP: the terminal went away).
+/// The signal streams, registered before anything starts so none is missed. SIGINT, SIGTERM
+/// and SIGHUP (the terminal went away) stop the run gracefully; SIGCHLD wakes the loop the
+/// moment a worker exits.
 struct Signals {
     interrupts: tokio::signal::unix::Signal,
     terminations: tokio::signal::unix::Signal,
     hangups: tokio::signal::unix::Signal,
+    children: tokio::signal::unix::Signal,
+}
+
+/// What woke the supervisor's loop.
+enum Wake {
+    /// A signal asking the run to stop.
+    Stop(&'static str),
+    /// A child process exited.
+    ChildExited,
 }
 
 impl Signals {
@@ -100,15 +110,17 @@ impl Signals {
             interrupts: listen(SignalKind::interrupt())?,
             terminations: listen(SignalKind::terminate())?,
             hangups: listen(SignalKind::hangup())?,
+            children: listen(SignalKind::child())?,
         })
     }
 
-    /// The name of the next signal received.
-    async fn next(&mut self) -> &'static str {
+    /// The next signal received.
+    async fn next(&mut self) -> Wake {
         tokio::select! {
-            _ = self.interrupts.recv() => "SIGINT",
-            _ = self.terminations.recv() => "SIGTERM",
-            _ = self.hangups.recv() => "SIGHUP",
+            _ = self.interrupts.recv() => Wake::Stop("SIGINT"),
+            _ = self.terminations.recv() => Wake::Stop("SIGTERM"),
+            _ = self.hangups.recv() => Wake::Stop("SIGHUP"),
+            _ = self.children.recv() => Wake::ChildExited,
         }
     }
 }
@@ -264,7 +276,7 @@ async fn supervise(
     let mut last_renewal = Instant::now();
     while !monitor.all_exited() {
         tokio::select! {
-            name = signals.next() => monitor.on_signal(name),
+            wake = signals.next() => if let Wake::Stop(name) = wake { monitor.on_signal(name) },
             _ = tick.tick() => {}
         }
         if let Some(managed) = managed.as_deref_mut()

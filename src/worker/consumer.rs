@@ -24,7 +24,7 @@ use crate::sink::{self, Batch, Failure, Sink, WriteOutcome};
 use crate::unit::DataUnit;
 
 /// How long an idle consumer waits before polling an empty queue again, at most.
-const MAX_IDLE_WAIT: Duration = Duration::from_millis(200);
+const MAX_IDLE_WAIT: Duration = Duration::from_millis(100);
 
 /// Units received per call; the ones waiting their turn are kept hidden, and released at once
 /// on shutdown.
@@ -154,14 +154,13 @@ async fn handle(
     };
     let span = tracing::info_span!("unit", id = %unit.id, sink = %config.name, receives = delivery.receives);
     let _entered = span.enter();
-    if context.state.is_recorded(&config.name, &unit.id).await? {
+    let Some(attempt) = context.state.begin_attempt(&config.name, &unit.id).await? else {
         tracing::debug!("already recorded; acknowledging");
         return Ok(context
             .queues
             .ack(&queues.units, &delivery.message_id)
             .await?);
-    }
-    let attempt = context.state.begin_attempt(&config.name, &unit.id).await?;
+    };
     if attempt > context.config.queue.max_receives {
         tracing::warn!(
             attempts = attempt - 1,
