@@ -3,13 +3,12 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use stevedore::queue::{Delivery, Queues, RedisLink, SinkQueues};
 use stevedore::run_state::{Planned, RunState, WorkItem};
-use support::{TestRedis, wait_until};
+use support::TestRedis;
 
 /// Receives at most one unit, through the batched receive the consumers use.
 async fn receive_one(queues: &Queues, units: &str, visibility: Duration) -> Option<Delivery> {
@@ -20,15 +19,21 @@ async fn receive_one(queues: &Queues, units: &str, visibility: Duration) -> Opti
         .pop()
 }
 
-fn queues(redis: &TestRedis) -> Queues {
-    Queues::new(Arc::new(RedisLink::new(&redis.url()).unwrap()))
+/// `count` file work items of one source.
+fn work_items(count: u64) -> Vec<WorkItem> {
+    (0..count)
+        .map(|index| WorkItem {
+            source: "s".into(),
+            index,
+            origin: format!("f{index}"),
+            range: None,
+        })
+        .collect()
 }
 
-#[tokio::test]
-async fn queue_receive_counts_deliveries_and_move_keeps_the_unit_whole() {
-    let redis = TestRedis::start();
-    let queues = queues(&redis);
-    let names = SinkQueues::new("poison", "local");
+/// Creates the unit and dead-letter queues of sink `local` of `job`.
+async fn created_queues(queues: &Queues, job: &str) -> SinkQueues {
+    let names = SinkQueues::new(job, "local");
     queues
         .ensure(&names.units, Duration::from_secs(30))
         .await
@@ -37,6 +42,18 @@ async fn queue_receive_counts_deliveries_and_move_keeps_the_unit_whole() {
         .ensure(&names.dead, Duration::from_secs(30))
         .await
         .unwrap();
+    names
+}
+
+fn queues(redis: &TestRedis) -> Queues {
+    Queues::new(Arc::new(RedisLink::new(&redis.url()).unwrap()))
+}
+
+#[tokio::test]
+async fn queue_receive_counts_deliveries_and_move_keeps_the_unit_whole() {
+    let redis = TestRedis::start();
+    let queues = queues(&redis);
+    let names = created_queues(&queues, "poison").await;
     queues
         .send_batch(&names.units, &[b"unit-1".to_vec()])
         .await
@@ -66,15 +83,7 @@ async fn queue_receive_counts_deliveries_and_move_keeps_the_unit_whole() {
 async fn queue_ack_and_extend_control_redelivery() {
     let redis = TestRedis::start();
     let queues = queues(&redis);
-    let names = SinkQueues::new("acks", "local");
-    queues
-        .ensure(&names.units, Duration::from_secs(30))
-        .await
-        .unwrap();
-    queues
-        .ensure(&names.dead, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let names = created_queues(&queues, "acks").await;
     queues
         .send_batch(&names.units, &[b"a".to_vec(), b"b".to_vec()])
         .await
@@ -105,54 +114,16 @@ async fn queue_ack_and_extend_control_redelivery() {
 
 #[tokio::test]
 async fn queue_client_reconnects_after_redis_restarts_on_the_same_port() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = support::free_port();
-    let start = || {
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let url = format!("redis://127.0.0.1:{port}/0");
-    let ping = || {
-        redis::Client::open(url.as_str())
-            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
-            .is_ok()
-    };
-    let mut server = start();
-    wait_until("redis is up", ping);
+    let mut redis = TestRedis::start_with_aof();
+    let url = redis.url();
     let queues = Queues::new(Arc::new(RedisLink::new(&url).unwrap()));
-    let names = SinkQueues::new("restart", "local");
-    queues
-        .ensure(&names.units, Duration::from_secs(30))
-        .await
-        .unwrap();
-    queues
-        .ensure(&names.dead, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let names = created_queues(&queues, "restart").await;
     queues
         .send_batch(&names.units, &[b"before".to_vec()])
         .await
         .unwrap();
 
-    server.kill().unwrap();
-    server.wait().unwrap();
-    let mut server = start();
+    redis.restart();
     // The old client is dead (broken pipe, then NOSCRIPT): these calls must rebuild it.
     queues
         .send_batch(&names.units, &[b"after".to_vec()])
@@ -171,8 +142,6 @@ async fn queue_client_reconnects_after_redis_restarts_on_the_same_port() {
         BTreeSet::from([b"before".to_vec(), b"after".to_vec()]),
         "the AOF kept the unit sent before the crash"
     );
-    server.kill().unwrap();
-    server.wait().unwrap();
 }
 
 #[tokio::test]
@@ -183,14 +152,7 @@ async fn queue_work_items_are_shared_without_overlap_and_resumed_by_their_holder
         .await
         .unwrap();
     assert!(!resumed);
-    let items: Vec<WorkItem> = (0..10)
-        .map(|index| WorkItem {
-            source: "s".into(),
-            index,
-            origin: format!("f{index}"),
-            range: None,
-        })
-        .collect();
+    let items = work_items(10);
     assert_eq!(state.plan(&items, "basis A").await.unwrap(), Planned::New);
     assert_eq!(
         state.plan(&items, "basis A").await.unwrap(),
@@ -244,14 +206,7 @@ async fn queue_held_items_of_dead_producers_are_released_on_resume() {
     let redis = TestRedis::start();
     let link = Arc::new(RedisLink::new(&redis.url()).unwrap());
     let (state, _) = RunState::begin(link, "release", "run-1").await.unwrap();
-    let items: Vec<WorkItem> = (0..3)
-        .map(|index| WorkItem {
-            source: "s".into(),
-            index,
-            origin: String::new(),
-            range: None,
-        })
-        .collect();
+    let items = work_items(3);
     state.plan(&items, "basis").await.unwrap();
     let held = state.claim(7).await.unwrap().unwrap();
     assert_eq!(state.release_held_items().await.unwrap(), 1);
@@ -268,14 +223,7 @@ async fn queue_a_stale_completion_does_not_drop_the_item_a_new_producer_holds() 
     let redis = TestRedis::start();
     let link = Arc::new(RedisLink::new(&redis.url()).unwrap());
     let (state, _) = RunState::begin(link, "stale", "run-1").await.unwrap();
-    let items: Vec<WorkItem> = (0..3)
-        .map(|index| WorkItem {
-            source: "s".into(),
-            index,
-            origin: String::new(),
-            range: None,
-        })
-        .collect();
+    let items = work_items(3);
     state.plan(&items, "basis").await.unwrap();
     // An orphaned producer-1 holds item 0; a new supervisor releases it and a new
     // producer-1 ends up holding item 1.

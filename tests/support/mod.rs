@@ -18,38 +18,42 @@ pub struct TestRedis {
     child: Child,
     /// Its port on 127.0.0.1.
     pub port: u16,
-    _dir: tempfile::TempDir,
+    aof: bool,
+    dir: tempfile::TempDir,
 }
 
 impl TestRedis {
-    /// Starts `redis-server` (from PATH) on a free port and waits until it answers PING.
+    /// Starts `redis-server` (from PATH) on a free port, without persistence.
     pub fn start() -> TestRedis {
+        Self::launch(false)
+    }
+
+    /// Starts one that persists every write (`appendonly yes`, `appendfsync always`), as a
+    /// production Redis would, so [`TestRedis::restart`] loses nothing acknowledged.
+    pub fn start_with_aof() -> TestRedis {
+        Self::launch(true)
+    }
+
+    fn launch(aof: bool) -> TestRedis {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (see .ci/run)");
+        let child = spawn_redis(port, dir.path(), aof);
         let redis = TestRedis {
             child,
             port,
-            _dir: dir,
+            aof,
+            dir,
         };
         wait_until("redis answers PING", || redis.connection().is_some());
         redis
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same port and data directory.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_redis(self.port, self.dir.path(), self.aof);
+        wait_until("redis answers PING again", || self.connection().is_some());
     }
 
     /// Its URL.
@@ -80,6 +84,30 @@ impl Drop for TestRedis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn spawn_redis(port: u16, dir: &Path, aof: bool) -> Child {
+    let persistence: &[&str] = if aof {
+        &["--appendonly", "yes", "--appendfsync", "always"]
+    } else {
+        &["--appendonly", "no"]
+    };
+    Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(persistence)
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (scripts/ensure-deps.sh)")
 }
 
 /// A loopback port nobody listens on right now.
