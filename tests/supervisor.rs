@@ -213,3 +213,39 @@ fn supervisor_refuses_a_second_run_of_a_job_that_is_running() {
     );
     assert_eq!(job.sqlite_count("out.db", "orders"), 100_000);
 }
+
+#[test]
+fn supervisor_json_log_format_reaches_every_worker_log() {
+    let redis = TestRedis::start();
+    let job = generator_job(&redis, "jsonlogs", 1_000, "");
+    let output = job
+        .command("run")
+        .args(["--log-format", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let logs: Vec<_> = std::fs::read_dir(job.path("var/logs"))
+        .unwrap()
+        .flat_map(|run| std::fs::read_dir(run.unwrap().path()).unwrap())
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .collect();
+    assert_eq!(logs.len(), 4, "one log per worker: {logs:?}");
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.lines().count() >= 2, "{}: {text}", log.display());
+        for line in text.lines() {
+            let entry: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{}: {e}: {line}", log.display()));
+            assert!(
+                entry["level"].is_string() && entry["fields"].is_object(),
+                "{line}"
+            );
+        }
+    }
+}
