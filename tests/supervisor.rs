@@ -249,3 +249,33 @@ fn supervisor_json_log_format_reaches_every_worker_log() {
         }
     }
 }
+
+#[test]
+fn supervisor_restarts_a_killed_producer_which_resumes_its_item_exactly_once() {
+    let redis = TestRedis::start();
+    let job = generator_job(&redis, "producerkill", 150_000, "");
+    let run = job.spawn_run();
+    wait_until("rows are landing", || {
+        job.sqlite_count("out.db", "orders") > 0
+    });
+    let pid = worker_pid(&redis, "producerkill", "producer-1").expect("producer-1 beats");
+    kill(pid, "KILL");
+
+    let result = job.finish(run);
+    result.expect_code(0);
+    let producer = result.summary["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["role"] == "producer" && w["id"] == 1)
+        .unwrap()
+        .clone();
+    assert!(producer["restarts"].as_u64().unwrap() >= 1, "{producer}");
+    assert_eq!(
+        result.summary["records_read"], 150_000,
+        "a re-read item is counted once"
+    );
+    assert_eq!(result.summary["sinks"]["local"]["written"], 150_000);
+    assert_eq!(job.sqlite_count("out.db", "orders"), 150_000);
+    assert_eq!(distinct_ids(&job), (1..=150_000).collect());
+}
