@@ -4,7 +4,7 @@ mod support;
 
 use std::collections::BTreeSet;
 
-use support::{Job, kill, wait_until};
+use support::{Job, kill, wait_for_rows};
 
 #[test]
 fn queue_managed_redis_killed_mid_run_is_restarted_and_every_record_lands_once() {
@@ -40,9 +40,7 @@ fn queue_managed_redis_killed_mid_run_is_restarted_and_every_record_lands_once()
         "#,
     );
     let run = job.spawn_run();
-    wait_until("rows are landing", || {
-        job.sqlite_count("out.db", "orders") > 0
-    });
+    wait_for_rows(&job);
     let pid: u32 = std::fs::read_to_string(job.path("redis/redis.pid"))
         .unwrap()
         .trim()

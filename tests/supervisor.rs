@@ -4,7 +4,7 @@ mod support;
 
 use std::collections::BTreeSet;
 
-use support::{Job, TestRedis, kill, wait_until, worker_pid};
+use support::{Job, TestRedis, kill, summary_worker, wait_for_rows, worker_pid};
 
 fn generator_job(redis: &TestRedis, job_name: &str, count: u64, extra: &str) -> Job {
     Job::new(&format!(
@@ -48,9 +48,7 @@ fn supervisor_restarts_a_killed_consumer_and_every_record_lands_once() {
     let redis = TestRedis::start();
     let job = generator_job(&redis, "killed", 100_000, "");
     let run = job.spawn_run();
-    wait_until("rows are landing", || {
-        job.sqlite_count("out.db", "orders") > 0
-    });
+    wait_for_rows(&job);
     let pid = worker_pid(&redis, "killed", "consumer-1").expect("consumer-1 beats");
     let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
         .unwrap()
@@ -68,13 +66,7 @@ fn supervisor_restarts_a_killed_consumer_and_every_record_lands_once() {
     let result = job.finish(run);
     result.expect_code(0);
     assert_eq!(result.summary["status"], "ok");
-    let consumer = result.summary["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["role"] == "consumer" && w["id"] == 1)
-        .unwrap()
-        .clone();
+    let consumer = summary_worker(&result.summary, "consumer", 1);
     assert!(consumer["restarts"].as_u64().unwrap() >= 1, "{consumer}");
     assert_ne!(
         consumer["pid"].as_u64().unwrap(),
@@ -91,9 +83,7 @@ fn supervisor_sigint_stops_resumably_and_the_next_run_finishes_the_job() {
     let redis = TestRedis::start();
     let job = generator_job(&redis, "interrupted", 150_000, "");
     let run = job.spawn_run();
-    wait_until("rows are landing", || {
-        job.sqlite_count("out.db", "orders") > 0
-    });
+    wait_for_rows(&job);
     kill(run.id(), "INT");
     let first = job.finish(run);
     first.expect_code(1);
@@ -193,9 +183,7 @@ fn supervisor_refuses_a_second_run_of_a_job_that_is_running() {
     let redis = TestRedis::start();
     let job = generator_job(&redis, "locked", 100_000, "");
     let first = job.spawn_run();
-    wait_until("rows are landing", || {
-        job.sqlite_count("out.db", "orders") > 0
-    });
+    wait_for_rows(&job);
     let output = job.command("run").output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
@@ -255,21 +243,13 @@ fn supervisor_restarts_a_killed_producer_which_resumes_its_item_exactly_once() {
     let redis = TestRedis::start();
     let job = generator_job(&redis, "producerkill", 150_000, "");
     let run = job.spawn_run();
-    wait_until("rows are landing", || {
-        job.sqlite_count("out.db", "orders") > 0
-    });
+    wait_for_rows(&job);
     let pid = worker_pid(&redis, "producerkill", "producer-1").expect("producer-1 beats");
     kill(pid, "KILL");
 
     let result = job.finish(run);
     result.expect_code(0);
-    let producer = result.summary["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["role"] == "producer" && w["id"] == 1)
-        .unwrap()
-        .clone();
+    let producer = summary_worker(&result.summary, "producer", 1);
     assert!(producer["restarts"].as_u64().unwrap() >= 1, "{producer}");
     assert_eq!(
         result.summary["records_read"], 150_000,

@@ -153,6 +153,16 @@ pub enum SinkKind {
     Blackhole,
 }
 
+impl SinkKind {
+    /// The kind's name, as written in `kind = "..."`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SinkKind::Sqlite(_) => "sqlite",
+            SinkKind::Blackhole => "blackhole",
+        }
+    }
+}
+
 /// Settings of the `sqlite` sink.
 #[derive(Debug, Clone)]
 pub struct SqliteSinkConfig {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::config::{JobConfig, RedisConfig, SinkKind};
+use crate::config::{JobConfig, RedisConfig};
 use crate::queue::{LinkError, Patience, Queues, RedisLink, SinkQueues};
 use crate::run_state::{Planned, RunState, WorkItem, new_run_id, now_ms};
 use crate::source::{self, SourceError};
@@ -529,15 +529,11 @@ async fn summarize(
                 sink.name, totals.read
             ));
         }
-        let kind = match &sink.kind {
-            SinkKind::Sqlite(_) => "sqlite",
-            SinkKind::Blackhole => "blackhole",
-        };
         let dead_letter_queue = SinkQueues::new(&config.job.name, &sink.name).dead;
         sinks.insert(
             sink.name.clone(),
             summary::SinkSummary {
-                kind: kind.to_string(),
+                kind: sink.kind.name().to_string(),
                 written,
                 dead_lettered,
                 dead_letter_queue,

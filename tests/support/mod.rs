@@ -128,6 +128,22 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until the job's SQLite table `orders` in `out.db` has rows: the run is under way.
+pub fn wait_for_rows(job: &Job) {
+    wait_until("rows are landing", || {
+        job.sqlite_count("out.db", "orders") > 0
+    });
+}
+
+/// The summary entry of worker `role` number `id`.
+pub fn summary_worker(summary: &Value, role: &str, id: u64) -> Value {
+    summary["workers"]
+        .as_array()
+        .and_then(|workers| workers.iter().find(|w| w["role"] == role && w["id"] == id))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {role} {id} in {summary}"))
+}
+
 /// A job written to a temporary directory.
 pub struct Job {
     /// The directory holding the config, data, database and logs.
