@@ -18,5 +18,6 @@ pub mod run_state;
 pub mod sink;
 pub mod source;
 pub mod supervisor;
+pub mod throttle;
 pub mod unit;
 pub mod worker;

@@ -42,6 +42,9 @@ pub enum Cast {
     Integer,
     /// 64-bit float; strings are parsed.
     Real,
+    /// An exact decimal: numbers stay numbers, numeric strings stay strings (so no digits are
+    /// lost to floating point).
+    Decimal,
     /// true/false; also 0/1 and "true"/"false"/"yes"/"no".
     Boolean,
     /// Any JSON value, kept as is.
@@ -52,9 +55,13 @@ impl Cast {
     /// Parses a `type = "..."` value.
     pub fn parse(name: &str) -> Option<Cast> {
         Some(match name.to_ascii_lowercase().as_str() {
-            "text" | "string" | "varchar" | "nvarchar" => Cast::Text,
+            "text" | "string" | "varchar" | "nvarchar" | "char" | "nchar" => Cast::Text,
+            // Parsed by the sink for the column's real type; JSON carries them as strings.
+            "date" | "time" | "datetime" | "datetime2" | "datetimeoffset" | "uniqueidentifier"
+            | "varbinary" | "binary" => Cast::Text,
             "integer" | "int" | "bigint" | "smallint" | "tinyint" => Cast::Integer,
-            "real" | "float" | "double" | "decimal" | "numeric" => Cast::Real,
+            "real" | "float" | "double" => Cast::Real,
+            "decimal" | "numeric" => Cast::Decimal,
             "boolean" | "bool" | "bit" => Cast::Boolean,
             "json" => Cast::Json,
             _ => return None,
@@ -66,6 +73,7 @@ impl Cast {
             Cast::Text => "text",
             Cast::Integer => "integer",
             Cast::Real => "real",
+            Cast::Decimal => "decimal",
             Cast::Boolean => "boolean",
             Cast::Json => "json",
         }
@@ -278,6 +286,10 @@ fn cast(value: &Value, column: &ColumnMap) -> Result<Value, MapError> {
             .ok()
             .filter(|f| f.is_finite())
             .map(Value::from),
+        (Cast::Decimal, Value::Number(_)) => Some(value.clone()),
+        (Cast::Decimal, Value::String(s)) => {
+            is_decimal(s.trim()).then(|| Value::String(s.trim().to_string()))
+        }
         (Cast::Boolean, Value::Bool(_)) => Some(value.clone()),
         (Cast::Boolean, Value::Number(n)) => match n.as_i64() {
             Some(0) => Some(Value::Bool(false)),
@@ -297,6 +309,21 @@ fn cast(value: &Value, column: &ColumnMap) -> Result<Value, MapError> {
         value: shorten(&value.to_string()),
         cast: cast.name(),
     })
+}
+
+/// `-12.50`, `3`, `1e-3`: digits with an optional sign, point and exponent.
+fn is_decimal(text: &str) -> bool {
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((m, e)) => (m, Some(e)),
+        None => (text, None),
+    };
+    let digits = mantissa.strip_prefix(['-', '+']).unwrap_or(mantissa);
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    let all_digits = |s: &str| s.chars().all(|c| c.is_ascii_digit());
+    !(whole.is_empty() && fraction.is_empty())
+        && all_digits(whole)
+        && all_digits(fraction)
+        && exponent.is_none_or(|e| e.parse::<i32>().is_ok())
 }
 
 fn shorten(text: &str) -> String {

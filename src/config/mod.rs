@@ -149,6 +149,8 @@ pub struct SinkConfig {
 pub enum SinkKind {
     /// An embedded SQLite database file.
     Sqlite(SqliteSinkConfig),
+    /// A SQL Server or Azure SQL table, written by bulk load.
+    Mssql(MssqlSinkConfig),
     /// Accepts and counts; measures the pipeline itself.
     Blackhole,
 }
@@ -158,6 +160,7 @@ impl SinkKind {
     pub fn name(&self) -> &'static str {
         match self {
             SinkKind::Sqlite(_) => "sqlite",
+            SinkKind::Mssql(_) => "mssql",
             SinkKind::Blackhole => "blackhole",
         }
     }
@@ -176,6 +179,53 @@ pub struct SqliteSinkConfig {
     pub key: Vec<String>,
     /// How long a write waits for another writer's lock before it counts as a failed attempt.
     pub busy_timeout: Duration,
+}
+
+/// Settings of the `mssql` sink.
+#[derive(Debug, Clone)]
+pub struct MssqlSinkConfig {
+    /// ADO.NET connection string; holds a password, so it is never printed.
+    pub connection: Secret,
+    /// Target table, `name` or `schema.name`.
+    pub table: String,
+    /// Append rows, or replace rows by key.
+    pub mode: WriteMode,
+    /// Key columns for upsert mode.
+    pub key: Vec<String>,
+    /// Connections per consumer process.
+    pub pool_size: usize,
+    /// Units written at once per consumer process.
+    pub max_concurrency: usize,
+    /// Units started per second per consumer process, if limited.
+    pub max_units_per_second: Option<f64>,
+    /// Rows per bulk load; a larger unit is loaded in several, in one transaction.
+    pub batch_rows: usize,
+    /// How long connecting (TCP, login) may take.
+    pub connect_timeout: Duration,
+    /// How long a write waits for a free pooled connection.
+    pub pool_timeout: Duration,
+}
+
+/// A value that must never be printed: `Debug` shows `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
 /// How a sink applies rows.

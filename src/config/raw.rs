@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 
 use super::validate;
 use super::{
-    FileFormat, JobConfig, JobSection, Problems, QueueConfig, RedisConfig, SinkConfig, SinkKind,
-    SourceConfig, SourceKind, SqliteSinkConfig, WorkersConfig, WriteMode,
+    FileFormat, JobConfig, JobSection, MssqlSinkConfig, Problems, QueueConfig, RedisConfig, Secret,
+    SinkConfig, SinkKind, SourceConfig, SourceKind, SqliteSinkConfig, WorkersConfig, WriteMode,
 };
 use crate::mapping::Mapping;
 
@@ -68,6 +68,22 @@ struct RawSqlite {
     #[serde(default)]
     key: Vec<String>,
     busy_timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawMssql {
+    connection: String,
+    table: String,
+    #[serde(default = "append")]
+    mode: WriteMode,
+    #[serde(default)]
+    key: Vec<String>,
+    pool_size: Option<usize>,
+    max_concurrency: Option<usize>,
+    max_units_per_second: Option<f64>,
+    batch_rows: Option<usize>,
+    connect_timeout: Option<String>,
+    pool_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -322,11 +338,36 @@ fn read_sink(mut table: toml::Table, path: &str, problems: &mut Problems) -> Opt
                 busy_timeout,
             })
         }),
+        "mssql" => section::<RawMssql>(rest, path, problems).map(|mssql| {
+            let max_concurrency = mssql.max_concurrency.unwrap_or(4);
+            SinkKind::Mssql(MssqlSinkConfig {
+                connection: Secret::new(mssql.connection),
+                table: mssql.table,
+                mode: mssql.mode,
+                key: mssql.key,
+                pool_size: mssql.pool_size.unwrap_or(max_concurrency),
+                max_concurrency,
+                max_units_per_second: mssql.max_units_per_second,
+                batch_rows: mssql.batch_rows.unwrap_or(5000),
+                connect_timeout: duration(
+                    mssql.connect_timeout,
+                    "15s",
+                    &join(path, "connect_timeout"),
+                    problems,
+                ),
+                pool_timeout: duration(
+                    mssql.pool_timeout,
+                    "60s",
+                    &join(path, "pool_timeout"),
+                    problems,
+                ),
+            })
+        }),
         "blackhole" => section::<RawBlackhole>(rest, path, problems).map(|_| SinkKind::Blackhole),
         other => {
             problems.push(
                 join(path, "kind"),
-                format!("unknown sink kind `{other}` (expected sqlite or blackhole)"),
+                format!("unknown sink kind `{other}` (expected sqlite, mssql or blackhole)"),
             );
             None
         }

@@ -3,7 +3,8 @@
 
 use std::collections::HashSet;
 
-use super::{JobConfig, Problems, SinkKind, SourceKind, WriteMode};
+use super::{JobConfig, MssqlSinkConfig, Problems, SinkKind, SourceKind, WriteMode};
+use crate::mapping::Mapping;
 
 /// Adds a problem for every rule `config` breaks.
 pub(super) fn validate(config: &JobConfig, problems: &mut Problems) {
@@ -62,29 +63,90 @@ pub(super) fn validate(config: &JobConfig, problems: &mut Problems) {
                         "another sqlite sink writes this table of this file",
                     );
                 }
-                match sqlite.mode {
-                    WriteMode::Upsert if sqlite.key.is_empty() => problems.push(
-                        format!("{path}.key"),
-                        "upsert mode needs the key columns, e.g. key = [\"id\"]",
-                    ),
-                    WriteMode::Append if !sqlite.key.is_empty() => problems.push(
-                        format!("{path}.key"),
-                        "key applies only to mode = \"upsert\"",
-                    ),
-                    _ => {}
+                check_keys(sqlite.mode, &sqlite.key, &sink.map, &path, problems);
+            }
+            SinkKind::Mssql(mssql) => {
+                check_mssql(mssql, &path, problems);
+                if sink.map.is_passthrough() {
+                    problems.push(
+                        format!("{path}.map"),
+                        "an mssql sink needs [sink.map]: the table's columns are fixed",
+                    );
                 }
-                for column in &sqlite.key {
-                    check_identifier(column, &format!("{path}.key"), problems);
-                    if !sink.map.is_passthrough() && !sink.map.has_column(column) {
-                        problems.push(
-                            format!("{path}.key"),
-                            format!("key column `{column}` is not in [sink.map]"),
-                        );
-                    }
-                }
+                check_keys(mssql.mode, &mssql.key, &sink.map, &path, problems);
             }
             SinkKind::Blackhole => {}
         }
+    }
+}
+
+/// Upsert needs key columns that the mapping writes; append takes none.
+fn check_keys(mode: WriteMode, key: &[String], map: &Mapping, path: &str, problems: &mut Problems) {
+    match mode {
+        WriteMode::Upsert if key.is_empty() => problems.push(
+            format!("{path}.key"),
+            "upsert mode needs the key columns, e.g. key = [\"id\"]",
+        ),
+        WriteMode::Append if !key.is_empty() => problems.push(
+            format!("{path}.key"),
+            "key applies only to mode = \"upsert\"",
+        ),
+        _ => {}
+    }
+    for column in key {
+        check_identifier(column, &format!("{path}.key"), problems);
+        if !map.is_passthrough() && !map.has_column(column) {
+            problems.push(
+                format!("{path}.key"),
+                format!("key column `{column}` is not in [sink.map]"),
+            );
+        }
+    }
+}
+
+/// Limits of the `mssql` sink, and a connection string that parses.
+fn check_mssql(mssql: &MssqlSinkConfig, path: &str, problems: &mut Problems) {
+    let parts: Vec<&str> = mssql.table.split('.').collect();
+    if parts.len() > 2 {
+        problems.push(
+            format!("{path}.table"),
+            format!("`{}` is not `name` or `schema.name`", mssql.table),
+        );
+    }
+    for part in parts {
+        check_identifier(part, &format!("{path}.table"), problems);
+    }
+    if let Err(error) = crate::sink::mssql::ConnectionSettings::parse(&mssql.connection) {
+        problems.push(format!("{path}.connection"), error.to_string());
+    }
+    if !(1..=256).contains(&mssql.max_concurrency) {
+        problems.push(
+            format!("{path}.max_concurrency"),
+            "must be between 1 and 256",
+        );
+    }
+    if mssql.pool_size < mssql.max_concurrency {
+        problems.push(
+            format!("{path}.pool_size"),
+            format!(
+                "must be at least max_concurrency ({}): each unit written at once holds a connection",
+                mssql.max_concurrency
+            ),
+        );
+    }
+    if let Some(rate) = mssql.max_units_per_second
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        problems.push(
+            format!("{path}.max_units_per_second"),
+            "must be a positive number",
+        );
+    }
+    if !(1..=1_000_000).contains(&mssql.batch_rows) {
+        problems.push(
+            format!("{path}.batch_rows"),
+            "must be between 1 and 1000000",
+        );
     }
 }
 

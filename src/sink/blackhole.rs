@@ -10,11 +10,11 @@ pub struct BlackholeSink;
 
 #[async_trait]
 impl Sink for BlackholeSink {
-    async fn check(&mut self) -> Result<String, SinkError> {
+    async fn check(&self) -> Result<String, SinkError> {
         Ok("blackhole: accepts everything".to_string())
     }
 
-    async fn write(&mut self, batch: Batch) -> Result<WriteOutcome, SinkError> {
+    async fn write(&self, batch: Batch) -> Result<WriteOutcome, SinkError> {
         Ok(WriteOutcome {
             fresh: true,
             written: batch.rows.len() as u64,

@@ -7,7 +7,10 @@
 //! outcome without writing anything twice.
 
 mod blackhole;
+pub mod mssql;
 mod sqlite;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -16,6 +19,7 @@ use crate::config::{SinkConfig, SinkKind};
 use crate::mapping::Row;
 
 pub use blackhole::BlackholeSink;
+pub use mssql::MssqlSink;
 pub use sqlite::SqliteSink;
 
 /// An entry of a unit that did not land, and why. `index` counts the unit's records first,
@@ -80,22 +84,39 @@ impl SinkError {
 
 /// What every kind of sink does.
 #[async_trait]
-pub trait Sink: Send {
+pub trait Sink: Send + Sync {
     /// Connects and verifies the target can take the configured rows, creating nothing.
-    async fn check(&mut self) -> Result<String, SinkError>;
+    async fn check(&self) -> Result<String, SinkError>;
 
-    /// Writes a batch exactly once in effect.
-    async fn write(&mut self, batch: Batch) -> Result<WriteOutcome, SinkError>;
+    /// Readies the target before any worker starts (checks the mapping against the table,
+    /// creates the ledger), so a misfit stops the run at once instead of in every consumer.
+    async fn prepare(&self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// Writes a batch exactly once in effect. May be called for several units at once, up to
+    /// [`Sink::concurrency`].
+    async fn write(&self, batch: Batch) -> Result<WriteOutcome, SinkError>;
+
+    /// How many units one process may write at once.
+    fn concurrency(&self) -> usize {
+        1
+    }
 }
 
 /// Builds the sink a config describes (connecting lazily).
-pub fn from_config(config: &SinkConfig) -> Box<dyn Sink> {
+pub fn from_config(config: &SinkConfig) -> Arc<dyn Sink> {
     match &config.kind {
-        SinkKind::Sqlite(sqlite) => Box::new(SqliteSink::new(
+        SinkKind::Sqlite(sqlite) => Arc::new(SqliteSink::new(
             &config.name,
             sqlite.clone(),
             config.map.clone(),
         )),
-        SinkKind::Blackhole => Box::new(BlackholeSink),
+        SinkKind::Mssql(mssql) => Arc::new(MssqlSink::new(
+            &config.name,
+            mssql.clone(),
+            config.map.clone(),
+        )),
+        SinkKind::Blackhole => Arc::new(BlackholeSink),
     }
 }

@@ -29,7 +29,7 @@ pub struct SqliteSink {
     name: String,
     config: SqliteSinkConfig,
     mapping: Mapping,
-    connection: Option<Arc<Mutex<Connection>>>,
+    connection: Mutex<Option<Arc<Mutex<Connection>>>>,
 }
 
 impl SqliteSink {
@@ -39,7 +39,7 @@ impl SqliteSink {
             name: name.to_string(),
             config,
             mapping,
-            connection: None,
+            connection: Mutex::new(None),
         }
     }
 
@@ -47,8 +47,12 @@ impl SqliteSink {
         classify(&self.name, &self.config.path, error)
     }
 
-    fn connect(&mut self) -> Result<Arc<Mutex<Connection>>, SinkError> {
-        if let Some(connection) = &self.connection {
+    fn connect(&self) -> Result<Arc<Mutex<Connection>>, SinkError> {
+        let mut slot = self
+            .connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(connection) = &*slot {
             return Ok(connection.clone());
         }
         if let Some(parent) = self
@@ -70,12 +74,12 @@ impl SqliteSink {
             .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
             .map_err(|e| self.error(e))?;
         let connection = Arc::new(Mutex::new(connection));
-        self.connection = Some(connection.clone());
+        *slot = Some(connection.clone());
         Ok(connection)
     }
 
     async fn blocking<T: Send + 'static>(
-        &mut self,
+        &self,
         work: impl FnOnce(&mut Connection, &Writer) -> Result<T, rusqlite::Error> + Send + 'static,
     ) -> Result<T, SinkError> {
         let connection = self.connect()?;
@@ -106,7 +110,7 @@ struct Writer {
 
 #[async_trait]
 impl Sink for SqliteSink {
-    async fn check(&mut self) -> Result<String, SinkError> {
+    async fn check(&self) -> Result<String, SinkError> {
         let (name, table) = (self.name.clone(), self.config.table.clone());
         let report = self
             .blocking(move |connection, writer| {
@@ -144,7 +148,7 @@ impl Sink for SqliteSink {
         ))
     }
 
-    async fn write(&mut self, batch: Batch) -> Result<WriteOutcome, SinkError> {
+    async fn write(&self, batch: Batch) -> Result<WriteOutcome, SinkError> {
         self.blocking(move |connection, writer| writer.write(connection, batch))
             .await
     }
@@ -361,6 +365,7 @@ fn sql_type(cast: Option<Cast>) -> &'static str {
     match cast {
         Some(Cast::Integer | Cast::Boolean) => "INTEGER",
         Some(Cast::Real) => "REAL",
+        Some(Cast::Decimal) => "NUMERIC",
         Some(Cast::Text | Cast::Json) => "TEXT",
         None => "",
     }
@@ -444,7 +449,7 @@ mod tests {
     #[tokio::test]
     async fn sqlite_append_unit_applied_twice_lands_once() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sink = sink(dir.path(), WriteMode::Append, &[]);
+        let sink = sink(dir.path(), WriteMode::Append, &[]);
         let rows = [json!({"id": 1, "a": "x"}), json!({"id": 2, "b": 2.5})];
         let first = sink.write(batch("j/r/s/0.0", &rows)).await.unwrap();
         assert_eq!((first.fresh, first.written), (true, 2));
@@ -456,7 +461,7 @@ mod tests {
     #[tokio::test]
     async fn sqlite_upsert_replaces_by_key_across_units() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sink = sink(dir.path(), WriteMode::Upsert, &["id"]);
+        let sink = sink(dir.path(), WriteMode::Upsert, &["id"]);
         sink.write(batch("u/1", &[json!({"id": 1, "v": "old"})]))
             .await
             .unwrap();
@@ -482,7 +487,7 @@ mod tests {
             .unwrap()
             .execute_batch("CREATE TABLE orders (id INTEGER, name TEXT NOT NULL)")
             .unwrap();
-        let mut sink = sink(dir.path(), WriteMode::Append, &[]);
+        let sink = sink(dir.path(), WriteMode::Append, &[]);
         let outcome = sink
             .write(batch(
                 "u/1",
@@ -513,7 +518,7 @@ mod tests {
     #[tokio::test]
     async fn sqlite_odd_field_names_land_without_failing_the_unit() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sink = sink(dir.path(), WriteMode::Append, &[]);
+        let sink = sink(dir.path(), WriteMode::Append, &[]);
         let rows = [
             json!({"id": 1, "na\"me": "quote in a field name"}),
             json!({"ID": 2, "Na\"Me": "same columns, other case"}),
@@ -549,7 +554,7 @@ mod tests {
             .unwrap()
             .execute_batch("CREATE TABLE orders (name TEXT)")
             .unwrap();
-        let mut sink = sink(dir.path(), WriteMode::Upsert, &["id"]);
+        let sink = sink(dir.path(), WriteMode::Upsert, &["id"]);
         let error = sink.check().await.unwrap_err().to_string();
         assert!(error.contains("no column(s) id"), "{error}");
     }

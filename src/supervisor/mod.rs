@@ -23,6 +23,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::config::{JobConfig, RedisConfig};
 use crate::queue::{LinkError, Patience, Queues, RedisLink, SinkQueues};
 use crate::run_state::{Planned, RunState, WorkItem, new_run_id, now_ms};
+use crate::sink::SinkError;
 use crate::source::{self, SourceError};
 use crate::unit::DataUnit;
 use crate::worker::{EXIT_INTERRUPTED, Role};
@@ -53,6 +54,9 @@ pub enum SupervisorError {
     /// Another supervisor runs the job.
     #[error(transparent)]
     Lock(#[from] LockError),
+    /// A sink's target does not fit the config (fatal), or cannot be reached (transient).
+    #[error(transparent)]
+    Sink(#[from] SinkError),
     /// Local files or processes failed.
     #[error("{0}")]
     Local(String),
@@ -61,7 +65,11 @@ pub enum SupervisorError {
 impl SupervisorError {
     /// True when the user's config is at fault (exit code 2).
     pub fn is_config_error(&self) -> bool {
-        matches!(self, SupervisorError::Plan(_) | SupervisorError::Changed(_))
+        match self {
+            SupervisorError::Plan(_) | SupervisorError::Changed(_) => true,
+            SupervisorError::Sink(error) => !error.is_transient(),
+            _ => false,
+        }
     }
 }
 
@@ -71,6 +79,15 @@ pub struct RunOptions {
     pub config_path: PathBuf,
     /// Worker log format, `text` or `json`.
     pub log_format: String,
+}
+
+/// Readies every sink's target before any worker starts: a table that does not fit the
+/// mapping stops the run here, once, with the sink's own words.
+pub async fn prepare_sinks(config: &JobConfig) -> Result<(), SinkError> {
+    for sink in &config.sinks {
+        crate::sink::from_config(sink).prepare().await?;
+    }
+    Ok(())
 }
 
 /// Lists every source's work items, before anything starts.
@@ -139,6 +156,7 @@ pub async fn run_once(config: JobConfig, options: RunOptions) -> Result<Summary,
     let started = Instant::now();
     let mut signals = Signals::listen()?;
     let items = plan_sources(&config)?;
+    prepare_sinks(&config).await?;
     let mut managed = match &config.redis {
         RedisConfig::Managed {
             data_dir,

@@ -2,6 +2,9 @@
 //! records, write them, send what failed to the dead-letter queue with reasons, record the
 //! counts, acknowledge.
 //!
+//! Up to [`Sink::concurrency`](crate::sink::Sink::concurrency) units of a sink are written at
+//! once, each in its own task; the consumer stops taking units when all are busy.
+//!
 //! Each step is safe to repeat: a unit already recorded is only acknowledged; a unit already
 //! written is recognised by the sink's ledger; counts are stored per unit id. So a consumer may
 //! die anywhere and its unit, redelivered after the visibility timeout, lands exactly once.
@@ -15,6 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use super::{Finish, WorkerContext, WorkerError};
 use crate::config::SinkConfig;
@@ -26,8 +31,8 @@ use crate::unit::DataUnit;
 /// How long an idle consumer waits before polling an empty queue again, at most.
 const MAX_IDLE_WAIT: Duration = Duration::from_millis(100);
 
-/// Units received per call; the ones waiting their turn are kept hidden, and released at once
-/// on shutdown.
+/// Units received per call (at least the sink's concurrency); the ones waiting their turn are
+/// kept hidden, and released at once on shutdown.
 const PREFETCH: u32 = 4;
 
 /// Attempts at a transient sink error within one delivery before the unit is released.
@@ -52,21 +57,29 @@ pub async fn run_consumer(context: WorkerContext) -> Result<Finish, WorkerError>
 }
 
 async fn consume_sink(context: WorkerContext, config: SinkConfig) -> Result<Finish, WorkerError> {
-    let queues = SinkQueues::new(&context.config.job.name, &config.name);
-    let mut sink = sink::from_config(&config);
+    let queues = Arc::new(SinkQueues::new(&context.config.job.name, &config.name));
+    let config = Arc::new(config);
+    let sink = sink::from_config(&config);
+    let concurrency = sink.concurrency().max(1);
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let mut running = JoinSet::new();
     let mut shutdown = context.shutdown.clone();
     let visibility = context.config.queue.visibility_timeout;
     let mut idle = Duration::from_millis(5);
     loop {
+        collect_finished(&mut running)?;
         if shutdown.is_set() {
-            return Ok(Finish::Interrupted);
+            return finish_running(running).await;
         }
         let deliveries = context
             .queues
-            .receive_batch(&queues.units, visibility, PREFETCH)
+            .receive_batch(&queues.units, visibility, PREFETCH.max(concurrency as u32))
             .await?;
         if deliveries.is_empty() {
-            if context.state.draining().await? && context.queues.depth(&queues.units).await? == 0 {
+            if running.is_empty()
+                && context.state.draining().await?
+                && context.queues.depth(&queues.units).await? == 0
+            {
                 return Ok(Finish::Done);
             }
             shutdown.sleep(idle).await;
@@ -87,7 +100,11 @@ async fn consume_sink(context: WorkerContext, config: SinkConfig) -> Result<Fini
             visibility,
         );
         for delivery in deliveries {
-            if shutdown.is_set() {
+            let permit = tokio::select! {
+                permit = permits.clone().acquire_owned() => Some(permit.expect("never closed")),
+                _ = shutdown.wait() => None,
+            };
+            let Some(permit) = permit else {
                 keeper.abort();
                 let unstarted = std::mem::take(&mut *waiting.lock().expect("not poisoned"));
                 for message_id in unstarted {
@@ -96,20 +113,48 @@ async fn consume_sink(context: WorkerContext, config: SinkConfig) -> Result<Fini
                         .extend(&queues.units, &message_id, Duration::ZERO)
                         .await?;
                 }
-                return Ok(Finish::Interrupted);
-            }
+                return finish_running(running).await;
+            };
             waiting
                 .lock()
                 .expect("not poisoned")
                 .retain(|id| *id != delivery.message_id);
-            let result = handle(&context, &config, &queues, sink.as_mut(), delivery).await;
-            if result.is_err() {
+            let (context, config, queues, sink) = (
+                context.clone(),
+                config.clone(),
+                queues.clone(),
+                sink.clone(),
+            );
+            running.spawn(async move {
+                let _permit = permit;
+                handle(&context, &config, &queues, sink.as_ref(), delivery).await
+            });
+            if let Err(error) = collect_finished(&mut running) {
                 keeper.abort();
+                return Err(error);
             }
-            result?;
         }
         keeper.abort();
     }
+}
+
+/// Takes the results of units that finished; the first error stops the consumer.
+fn collect_finished(running: &mut JoinSet<Result<(), WorkerError>>) -> Result<(), WorkerError> {
+    while let Some(result) = running.try_join_next() {
+        result.expect("unit tasks do not panic")?;
+    }
+    Ok(())
+}
+
+/// Lets the units being written finish (a write is never cut off half way), then reports
+/// the consumer as interrupted.
+async fn finish_running(
+    mut running: JoinSet<Result<(), WorkerError>>,
+) -> Result<Finish, WorkerError> {
+    while let Some(result) = running.join_next().await {
+        result.expect("unit tasks do not panic")?;
+    }
+    Ok(Finish::Interrupted)
 }
 
 /// Keeps the listed units hidden, extending them every half visibility timeout, until aborted.
@@ -137,7 +182,7 @@ async fn handle(
     context: &WorkerContext,
     config: &SinkConfig,
     queues: &SinkQueues,
-    sink: &mut dyn Sink,
+    sink: &dyn Sink,
     delivery: Delivery,
 ) -> Result<(), WorkerError> {
     let unit = match DataUnit::decode(&delivery.body) {
@@ -258,7 +303,7 @@ fn map_unit(config: &SinkConfig, unit: &DataUnit) -> Batch {
 }
 
 async fn write_with_retries(
-    sink: &mut dyn Sink,
+    sink: &dyn Sink,
     batch: Batch,
 ) -> Result<WriteOutcome, sink::SinkError> {
     let mut attempt = 1;

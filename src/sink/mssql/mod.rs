@@ -1,0 +1,258 @@
+//! The `mssql` sink: units bulk-loaded into a SQL Server or Azure SQL table, each exactly once
+//! in effect, by pooled tiberius connections under a concurrency and a rate limit.
+//!
+//! - **connection**: the ADO.NET string and each process's own deadpool of connections.
+//! - **schema**: the table's real columns, and the check of the mapping against them.
+//! - **encode**: JSON values to the columns' types.
+//! - **write**: one unit in one transaction: rows and a ledger entry together; a refused load
+//!   is split until the rows at fault are found.
+//! - **errors**: which server errors are retried, isolated or fatal.
+//! - **sql**: every statement the sink sends.
+
+mod connection;
+mod encode;
+mod errors;
+mod schema;
+mod sql;
+mod write;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use deadpool::managed::{Object, PoolError};
+use tokio::sync::OnceCell;
+
+use super::{Batch, Sink, SinkError, WriteOutcome};
+use crate::config::{MssqlSinkConfig, WriteMode};
+use crate::mapping::Mapping;
+use crate::throttle::RateLimit;
+
+use connection::{ConnectionPool, TdsManager};
+pub use connection::{ConnectionSettings, ConnectionStringError};
+use errors::{ErrorClass, classify, describe};
+use schema::Target;
+use sql::TableName;
+use write::run;
+
+/// The `mssql` sink of one consumer process.
+pub struct MssqlSink {
+    name: String,
+    config: MssqlSinkConfig,
+    table: TableName,
+    columns: Vec<String>,
+    settings: Option<ConnectionSettings>,
+    pool: Option<ConnectionPool>,
+    target: OnceCell<Arc<Target>>,
+    rate: Option<RateLimit>,
+}
+
+impl MssqlSink {
+    /// A sink named `name` writing rows shaped by `mapping` as `config` says. Connects lazily.
+    pub fn new(name: &str, config: MssqlSinkConfig, mapping: Mapping) -> MssqlSink {
+        let settings = ConnectionSettings::parse(&config.connection).ok();
+        let pool = settings.clone().map(|settings| {
+            connection::pool(
+                settings,
+                config.pool_size,
+                config.pool_timeout,
+                config.connect_timeout,
+            )
+        });
+        let columns = mapping
+            .columns()
+            .map(|columns| columns.iter().map(|c| c.column.clone()).collect())
+            .unwrap_or_default();
+        MssqlSink {
+            name: name.to_string(),
+            table: TableName::parse(&config.table),
+            rate: config.max_units_per_second.and_then(RateLimit::per_second),
+            columns,
+            settings,
+            pool,
+            target: OnceCell::new(),
+            config,
+        }
+    }
+
+    fn transient(&self, message: String) -> SinkError {
+        SinkError::Transient {
+            sink: self.name.clone(),
+            message: self.redact(message),
+        }
+    }
+
+    fn fatal(&self, message: String) -> SinkError {
+        SinkError::Fatal {
+            sink: self.name.clone(),
+            message: self.redact(message),
+        }
+    }
+
+    fn redact(&self, message: String) -> String {
+        connection::redact(&message, self.config.connection.expose())
+    }
+
+    /// Turns a tiberius error met while doing `what` into a sink error of the right kind.
+    fn server_error(&self, what: &str, error: &tiberius::error::Error) -> SinkError {
+        let message = format!("{what}: {}", describe(error));
+        match classify(error) {
+            ErrorClass::Transient => self.transient(message),
+            ErrorClass::Data | ErrorClass::Fatal => self.fatal(message),
+        }
+    }
+
+    fn where_to(&self) -> String {
+        self.settings
+            .as_ref()
+            .map_or_else(|| "?".to_string(), |s| s.description.clone())
+    }
+
+    async fn connection(&self) -> Result<Object<TdsManager>, SinkError> {
+        let pool = self.pool.as_ref().ok_or_else(|| {
+            self.fatal("the connection string cannot be parsed (see `stevedore check`)".into())
+        })?;
+        pool.get().await.map_err(|error| match error {
+            PoolError::Backend(error) => {
+                self.server_error(&format!("cannot connect to {}", self.where_to()), &error)
+            }
+            PoolError::Timeout(_) => self.transient(format!(
+                "no connection to {} within the pool/connect timeout",
+                self.where_to()
+            )),
+            other => self.fatal(format!("connection pool: {other}")),
+        })
+    }
+
+    /// Reads the table's columns and checks the mapping against them.
+    async fn read_target(&self) -> Result<Target, SinkError> {
+        let mut connection = self.connection().await?;
+        let quoted = self.table.quoted();
+        let all = connection
+            .column_metadata(&quoted, &["*"])
+            .await
+            .map_err(|error| match error.code() {
+                Some(208) => self.fatal(format!(
+                    "table {} does not exist in {} ({})",
+                    self.table,
+                    self.where_to(),
+                    describe(&error)
+                )),
+                _ => self.server_error(
+                    &format!("cannot read the columns of {}", self.table),
+                    &error,
+                ),
+            })?;
+        let table_text = self.table.to_string();
+        let required: Vec<String> = connection
+            .query(sql::REQUIRED_COLUMNS, &[&table_text])
+            .await
+            .map_err(|e| self.server_error("cannot read the required columns", &e))?
+            .into_first_result()
+            .await
+            .map_err(|e| self.server_error("cannot read the required columns", &e))?
+            .iter()
+            .filter_map(|row| row.get::<&str, _>(0).map(str::to_string))
+            .collect();
+        if self.columns.is_empty() {
+            return Err(
+                self.fatal("an mssql sink needs [sink.map]: the table's columns are fixed".into())
+            );
+        }
+        schema::match_columns(&self.table, &all, &required, &self.columns).map_err(|problems| {
+            self.fatal(format!(
+                "[sink.map] does not fit table {}: {}",
+                self.table,
+                problems.join("; ")
+            ))
+        })
+    }
+
+    /// The checked target, read once per process; creates the ledger table if missing.
+    async fn target(&self) -> Result<Arc<Target>, SinkError> {
+        self.target
+            .get_or_try_init(|| async {
+                let target = self.read_target().await?;
+                let mut connection = self.connection().await?;
+                let create = sql::create_ledger(&self.table.ledger());
+                run(&mut connection, &create)
+                    .await
+                    .map_err(|e| self.server_error("cannot create the ledger table", &e))?;
+                Ok(Arc::new(target))
+            })
+            .await
+            .cloned()
+    }
+}
+
+#[async_trait]
+impl Sink for MssqlSink {
+    async fn check(&self) -> Result<String, SinkError> {
+        let target = self.read_target().await?;
+        let mut connection = self.connection().await?;
+        let ledger = self.table.ledger();
+        let present = connection
+            .query("SELECT OBJECT_ID(@P1, N'U')", &[&ledger.to_string()])
+            .await
+            .map_err(|e| self.server_error("cannot look for the ledger table", &e))?
+            .into_row()
+            .await
+            .map_err(|e| self.server_error("cannot look for the ledger table", &e))?
+            .and_then(|row| row.get::<i32, _>(0))
+            .is_some();
+        Ok(format!(
+            "{}: table {} takes the {} mapped column(s) ({}); ledger {}",
+            self.where_to(),
+            self.table,
+            target.columns.len(),
+            target
+                .columns
+                .iter()
+                .map(|c| {
+                    let null = if c.nullable { "" } else { " NOT NULL" };
+                    format!("{} {}{null}", c.name, c.ty)
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            if present {
+                format!("{ledger} present")
+            } else {
+                format!("{ledger} is created on the first write")
+            }
+        ))
+    }
+
+    async fn prepare(&self) -> Result<(), SinkError> {
+        self.target().await.map(|_| ())
+    }
+
+    async fn write(&self, batch: Batch) -> Result<WriteOutcome, SinkError> {
+        let target = self.target().await?;
+        if let Some(rate) = &self.rate {
+            rate.ready().await;
+        }
+        let mut connection = self.connection().await?;
+        let plan = write::Plan {
+            target: &target,
+            ledger: self.table.ledger(),
+            ledger_target: self.table.to_string(),
+            key: match self.config.mode {
+                WriteMode::Append => None,
+                WriteMode::Upsert => Some(&self.config.key),
+            },
+            batch_rows: self.config.batch_rows,
+        };
+        let result = write::write_unit(&mut connection, &plan, batch).await;
+        if result.is_err() && run(&mut connection, sql::ROLLBACK_IF_OPEN).await.is_err() {
+            // Never hand a connection in an unknown state back to the pool.
+            drop(Object::take(connection));
+        }
+        result.map_err(|error| match error {
+            write::WriteError::Server { what, error } => self.server_error(what, &error),
+            write::WriteError::Refused(message) => self.fatal(message),
+        })
+    }
+
+    fn concurrency(&self) -> usize {
+        self.config.max_concurrency
+    }
+}
