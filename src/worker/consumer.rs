@@ -276,8 +276,9 @@ async fn handle(
 }
 
 /// Maps every record of `unit` for the sink; records that do not map and rejected lines
-/// become failures with their reasons.
-fn map_unit(config: &SinkConfig, unit: &DataUnit) -> Batch {
+/// become failures with their reasons. Public for the sink benchmarks, which measure the
+/// consumer's path without a queue.
+pub fn map_unit(config: &SinkConfig, unit: &DataUnit) -> Batch {
     let mut rows = Vec::with_capacity(unit.records.len());
     let mut failures = Vec::new();
     for (index, record) in unit.records.iter().enumerate() {

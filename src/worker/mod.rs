@@ -14,7 +14,7 @@ use crate::run_state::RunState;
 use crate::sink::SinkError;
 use crate::source::SourceError;
 
-pub use consumer::run_consumer;
+pub use consumer::{map_unit, run_consumer};
 pub use producer::run_producer;
 pub use shutdown::{Shutdown, ShutdownTrigger};
 
