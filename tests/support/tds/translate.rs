@@ -1,0 +1,627 @@
+//! T-SQL to SQLite: every rule the test server applies, in one place. It understands exactly
+//! the statement shapes the SQL Server sink, tiberius and FreeTDS (`tsql`, `freebcp`) send, and
+//! passes everything else to SQLite after rules 1 and 2.
+//!
+//! 1. Identifiers: `[x]` becomes `"x"`; the `dbo.` schema prefix is dropped (every table lives
+//!    in `dbo`); `#name` becomes `"#name"`, and `CREATE TABLE #name` a SQLite TEMP table;
+//!    `N'..'` becomes `'..'`.
+//! 2. `SELECT TOP n ...` / `SELECT TOP (n) ...` becomes `SELECT ... LIMIT n`.
+//! 3. `SELECT [TOP 0] a, b INTO #stage FROM t` creates TEMP table `"#stage"` with those columns'
+//!    declared types and NOT NULL flags copied from `t` (executed by the session).
+//! 4. `DROP TABLE IF EXISTS #stage` is native once rule 1 applied.
+//! 5. `IF OBJECT_ID(N'dbo.t', N'U') IS NULL CREATE TABLE ...` becomes `CREATE TABLE IF NOT
+//!    EXISTS ...`. In CREATE TABLE: `(max)` becomes `(-1)` (reported back as max);
+//!    `decimal(p,s)` / `numeric(p,s)` become `decimal text(p,s)` (TEXT affinity keeps the
+//!    canonical decimal text); `CLUSTERED` / `NONCLUSTERED` are dropped;
+//!    `CONSTRAINT PK_x PRIMARY KEY (a, b)` is native and its name is used in error 2627.
+//! 6. `SELECT name FROM sys.columns WHERE object_id = OBJECT_ID(@P1) AND is_nullable = 0 ...`
+//!    is answered from `PRAGMA table_info`: NOT NULL columns without a default that are not
+//!    identity (`INTEGER PRIMARY KEY`).
+//! 7. `SELECT @@VERSION` returns a string naming this test server; `SET ...` is a no-op
+//!    (a line starting with `SET` ends the statement before it, for FreeTDS's
+//!    `SET FMTONLY ON select ... SET FMTONLY OFF`).
+//! 8. Transactions: `BEGIN TRAN[SACTION]`, `COMMIT [TRAN[SACTION]]`, `ROLLBACK [TRAN[SACTION]]`,
+//!    `SAVE TRAN[SACTION] name`, `ROLLBACK TRAN[SACTION] name`,
+//!    `IF @@TRANCOUNT > 0 ROLLBACK TRAN[SACTION]` (executed by the session).
+//! 9. `INSERT BULK t ([a] type, ...) [WITH (...)]` starts a bulk load into those columns.
+//! 10. `INSERT INTO t (a, b) VALUES (x, y)[, (...)]`: every value that is a parameter or a
+//!     literal is converted to its column's declared type before binding (lengths, ranges,
+//!     canonical storage form), like a bulk-loaded value.
+//!
+//! Statements in a batch are separated by `;`, and also by a new line that starts with
+//! BEGIN, COMMIT, ROLLBACK, SAVE, SET or IF (outside quotes and brackets).
+
+/// A lexical token of T-SQL.
+#[derive(Clone, Debug, PartialEq)]
+enum Tok {
+    Space(String),
+    Word(String),
+    /// `[x]` or `"x"`: the name without quotes.
+    Quoted(String),
+    /// `'..'` or `N'..'`: the raw content between the quotes (`''` kept).
+    Str(String),
+    Num(String),
+    /// `@x` or `@@x`.
+    Var(String),
+    /// `#x` or `##x`.
+    Temp(String),
+    Punct(char),
+}
+
+impl Tok {
+    fn is_space(&self) -> bool {
+        matches!(self, Tok::Space(_))
+    }
+
+    fn is_word(&self, word: &str) -> bool {
+        matches!(self, Tok::Word(w) if w.eq_ignore_ascii_case(word))
+    }
+
+    /// The name, if this is an identifier (plain, quoted or temp).
+    fn ident(&self) -> Option<String> {
+        match self {
+            Tok::Word(w) => Some(w.clone()),
+            Tok::Quoted(q) => Some(q.clone()),
+            Tok::Temp(t) => Some(t.clone()),
+            _ => None,
+        }
+    }
+
+    fn render(&self) -> String {
+        match self {
+            Tok::Space(s) | Tok::Word(s) | Tok::Num(s) | Tok::Var(s) => s.clone(),
+            Tok::Quoted(q) | Tok::Temp(q) => format!("\"{}\"", q.replace('"', "\"\"")),
+            Tok::Str(s) => format!("'{s}'"),
+            Tok::Punct(c) => c.to_string(),
+        }
+    }
+}
+
+fn lex(sql: &str) -> Vec<Tok> {
+    let chars: Vec<char> = sql.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let take_while = |i: &mut usize, f: &dyn Fn(char) -> bool| {
+        let start = *i;
+        while *i < chars.len() && f(chars[*i]) {
+            *i += 1;
+        }
+        chars[start..*i].iter().collect::<String>()
+    };
+    let word_char = |c: char| c.is_alphanumeric() || c == '_' || c == '$';
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        if c.is_whitespace() {
+            out.push(Tok::Space(take_while(&mut i, &|c| c.is_whitespace())));
+        } else if c == '-' && next == Some('-') {
+            take_while(&mut i, &|c| c != '\n');
+            out.push(Tok::Space(" ".into()));
+        } else if c == '\'' || ((c == 'N' || c == 'n') && next == Some('\'')) {
+            i += if c == '\'' { 1 } else { 2 };
+            let mut s = String::new();
+            while i < chars.len() {
+                if chars[i] == '\'' && chars.get(i + 1) == Some(&'\'') {
+                    s.push_str("''");
+                    i += 2;
+                } else if chars[i] == '\'' {
+                    i += 1;
+                    break;
+                } else {
+                    s.push(chars[i]);
+                    i += 1;
+                }
+            }
+            out.push(Tok::Str(s));
+        } else if c == '[' || c == '"' {
+            let close = if c == '[' { ']' } else { '"' };
+            i += 1;
+            let mut s = String::new();
+            while i < chars.len() {
+                if chars[i] == close && chars.get(i + 1) == Some(&close) {
+                    s.push(close);
+                    i += 2;
+                } else if chars[i] == close {
+                    i += 1;
+                    break;
+                } else {
+                    s.push(chars[i]);
+                    i += 1;
+                }
+            }
+            out.push(Tok::Quoted(s));
+        } else if c == '@' {
+            out.push(Tok::Var(take_while(&mut i, &|c| word_char(c) || c == '@')));
+        } else if c == '#' {
+            out.push(Tok::Temp(take_while(&mut i, &|c| word_char(c) || c == '#')));
+        } else if c.is_ascii_digit() || (c == '.' && next.is_some_and(|n| n.is_ascii_digit())) {
+            out.push(Tok::Num(take_while(&mut i, &|c| {
+                c.is_ascii_alphanumeric() || c == '.'
+            })));
+        } else if word_char(c) {
+            out.push(Tok::Word(take_while(&mut i, &word_char)));
+        } else {
+            out.push(Tok::Punct(c));
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Splits a batch into statements (see the module doc for the separators).
+pub fn split_batch(batch: &str) -> Vec<String> {
+    let mut statements = Vec::new();
+    let mut current = String::new();
+    let mut line_start = true;
+    for tok in lex(batch) {
+        let starts_statement = line_start
+            && ["BEGIN", "COMMIT", "ROLLBACK", "SAVE", "SET", "IF"]
+                .iter()
+                .any(|w| tok.is_word(w));
+        if tok == Tok::Punct(';') || starts_statement {
+            if !current.trim().is_empty() {
+                statements.push(std::mem::take(&mut current));
+            }
+            current.clear();
+            if tok == Tok::Punct(';') {
+                continue;
+            }
+        }
+        if let Tok::Space(s) = &tok {
+            if s.contains('\n') {
+                line_start = true;
+            }
+        } else {
+            line_start = false;
+        }
+        // Keep the original spelling: re-render quoted forms the T-SQL way.
+        current.push_str(&match &tok {
+            Tok::Quoted(q) => format!("[{}]", q.replace(']', "]]")),
+            Tok::Str(s) => format!("N'{s}'"),
+            other => other.render(),
+        });
+    }
+    if !current.trim().is_empty() {
+        statements.push(current);
+    }
+    statements
+}
+
+/// What one statement asks for.
+#[derive(Debug)]
+pub enum Statement {
+    /// `SET ...`
+    Noop,
+    /// `SELECT @@VERSION`
+    Version,
+    /// `BEGIN TRAN`
+    Begin,
+    /// `COMMIT`
+    Commit,
+    /// `ROLLBACK [TRAN [name]]`; `only_if_open` for `IF @@TRANCOUNT > 0 ROLLBACK`.
+    Rollback {
+        /// The savepoint to roll back to, if named.
+        savepoint: Option<String>,
+        /// Do nothing outside a transaction instead of error 3903.
+        only_if_open: bool,
+    },
+    /// `SAVE TRAN name`
+    Save(String),
+    /// `SELECT .. INTO #target FROM source` (rule 3).
+    SelectInto {
+        /// The selected column names; empty for `*`.
+        columns: Vec<String>,
+        /// The source table.
+        source: String,
+        /// The new temp table.
+        target: String,
+    },
+    /// The `sys.columns` NOT NULL query (rule 6); the argument of OBJECT_ID: `@P1` or a name.
+    NotNullColumns(String),
+    /// `INSERT BULK`
+    InsertBulk {
+        /// Target table.
+        table: String,
+        /// Target columns, in the order the rows carry them.
+        columns: Vec<String>,
+    },
+    /// `INSERT INTO t (cols) VALUES (...)` (rule 10).
+    Insert {
+        /// Target table.
+        table: String,
+        /// Target columns.
+        columns: Vec<String>,
+        /// The SQLite text up to and including `VALUES`.
+        head: String,
+        /// Each row's value expressions, translated.
+        rows: Vec<Vec<String>>,
+    },
+    /// Anything else, translated by rules 1, 2 and 5.
+    Sql {
+        /// SQLite text.
+        sql: String,
+        /// Tables named after FROM / JOIN (for result column metadata).
+        tables: Vec<String>,
+        /// Per select-list item: the column it names, if it is a plain column reference
+        /// (`None` for expressions; a lone `*` gives an empty list and `star`).
+        items: Vec<Option<String>>,
+        /// The select list contains `*`.
+        star: bool,
+    },
+}
+
+/// Significant tokens (no spaces).
+fn significant(toks: &[Tok]) -> Vec<Tok> {
+    toks.iter().filter(|t| !t.is_space()).cloned().collect()
+}
+
+/// Renders tokens with rule 1 (identifiers, `dbo.`, literals) and rule 2 (TOP).
+fn render(toks: &[Tok], create_table: bool) -> String {
+    let mut out = String::new();
+    let mut limit = None;
+    let mut i = 0;
+    let next_sig = |from: usize| (from..toks.len()).find(|&j| !toks[j].is_space());
+    while i < toks.len() {
+        let tok = &toks[i];
+        // dbo. prefix
+        if tok.ident().is_some_and(|n| n.eq_ignore_ascii_case("dbo"))
+            && next_sig(i + 1).is_some_and(|j| toks[j] == Tok::Punct('.'))
+        {
+            i = next_sig(i + 1).expect("dot") + 1;
+            while i < toks.len() && toks[i].is_space() {
+                i += 1;
+            }
+            continue;
+        }
+        // SELECT TOP n / TOP (n)
+        if tok.is_word("SELECT")
+            && let Some(j) = next_sig(i + 1).filter(|&j| toks[j].is_word("TOP"))
+        {
+            let k = next_sig(j + 1);
+            let (n, end) = match k.map(|k| &toks[k]) {
+                Some(Tok::Num(n)) => (Some(n.clone()), k),
+                Some(Tok::Punct('(')) => {
+                    let n = next_sig(k.expect("k") + 1);
+                    let close = n.and_then(|n| next_sig(n + 1));
+                    match (n.map(|n| &toks[n]), close.map(|c| &toks[c])) {
+                        (Some(Tok::Num(n)), Some(Tok::Punct(')'))) => (Some(n.clone()), close),
+                        _ => (None, None),
+                    }
+                }
+                _ => (None, None),
+            };
+            if let (Some(n), Some(end)) = (n, end) {
+                limit = Some(n);
+                out.push_str("SELECT");
+                i = end + 1;
+                continue;
+            }
+        }
+        if create_table {
+            if tok.is_word("CLUSTERED") || tok.is_word("NONCLUSTERED") {
+                i += 1;
+                continue;
+            }
+            if tok.is_word("max")
+                && i > 0
+                && toks[i - 1] == Tok::Punct('(')
+                && toks.get(i + 1) == Some(&Tok::Punct(')'))
+            {
+                out.push_str("-1");
+                i += 1;
+                continue;
+            }
+            if (tok.is_word("decimal") || tok.is_word("numeric"))
+                && next_sig(i + 1).is_some_and(|j| toks[j] == Tok::Punct('('))
+            {
+                out.push_str("decimal text");
+                i += 1;
+                continue;
+            }
+            if tok.is_word("TABLE")
+                && next_sig(i + 1).is_some_and(|j| matches!(toks[j], Tok::Temp(_)))
+            {
+                out.push_str("TEMP TABLE");
+                i += 1;
+                continue;
+            }
+        }
+        out.push_str(&tok.render());
+        i += 1;
+    }
+    if let Some(n) = limit {
+        out = format!("{} LIMIT {n}", out.trim_end());
+    }
+    out
+}
+
+/// Reads a possibly qualified name at `sig[i..]`; returns the last part and the next index.
+fn qualified_name(sig: &[Tok], mut i: usize) -> Option<(String, usize)> {
+    let mut name = sig.get(i)?.ident()?;
+    i += 1;
+    while sig.get(i) == Some(&Tok::Punct('.')) {
+        name = sig.get(i + 1)?.ident()?;
+        i += 2;
+    }
+    Some((name, i))
+}
+
+/// Splits `sig[start..]` (just after an opening parenthesis) at top-level commas up to the
+/// matching close; returns the parts and the index after the close.
+fn paren_list(sig: &[Tok], start: usize) -> (Vec<Vec<Tok>>, usize) {
+    let mut parts = vec![Vec::new()];
+    let mut depth = 0;
+    let mut i = start;
+    while i < sig.len() {
+        match &sig[i] {
+            Tok::Punct('(') => depth += 1,
+            Tok::Punct(')') if depth == 0 => return (parts, i + 1),
+            Tok::Punct(')') => depth -= 1,
+            Tok::Punct(',') if depth == 0 => {
+                parts.push(Vec::new());
+                i += 1;
+                continue;
+            }
+            _ => {}
+        }
+        parts.last_mut().expect("part").push(sig[i].clone());
+        i += 1;
+    }
+    (parts, i)
+}
+
+/// Renders a token list (significant tokens) back to SQLite text, single-spaced.
+fn render_sig(toks: &[Tok]) -> String {
+    let spaced: Vec<Tok> = toks
+        .iter()
+        .flat_map(|t| [t.clone(), Tok::Space(" ".into())])
+        .collect();
+    render(&spaced, false).trim().to_string()
+}
+
+/// Classifies and translates one statement.
+pub fn translate(statement: &str) -> Statement {
+    let toks = lex(statement);
+    let sig = significant(&toks);
+    let word = |i: usize, w: &str| sig.get(i).is_some_and(|t| t.is_word(w));
+    let tran_word = |i: usize| word(i, "TRAN") || word(i, "TRANSACTION") || word(i, "WORK");
+
+    if word(0, "SET") {
+        return Statement::Noop;
+    }
+    if word(0, "BEGIN") && tran_word(1) {
+        return Statement::Begin;
+    }
+    if word(0, "COMMIT") {
+        return Statement::Commit;
+    }
+    if word(0, "ROLLBACK") {
+        let name = if tran_word(1) {
+            sig.get(2).and_then(Tok::ident)
+        } else {
+            None
+        };
+        return Statement::Rollback {
+            savepoint: name,
+            only_if_open: false,
+        };
+    }
+    if word(0, "SAVE")
+        && tran_word(1)
+        && let Some(name) = sig.get(2).and_then(Tok::ident)
+    {
+        return Statement::Save(name);
+    }
+    if word(0, "IF")
+        && matches!(sig.get(1), Some(Tok::Var(v)) if v.eq_ignore_ascii_case("@@trancount"))
+        && let Some(pos) = sig.iter().position(|t| t.is_word("ROLLBACK"))
+    {
+        let name = if tran_word(pos + 1) {
+            sig.get(pos + 2).and_then(Tok::ident)
+        } else {
+            None
+        };
+        return Statement::Rollback {
+            savepoint: name,
+            only_if_open: true,
+        };
+    }
+    if word(0, "IF") && word(1, "OBJECT_ID") {
+        // IF OBJECT_ID(...) IS NULL CREATE TABLE ...
+        if let Some(create) = toks.iter().position(|t| t.is_word("CREATE")) {
+            let rest = &toks[create..];
+            let sql = render(rest, true);
+            let sql = sql.replacen("TABLE", "TABLE IF NOT EXISTS", 1);
+            return Statement::Sql {
+                sql,
+                tables: Vec::new(),
+                items: Vec::new(),
+                star: false,
+            };
+        }
+    }
+    if word(0, "INSERT")
+        && word(1, "BULK")
+        && let Some((table, i)) = qualified_name(&sig, 2)
+    {
+        let columns = if sig.get(i) == Some(&Tok::Punct('(')) {
+            paren_list(&sig, i + 1)
+                .0
+                .iter()
+                .filter_map(|part| part.first().and_then(Tok::ident))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        return Statement::InsertBulk { table, columns };
+    }
+    if word(0, "SELECT")
+        && matches!(sig.get(1), Some(Tok::Var(v)) if v.eq_ignore_ascii_case("@@version"))
+    {
+        return Statement::Version;
+    }
+    if word(0, "SELECT")
+        && sig.iter().any(|t| t.is_word("columns"))
+        && sig.iter().any(|t| t.is_word("sys"))
+        && let Some(pos) = sig.iter().position(|t| t.is_word("OBJECT_ID"))
+    {
+        let arg = match sig.get(pos + 2) {
+            Some(Tok::Var(v)) => v.clone(),
+            Some(Tok::Str(s)) => s.replace("''", "'"),
+            _ => String::new(),
+        };
+        return Statement::NotNullColumns(arg);
+    }
+    if word(0, "SELECT")
+        && let (Some(into), Some(from)) = (
+            sig.iter().position(|t| t.is_word("INTO")),
+            sig.iter().position(|t| t.is_word("FROM")),
+        )
+        && into < from
+    {
+        let mut start = 1;
+        if word(1, "TOP") {
+            start = if sig.get(2) == Some(&Tok::Punct('(')) {
+                5
+            } else {
+                3
+            };
+        }
+        let columns: Vec<String> = sig[start..into]
+            .split(|t| *t == Tok::Punct(','))
+            .filter_map(|item| item.last().and_then(Tok::ident))
+            .collect();
+        let target = qualified_name(&sig, into + 1).map(|(n, _)| n);
+        let source = qualified_name(&sig, from + 1).map(|(n, _)| n);
+        if let (Some(target), Some(source)) = (target, source) {
+            return Statement::SelectInto {
+                columns,
+                source,
+                target,
+            };
+        }
+    }
+    if word(0, "INSERT")
+        && word(1, "INTO")
+        && let Some((table, i)) = qualified_name(&sig, 2)
+        && sig.get(i) == Some(&Tok::Punct('('))
+    {
+        let (cols, after) = paren_list(&sig, i + 1);
+        if word(after, "VALUES") {
+            let columns: Vec<String> = cols
+                .iter()
+                .filter_map(|c| c.first().and_then(Tok::ident))
+                .collect();
+            let mut rows = Vec::new();
+            let mut j = after + 1;
+            while sig.get(j) == Some(&Tok::Punct('(')) {
+                let (values, next) = paren_list(&sig, j + 1);
+                rows.push(values.iter().map(|v| render_sig(v)).collect());
+                j = next;
+                if sig.get(j) == Some(&Tok::Punct(',')) {
+                    j += 1;
+                }
+            }
+            if j >= sig.len() && !rows.is_empty() {
+                let head = render_sig(&sig[..=after]);
+                return Statement::Insert {
+                    table,
+                    columns,
+                    head,
+                    rows,
+                };
+            }
+        }
+    }
+    let create_table =
+        word(0, "CREATE") && (word(1, "TABLE") || sig.iter().take(3).any(|t| t.is_word("TABLE")));
+    let sql = render(&toks, create_table);
+    // Tables after FROM / JOIN, and the select list, for result metadata.
+    let mut tables = Vec::new();
+    for (i, t) in sig.iter().enumerate() {
+        if (t.is_word("FROM") || t.is_word("JOIN"))
+            && let Some((name, _)) = qualified_name(&sig, i + 1)
+        {
+            tables.push(name);
+        }
+    }
+    let (mut items, mut star) = (Vec::new(), false);
+    if word(0, "SELECT") {
+        let mut start = 1;
+        if word(1, "TOP") {
+            start = if sig.get(2) == Some(&Tok::Punct('(')) {
+                5
+            } else {
+                3
+            };
+        }
+        if word(start, "DISTINCT") {
+            start += 1;
+        }
+        let mut depth = 0;
+        let mut end = start;
+        while end < sig.len() {
+            match &sig[end] {
+                Tok::Punct('(') => depth += 1,
+                Tok::Punct(')') => depth -= 1,
+                t if depth == 0 && t.is_word("FROM") => break,
+                _ => {}
+            }
+            end += 1;
+        }
+        let list = &sig[start.min(end)..end];
+        let mut item = Vec::new();
+        let mut depth = 0;
+        for t in list.iter().chain(std::iter::once(&Tok::Punct(','))) {
+            match t {
+                Tok::Punct('(') => depth += 1,
+                Tok::Punct(')') => depth -= 1,
+                Tok::Punct(',') if depth == 0 => {
+                    let is_star = item.last() == Some(&Tok::Punct('*'));
+                    if is_star {
+                        star = true;
+                    } else {
+                        items.push(plain_column(&item));
+                    }
+                    item.clear();
+                    continue;
+                }
+                _ => {}
+            }
+            item.push(t.clone());
+        }
+    }
+    Statement::Sql {
+        sql,
+        tables,
+        items,
+        star,
+    }
+}
+
+/// The column a select-list item names, if it is `col`, `t.col`, `col AS alias`, `col alias`.
+fn plain_column(item: &[Tok]) -> Option<String> {
+    let (name, i) = qualified_name(item, 0)?;
+    match &item[i..] {
+        [] => Some(name),
+        [alias] if alias.ident().is_some() => Some(name),
+        [as_word, alias] if as_word.is_word("AS") && alias.ident().is_some() => Some(name),
+        _ => None,
+    }
+}
+
+/// Quotes a name for SQLite.
+pub fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The name given to a table constraint in a CREATE TABLE text:
+/// `CONSTRAINT <name> <keyword>` (keyword `PRIMARY`, `UNIQUE`, `CHECK`).
+pub fn named_constraint(create_sql: &str, keyword: &str) -> Option<String> {
+    let sig = significant(&lex(create_sql));
+    sig.windows(3).find_map(|w| {
+        (w[0].is_word("CONSTRAINT") && w[2].is_word(keyword))
+            .then(|| w[1].ident())
+            .flatten()
+    })
+}
