@@ -123,7 +123,11 @@ async fn stevedore(
     let mut running = tokio::task::JoinSet::new();
     for bytes in units.iter().cloned() {
         if running.len() >= concurrency {
-            running.join_next().await.expect("running").expect("no panic");
+            running
+                .join_next()
+                .await
+                .expect("running")
+                .expect("no panic");
         }
         let (sink, config) = (sink.clone(), config.clone());
         running.spawn(async move {

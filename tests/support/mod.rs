@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod mssql;
 pub mod tds;
 
 use std::path::{Path, PathBuf};

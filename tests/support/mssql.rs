@@ -142,7 +142,7 @@ fn unique() -> u64 {
 }
 
 /// One value read back, as JSON (see [`MssqlTarget::rows`]).
-pub fn json(data: &ColumnData<'_>) -> Value {
+pub fn json(data: &ColumnData<'static>) -> Value {
     fn or_null<T: Into<Value>>(value: Option<T>) -> Value {
         value.map_or(Value::Null, Into::into)
     }

@@ -190,15 +190,12 @@ impl Sink for MssqlSink {
         let target = self.read_target().await?;
         let mut connection = self.connection().await?;
         let ledger = self.table.ledger();
-        let present = connection
-            .query("SELECT OBJECT_ID(@P1, N'U')", &[&ledger.to_string()])
-            .await
-            .map_err(|e| self.server_error("cannot look for the ledger table", &e))?
-            .into_row()
-            .await
-            .map_err(|e| self.server_error("cannot look for the ledger table", &e))?
-            .and_then(|row| row.get::<i32, _>(0))
-            .is_some();
+        // `SELECT TOP 0 *` answers 208 when the table is missing, without reading a row.
+        let present = match connection.column_metadata(&ledger.quoted(), &["*"]).await {
+            Ok(_) => true,
+            Err(error) if error.code() == Some(208) => false,
+            Err(error) => return Err(self.server_error("cannot look for the ledger table", &error)),
+        };
         Ok(format!(
             "{}: table {} takes the {} mapped column(s) ({}); ledger {}",
             self.where_to(),
