@@ -1087,6 +1087,12 @@ impl Session {
                 ),
             };
         }
+        // Newer SQLite appends " in <statement> at offset N" to some messages.
+        let message = match message.find(" in ") {
+            Some(i) if message.starts_with("no such") => message[..i].to_string(),
+            _ => message,
+        };
+        let after = |prefix: &str| message.strip_prefix(prefix).map(|s| s.trim().to_string());
         if let Some(name) = after("no such table:") {
             return invalid_object(name.trim_start_matches("main.").trim_start_matches("temp."));
         }

@@ -463,7 +463,9 @@ pub fn translate(statement: &str) -> Statement {
     if word(0, "SELECT")
         && sig.iter().any(|t| t.is_word("columns"))
         && sig.iter().any(|t| t.is_word("sys"))
-        && let Some(pos) = sig.iter().position(|t| t.is_word("OBJECT_ID"))
+        && let Some(pos) = sig
+            .windows(2)
+            .position(|w| w[0].is_word("OBJECT_ID") && w[1] == Tok::Punct('('))
     {
         let arg = match sig.get(pos + 2) {
             Some(Tok::Var(v)) => v.clone(),
