@@ -682,3 +682,139 @@ async fn mssql_tds_fault_fail_next_reaches_the_client() {
     server.faults().delay_replies(Duration::ZERO);
     assert_eq!(count(&mut client, "dbo.orders").await, 1);
 }
+
+/// Runs a FreeTDS tool with a freetds.conf that points `stevedore` at the server.
+fn freetds(
+    server: &TdsServer,
+    dir: &std::path::Path,
+    tool: &str,
+    args: &[&str],
+    stdin: &str,
+) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let conf = dir.join("freetds.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[global]\n\ttds version = 7.4\n\tclient charset = UTF-8\n\n[stevedore]\n\thost = 127.0.0.1\n\tport = {}\n\
+             \ttds version = 7.4\n\tencryption = off\n",
+            server.port()
+        ),
+    )
+    .expect("write freetds.conf");
+    let mut child = Command::new(tool)
+        .args(args)
+        .env("FREETDSCONF", &conf)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run `{tool}` ({e}): install the Debian package freetds-bin (CI installs it)"
+            )
+        });
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let output = child.wait_with_output().expect("wait for FreeTDS");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "`{tool} {}` failed:\n{text}",
+        args.join(" ")
+    );
+    text
+}
+
+#[tokio::test]
+async fn mssql_tds_freetds_tsql_and_freebcp() {
+    let server = TdsServer::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut client = client(&server).await;
+    exec(
+        &mut client,
+        "CREATE TABLE dbo.t (id int NOT NULL PRIMARY KEY, name nvarchar(40) NULL, amount decimal(10,2) NULL, \
+         seen datetime2(3) NULL, flag bit NULL, ratio float NULL, big bigint NULL)",
+    )
+    .await;
+    let data = dir.path().join("rows.tsv");
+    std::fs::write(
+        &data,
+        "1\tGrüße, 東京 🚢\t12.50\t2024-02-29 13:45:30.123\t1\t0.25\t9223372036854775807\n\
+         2\tplain\t-0.01\t2000-01-01 00:00:00.000\t0\t-1.5\t-42\n",
+    )
+    .expect("write rows");
+    let pw = "Stevedore-test-1";
+    let out = freetds(
+        &server,
+        dir.path(),
+        "freebcp",
+        &[
+            "dbo.t",
+            "in",
+            data.to_str().expect("path"),
+            "-c",
+            "-U",
+            "sa",
+            "-P",
+            pw,
+            "-S",
+            "stevedore",
+            "-D",
+            "stevedore",
+        ],
+        "",
+    );
+    // freebcp exits 0 even when the server reports an error.
+    assert!(
+        out.contains("2 rows copied") && !out.contains("Msg "),
+        "{out}"
+    );
+
+    let out = freetds(
+        &server,
+        dir.path(),
+        "tsql",
+        &["-S", "stevedore", "-U", "sa", "-P", pw, "-D", "stevedore"],
+        "SELECT COUNT(*) AS n FROM dbo.t\ngo\nexit\n",
+    );
+    assert!(out.lines().any(|l| l.trim() == "2"), "tsql output:\n{out}");
+
+    let rows = client
+        .query(
+            "SELECT id, name, amount, seen, flag, ratio, big FROM dbo.t ORDER BY id",
+            &[],
+        )
+        .await
+        .expect("select")
+        .into_first_result()
+        .await
+        .expect("rows");
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].get::<&str, _>("name"), Some("Grüße, 東京 🚢"));
+    assert_eq!(
+        rows[0].get::<Numeric, _>("amount"),
+        Some(Numeric::new_with_scale(1250, 2))
+    );
+    assert_eq!(
+        rows[0].get::<NaiveDateTime, _>("seen"),
+        Some(datetime("2024-02-29 13:45:30.123"))
+    );
+    assert_eq!(rows[0].get::<bool, _>("flag"), Some(true));
+    assert_eq!(rows[0].get::<f64, _>("ratio"), Some(0.25));
+    assert_eq!(rows[0].get::<i64, _>("big"), Some(i64::MAX));
+    assert_eq!(
+        rows[1].get::<Numeric, _>("amount"),
+        Some(Numeric::new_with_scale(-1, 2))
+    );
+    assert_eq!(rows[1].get::<i64, _>("big"), Some(-42));
+}
