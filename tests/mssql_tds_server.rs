@@ -297,6 +297,19 @@ async fn mssql_tds_wrong_password_fails_login_with_18456() {
 }
 
 #[tokio::test]
+async fn mssql_tds_unknown_database_fails_login_with_4060() {
+    let server = TdsServer::start();
+    let conn_str = server
+        .connection_string()
+        .replace("database=stevedore", "database=other");
+    let error = connect(&conn_str)
+        .await
+        .map(drop)
+        .expect_err("unknown database");
+    assert_eq!(server_error(&error).0, 4060);
+}
+
+#[tokio::test]
 async fn mssql_tds_bulk_and_rpc_round_trip_every_type() {
     let server = TdsServer::start();
     let mut client = client(&server).await;
