@@ -176,7 +176,7 @@ impl Faults {
     }
 
     /// The next `times` statements (batch statement, RPC statement text, or `INSERT BULK`)
-    /// containing `statement_contains` get an ERROR token with `number` instead of running.
+    /// containing `statement_contains` (ignoring ASCII case) get an ERROR token with `number` instead of running.
     pub fn fail_next(&self, statement_contains: &str, number: u32, message: &str, times: u32) {
         self.failures
             .lock()
@@ -210,7 +210,7 @@ impl Faults {
         let mut failures = self.failures.lock().expect("failures lock");
         let failure = failures
             .iter_mut()
-            .find(|f| f.remaining > 0 && statement.contains(&f.contains))?;
+            .find(|f| f.remaining > 0 && contains_ignore_case(statement, &f.contains))?;
         failure.remaining -= 1;
         Some((failure.number, failure.message.clone()))
     }
@@ -218,6 +218,11 @@ impl Faults {
     fn count_bulk_load(&self) {
         self.bulk_loads.fetch_add(1, Ordering::SeqCst);
     }
+}
+
+fn contains_ignore_case(text: &str, needle: &str) -> bool {
+    text.to_ascii_lowercase()
+        .contains(&needle.to_ascii_lowercase())
 }
 
 /// A tiberius client connected to `conn_str` over plain TCP.

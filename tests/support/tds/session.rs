@@ -424,6 +424,10 @@ impl Session {
     // ------------------------------------------------------------------ statements
 
     fn execute(&mut self, statement: &str, params: &Params) -> Result<Outcome, SqlError> {
+        // Set STEVEDORE_TDS_TRACE=1 to see every statement a client sends.
+        if std::env::var_os("STEVEDORE_TDS_TRACE").is_some() {
+            eprintln!("tds: {statement}");
+        }
         let stmt = translate::translate(statement);
         if self.bulk.is_some() && !matches!(stmt, Statement::InsertBulk { .. }) {
             self.bulk = None;
@@ -863,7 +867,15 @@ impl Session {
                 DONE_ERROR,
             );
         };
-        match self.load_rows(&target, data) {
+        let loaded = self.load_rows(&target, data);
+        if std::env::var_os("STEVEDORE_TDS_TRACE").is_some() {
+            eprintln!(
+                "tds: bulk load of {} bytes into {}: {loaded:?}",
+                data.len(),
+                target.table
+            );
+        }
+        match loaded {
             Ok(count) => {
                 self.shared.faults.count_bulk_load();
                 let mut reply = Reply::default();
@@ -889,7 +901,8 @@ impl Session {
             wire_columns.push((name, ty));
         }
         let mut rows = Vec::new();
-        loop {
+        // tiberius ends the rows with DONE; FreeTDS just ends the message.
+        while !r.is_empty() {
             match r.u8()? {
                 0xD1 => {
                     let mut row = Vec::with_capacity(wire_columns.len());
@@ -1087,6 +1100,12 @@ impl Session {
                 ),
             };
         }
+        // Newer SQLite appends " in <statement> at offset N" to some messages.
+        let message = match message.find(" in ") {
+            Some(i) if message.starts_with("no such") => message[..i].to_string(),
+            _ => message,
+        };
+        let after = |prefix: &str| message.strip_prefix(prefix).map(|s| s.trim().to_string());
         if let Some(name) = after("no such table:") {
             return invalid_object(name.trim_start_matches("main.").trim_start_matches("temp."));
         }

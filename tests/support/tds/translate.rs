@@ -17,9 +17,9 @@
 //! 6. `SELECT name FROM sys.columns WHERE object_id = OBJECT_ID(@P1) AND is_nullable = 0 ...`
 //!    is answered from `PRAGMA table_info`: NOT NULL columns without a default that are not
 //!    identity (`INTEGER PRIMARY KEY`).
-//! 7. `SELECT @@VERSION` returns a string naming this test server; `SET ...` is a no-op
-//!    (a line starting with `SET` ends the statement before it, for FreeTDS's
-//!    `SET FMTONLY ON select ... SET FMTONLY OFF`).
+//! 7. `SELECT @@VERSION` returns a string naming this test server; `SET ...` is a no-op,
+//!    except FreeTDS's `SET FMTONLY ON select ... SET FMTONLY OFF`, which runs the select
+//!    with `LIMIT 0` (metadata only).
 //! 8. Transactions: `BEGIN TRAN[SACTION]`, `COMMIT [TRAN[SACTION]]`, `ROLLBACK [TRAN[SACTION]]`,
 //!    `SAVE TRAN[SACTION] name`, `ROLLBACK TRAN[SACTION] name`,
 //!    `IF @@TRANCOUNT > 0 ROLLBACK TRAN[SACTION]` (executed by the session).
@@ -64,6 +64,15 @@ impl Tok {
             Tok::Quoted(q) => Some(q.clone()),
             Tok::Temp(t) => Some(t.clone()),
             _ => None,
+        }
+    }
+
+    /// The token in T-SQL spelling (quoted names bracketed), to re-lex later.
+    fn render_tsql(&self) -> String {
+        match self {
+            Tok::Quoted(q) => format!("[{}]", q.replace(']', "]]")),
+            Tok::Str(s) => format!("N'{s}'"),
+            other => other.render(),
         }
     }
 
@@ -174,12 +183,7 @@ pub fn split_batch(batch: &str) -> Vec<String> {
         } else {
             line_start = false;
         }
-        // Keep the original spelling: re-render quoted forms the T-SQL way.
-        current.push_str(&match &tok {
-            Tok::Quoted(q) => format!("[{}]", q.replace(']', "]]")),
-            Tok::Str(s) => format!("N'{s}'"),
-            other => other.render(),
-        });
+        current.push_str(&tok.render_tsql());
     }
     if !current.trim().is_empty() {
         statements.push(current);
@@ -386,6 +390,31 @@ pub fn translate(statement: &str) -> Statement {
     let word = |i: usize, w: &str| sig.get(i).is_some_and(|t| t.is_word(w));
     let tran_word = |i: usize| word(i, "TRAN") || word(i, "TRANSACTION") || word(i, "WORK");
 
+    if word(0, "SET") && word(1, "FMTONLY") && word(2, "ON") {
+        // FreeTDS: `SET FMTONLY ON select ... SET FMTONLY OFF` wants metadata only.
+        let on = toks.iter().position(|t| t.is_word("ON")).expect("ON") + 1;
+        let off = toks
+            .iter()
+            .rposition(|t| t.is_word("SET"))
+            .filter(|&i| i > on)
+            .unwrap_or(toks.len());
+        let inner: String = toks[on..off].iter().map(Tok::render_tsql).collect();
+        if let Statement::Sql {
+            sql,
+            tables,
+            items,
+            star,
+        } = translate(&inner)
+        {
+            let sql = format!("SELECT * FROM ({sql}) LIMIT 0");
+            return Statement::Sql {
+                sql,
+                tables,
+                items,
+                star,
+            };
+        }
+    }
     if word(0, "SET") {
         return Statement::Noop;
     }
@@ -463,7 +492,9 @@ pub fn translate(statement: &str) -> Statement {
     if word(0, "SELECT")
         && sig.iter().any(|t| t.is_word("columns"))
         && sig.iter().any(|t| t.is_word("sys"))
-        && let Some(pos) = sig.iter().position(|t| t.is_word("OBJECT_ID"))
+        && let Some(pos) = sig
+            .windows(2)
+            .position(|w| w[0].is_word("OBJECT_ID") && w[1] == Tok::Punct('('))
     {
         let arg = match sig.get(pos + 2) {
             Some(Tok::Var(v)) => v.clone(),

@@ -736,6 +736,7 @@ pub fn read_value(r: &mut Reader, ty: &WireType) -> ReadResult<Value> {
     Ok(match ty.code {
         0x1F => Value::Null,
         0x30 => Value::Int(bytes[0] as i64),
+        0x26 if bytes.len() == 1 => Value::Int(bytes[0] as i64), // tinyint is unsigned
         0x32 | 0x68 => Value::Int((bytes[0] != 0) as i64),
         0x34 | 0x38 | 0x7F | 0x26 => Value::Int(le_int(&bytes)),
         0x3B | 0x3E | 0x6D => match bytes.len() {
