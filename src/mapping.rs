@@ -174,17 +174,26 @@ impl Mapping {
 
     /// Maps one record to a row.
     pub fn apply(&self, record: Value) -> Result<Row, MapError> {
+        match (record, &self.columns) {
+            (Value::Object(object), None) => Ok(object),
+            (record, _) => self.apply_ref(&record),
+        }
+    }
+
+    /// Maps a record it does not own: only the mapped values are copied (the consumer keeps
+    /// the unit's records for its dead letters).
+    pub fn apply_ref(&self, record: &Value) -> Result<Row, MapError> {
         let Value::Object(object) = record else {
             return Err(MapError::NotAnObject {
-                found: json_type(&record),
+                found: json_type(record),
             });
         };
         let Some(columns) = &self.columns else {
-            return Ok(object);
+            return Ok(object.clone());
         };
-        let mut row = Map::new();
+        let mut row = Map::with_capacity(columns.len());
         for column in columns {
-            let value = lookup(&object, &column.from).filter(|value| !value.is_null());
+            let value = lookup(object, &column.from).filter(|value| !value.is_null());
             let value = match (value, &column.default) {
                 (Some(value), _) => cast(value, column)?,
                 (None, Some(default)) => default.clone(),

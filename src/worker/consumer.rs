@@ -282,7 +282,7 @@ pub fn map_unit(config: &SinkConfig, unit: &DataUnit) -> Batch {
     let mut rows = Vec::with_capacity(unit.records.len());
     let mut failures = Vec::new();
     for (index, record) in unit.records.iter().enumerate() {
-        match config.map.apply(record.clone()) {
+        match config.map.apply_ref(record) {
             Ok(row) => rows.push((index, row)),
             Err(error) => failures.push(Failure {
                 index,

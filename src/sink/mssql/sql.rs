@@ -103,17 +103,58 @@ pub fn find_applied(ledger: &TableName) -> String {
     )
 }
 
-/// Records a unit: target, unit id, rows written, rows failed, failures (JSON), applied at.
-pub fn insert_applied(ledger: &TableName) -> String {
+/// Opens the unit's transaction and claims the unit in the ledger, in one round trip. The
+/// ledger's primary key refuses (2627) a unit applied before, or being applied by another
+/// session (which it waits for). Values are literals: a transaction begun inside
+/// `sp_executesql` would not survive it.
+pub fn begin_and_claim(ledger: &TableName, entry: &LedgerEntry<'_>) -> String {
     format!(
-        "INSERT INTO {} (target, unit_id, rows_written, rows_failed, failures, applied_at) \
-         VALUES (@P1, @P2, @P3, @P4, @P5, @P6)",
-        ledger.quoted()
+        "BEGIN TRANSACTION; INSERT INTO {} (target, unit_id, rows_written, rows_failed, failures, \
+         applied_at) VALUES ({}, {}, {}, {}, {}, {})",
+        ledger.quoted(),
+        literal(entry.target),
+        literal(entry.unit_id),
+        entry.written,
+        entry.failed,
+        literal(entry.failures),
+        literal(entry.applied_at),
     )
 }
 
-/// Opens the unit's transaction.
-pub const BEGIN: &str = "BEGIN TRANSACTION";
+/// Corrects the claimed entry once bad rows were found.
+pub fn update_applied(ledger: &TableName, entry: &LedgerEntry<'_>) -> String {
+    format!(
+        "UPDATE {} SET rows_written = {}, rows_failed = {}, failures = {} \
+         WHERE target = {} AND unit_id = {}",
+        ledger.quoted(),
+        entry.written,
+        entry.failed,
+        literal(entry.failures),
+        literal(entry.target),
+        literal(entry.unit_id),
+    )
+}
+
+/// One ledger row.
+pub struct LedgerEntry<'a> {
+    /// The sink's table, `schema.name`.
+    pub target: &'a str,
+    /// The unit.
+    pub unit_id: &'a str,
+    /// Rows landed.
+    pub written: u64,
+    /// Entries that did not land.
+    pub failed: usize,
+    /// Those entries, as JSON.
+    pub failures: &'a str,
+    /// When, `YYYY-MM-DDTHH:MM:SS.fff` UTC.
+    pub applied_at: &'a str,
+}
+
+/// `N'...'` with quotes doubled: the T-SQL string literal of `text`.
+pub fn literal(text: &str) -> String {
+    format!("N'{}'", text.replace('\'', "''"))
+}
 
 /// Commits it.
 pub const COMMIT: &str = "COMMIT TRANSACTION";

@@ -1,22 +1,24 @@
 //! Writing one unit: exactly once in effect, every good row landing, every bad row found.
 //!
-//! 1. The ledger is asked first: a unit recorded there was applied before (its ack was lost)
-//!    and its recorded outcome is returned without writing.
-//! 2. Rows are encoded for the table's columns; a value that does not fit fails alone.
-//! 3. In one transaction: the rows are bulk-loaded in loads of `batch_rows`, each under a
-//!    savepoint. A load the server refuses for a row's sake (NULL, duplicate key, constraint)
-//!    is undone and split in halves, down to the single rows at fault, which are dead-lettered
-//!    with the server's error number and message. Then the ledger entry is inserted and the
-//!    transaction committed: rows and ledger land together or not at all.
-//! 4. Upsert mode loads into a session staging table, deletes the target rows whose key is in
+//! 1. Rows are encoded for the table's columns; a value that does not fit fails alone.
+//! 2. One batch opens the transaction and inserts the unit's ledger entry. The ledger's primary
+//!    key refuses a unit applied before (its ack was lost) or being applied by another session
+//!    (the server makes us wait for it): then nothing is written and the recorded outcome is
+//!    returned.
+//! 3. The rows are bulk-loaded, `batch_rows` at a time, and the transaction commits: rows and
+//!    ledger entry land together or not at all. Five round trips for a unit that goes well.
+//! 4. If the server refuses a load for a row's sake (NULL, duplicate key, constraint), the
+//!    transaction is rolled back and the unit is written again with each load under a
+//!    savepoint: a refused load is undone and split in halves, down to the rows at fault, which
+//!    are dead-lettered with the server's error number and message. The ledger entry is
+//!    corrected before the commit.
+//! 5. Upsert mode loads into a session staging table, deletes the target rows whose key is in
 //!    it, and inserts the staged rows. Rows of one unit with the same key: the last one wins.
-//!
-//! Two consumers writing the same unit at once cannot both commit: the ledger's primary key
-//! refuses the second, whose transaction is rolled back and whose outcome is read back.
 
 use std::collections::HashMap;
 use std::ops::Range;
 
+use serde_json::Value;
 use tiberius::error::Error;
 use tiberius::{SqlBulkCopyOption, TokenRow};
 
@@ -25,6 +27,7 @@ use super::encode::encode;
 use super::errors::{ErrorClass, classify, describe};
 use super::schema::Target;
 use super::sql::{self, STAGE, TableName};
+use crate::mapping::Row;
 use crate::sink::{Batch, Failure, WriteOutcome};
 
 /// What a unit is written with.
@@ -81,40 +84,87 @@ pub async fn write_unit(
             batch.unit_id
         )));
     }
-    if let Some(applied) = find_applied(connection, plan, &batch.unit_id).await? {
-        return Ok(applied);
-    }
     let Batch {
         unit_id,
         rows,
         mut failures,
     } = batch;
+    let mut sources = Vec::with_capacity(rows.len());
     let mut encoded = Vec::with_capacity(rows.len());
-    for (index, row) in rows {
-        let values: Result<Vec<_>, String> = plan
-            .target
-            .columns
-            .iter()
-            .map(|column| {
-                encode(
-                    row.get(&column.name).unwrap_or(&serde_json::Value::Null),
-                    column,
-                )
-            })
-            .collect();
-        match values {
-            Ok(values) => encoded.push(EncodedRow { index, values }),
-            Err(reason) => failures.push(Failure { index, reason }),
+    for (index, row) in &rows {
+        match encode_row(plan, *index, row) {
+            Ok(values) => {
+                sources.push((*index, row));
+                encoded.push(values);
+            }
+            Err(failure) => failures.push(failure),
         }
     }
     if let Some(key) = plan.key {
-        encoded = last_per_key(encoded, plan.target, key);
+        (sources, encoded) = last_per_key(sources, encoded, plan.target, key);
     }
+    let unit = Unit {
+        id: &unit_id,
+        sources: &sources,
+    };
+    failures.sort_by_key(|f| f.index);
+    let planned = sources.len() as u64;
+    if !claim(connection, plan, &unit, planned, &failures).await? {
+        return applied_before(connection, plan, &unit_id).await;
+    }
+    // The expected case: every load goes through. Anything refused sends the unit down the
+    // slower path that isolates rows.
+    let mut refused = false;
+    let mut rows_iter = encoded.into_iter();
+    while rows_iter.len() > 0 {
+        let chunk: Vec<EncodedRow> = rows_iter.by_ref().take(plan.batch_rows.max(1)).collect();
+        match load(connection, plan, chunk).await {
+            Ok(client_refused) if client_refused.is_empty() => {}
+            Ok(_) => {
+                refused = true;
+                break;
+            }
+            Err(WriteError::Server { error, .. }) if classify(&error) == ErrorClass::Data => {
+                refused = true;
+                break;
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    if !refused {
+        run(connection, sql::COMMIT).await.map_err(at("commit"))?;
+        return Ok(WriteOutcome {
+            fresh: true,
+            written: planned,
+            failures,
+        });
+    }
+    run(connection, sql::ROLLBACK_IF_OPEN)
+        .await
+        .map_err(at("roll back a refused load"))?;
+    write_isolating(connection, plan, &unit, failures).await
+}
 
-    run(connection, sql::BEGIN).await.map_err(at("begin"))?;
-    let mut pending: Vec<Range<usize>> = (0..encoded.len())
+/// The rows of a unit that encoded, with their index in the unit.
+struct Unit<'a> {
+    id: &'a str,
+    sources: &'a [(usize, &'a Row)],
+}
+
+/// Writes the unit again with every load under a savepoint, splitting refused loads down to
+/// the rows at fault.
+async fn write_isolating(
+    connection: &mut Connection,
+    plan: &Plan<'_>,
+    unit: &Unit<'_>,
+    mut failures: Vec<Failure>,
+) -> Result<WriteOutcome, WriteError> {
+    if !claim(connection, plan, unit, unit.sources.len() as u64, &failures).await? {
+        return applied_before(connection, plan, unit.id).await;
+    }
+    let mut pending: Vec<Range<usize>> = (0..unit.sources.len())
         .step_by(plan.batch_rows.max(1))
-        .map(|start| start..(start + plan.batch_rows).min(encoded.len()))
+        .map(|start| start..(start + plan.batch_rows).min(unit.sources.len()))
         .rev()
         .collect();
     let mut landed = 0u64;
@@ -122,10 +172,14 @@ pub async fn write_unit(
         run(connection, &sql::save_point())
             .await
             .map_err(at("savepoint"))?;
-        match load(connection, plan, &encoded[range.clone()]).await {
-            Ok(refused) => {
-                landed += (range.len() - refused.len()) as u64;
-                failures.extend(refused);
+        let rows: Vec<EncodedRow> = unit.sources[range.clone()]
+            .iter()
+            .filter_map(|(index, row)| encode_row(plan, *index, row).ok())
+            .collect();
+        match load(connection, plan, rows).await {
+            Ok(client_refused) => {
+                landed += (range.len() - client_refused.len()) as u64;
+                failures.extend(client_refused);
             }
             Err(WriteError::Server { error, .. }) if classify(&error) == ErrorClass::Data => {
                 run(connection, &sql::rollback_to_save_point())
@@ -133,7 +187,7 @@ pub async fn write_unit(
                     .map_err(at("undo a refused load"))?;
                 if range.len() == 1 {
                     failures.push(Failure {
-                        index: encoded[range.start].index,
+                        index: unit.sources[range.start].0,
                         reason: describe(&error),
                     });
                 } else {
@@ -146,31 +200,94 @@ pub async fn write_unit(
         }
     }
     failures.sort_by_key(|f| f.index);
-    let recorded = insert_applied(connection, plan, &unit_id, landed, &failures).await;
-    match recorded {
-        Err(WriteError::Server { error, .. }) if matches!(error.code(), Some(2627 | 2601)) => {
-            // Another consumer applied this unit meanwhile; its outcome stands.
+    let failures_json = serde_json::to_string(&failures).expect("failures serialize");
+    let applied_at = now();
+    let entry = sql::LedgerEntry {
+        target: &plan.ledger_target,
+        unit_id: unit.id,
+        written: landed,
+        failed: failures.len(),
+        failures: &failures_json,
+        applied_at: &applied_at,
+    };
+    run(connection, &sql::update_applied(&plan.ledger, &entry))
+        .await
+        .map_err(at("correct the ledger entry"))?;
+    run(connection, sql::COMMIT).await.map_err(at("commit"))?;
+    Ok(WriteOutcome {
+        fresh: true,
+        written: landed,
+        failures,
+    })
+}
+
+/// Begins the transaction and inserts the unit's ledger entry; false (transaction rolled
+/// back) when the ledger already holds the unit.
+async fn claim(
+    connection: &mut Connection,
+    plan: &Plan<'_>,
+    unit: &Unit<'_>,
+    written: u64,
+    failures: &[Failure],
+) -> Result<bool, WriteError> {
+    let failures_json = serde_json::to_string(failures).expect("failures serialize");
+    let applied_at = now();
+    let entry = sql::LedgerEntry {
+        target: &plan.ledger_target,
+        unit_id: unit.id,
+        written,
+        failed: failures.len(),
+        failures: &failures_json,
+        applied_at: &applied_at,
+    };
+    match run(connection, &sql::begin_and_claim(&plan.ledger, &entry)).await {
+        Ok(()) => Ok(true),
+        Err(error) if matches!(error.code(), Some(2627 | 2601)) => {
             run(connection, sql::ROLLBACK_IF_OPEN)
                 .await
                 .map_err(at("roll back a duplicate"))?;
-            find_applied(connection, plan, &unit_id)
-                .await?
-                .ok_or_else(|| {
-                    WriteError::Refused(format!(
-                        "unit {unit_id} was refused as a duplicate but is not in the ledger"
-                    ))
-                })
+            Ok(false)
         }
-        Err(other) => Err(other),
-        Ok(()) => {
-            run(connection, sql::COMMIT).await.map_err(at("commit"))?;
-            Ok(WriteOutcome {
-                fresh: true,
-                written: landed,
-                failures,
-            })
-        }
+        Err(error) => Err(WriteError::Server {
+            what: "begin and claim the unit in the ledger",
+            error,
+        }),
     }
+}
+
+/// The outcome recorded for a unit the ledger already holds.
+async fn applied_before(
+    connection: &mut Connection,
+    plan: &Plan<'_>,
+    unit_id: &str,
+) -> Result<WriteOutcome, WriteError> {
+    find_applied(connection, plan, unit_id)
+        .await?
+        .ok_or_else(|| {
+            WriteError::Refused(format!(
+                "unit {unit_id} was refused as a duplicate but is not in the ledger"
+            ))
+        })
+}
+
+/// Now, UTC, as the ledger's `applied_at` literal.
+fn now() -> String {
+    chrono::DateTime::from_timestamp_millis(crate::run_state::now_ms() as i64)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%S%.3f")
+        .to_string()
+}
+
+fn encode_row(plan: &Plan<'_>, index: usize, row: &Row) -> Result<EncodedRow, Failure> {
+    let values: Result<Vec<_>, String> = plan
+        .target
+        .columns
+        .iter()
+        .map(|column| encode(row.get(&column.name).unwrap_or(&Value::Null), column))
+        .collect();
+    values
+        .map(|values| EncodedRow { index, values })
+        .map_err(|reason| Failure { index, reason })
 }
 
 /// Loads `rows` into the target (append) or through the staging table (upsert). Returns the
@@ -179,7 +296,7 @@ pub async fn write_unit(
 async fn load(
     connection: &mut Connection,
     plan: &Plan<'_>,
-    rows: &[EncodedRow],
+    rows: Vec<EncodedRow>,
 ) -> Result<Vec<Failure>, WriteError> {
     let names: Vec<String> = plan
         .target
@@ -198,19 +315,21 @@ async fn load(
             STAGE.to_string()
         }
     };
-    let mut refused = Vec::new();
     let options = SqlBulkCopyOption::KeepNulls | SqlBulkCopyOption::CheckConstraints;
     let mut request = connection
         .bulk_insert_with_options(&destination, &columns, options, &[])
         .await
         .map_err(at("start the bulk load"))?;
+    let mut refused = Vec::new();
     for row in rows {
         let mut token = TokenRow::with_capacity(row.values.len());
-        for value in &row.values {
-            token.push(value.clone());
+        for value in row.values {
+            token.push(value);
         }
         match request.send(token).await {
             Ok(()) => {}
+            // The client library refused to encode the row (a character the column's code
+            // page lacks, say); nothing of it was sent, the load goes on without it.
             Err(error @ (Error::BulkInput(_) | Error::Encoding(_) | Error::Conversion(_))) => {
                 refused.push(Failure {
                     index: row.index,
@@ -239,7 +358,12 @@ async fn load(
 
 /// Keeps the last row of each key, in unit order: in upsert mode a later record replaces an
 /// earlier one with the same key, as it would have in a later unit.
-fn last_per_key(rows: Vec<EncodedRow>, target: &Target, key: &[String]) -> Vec<EncodedRow> {
+fn last_per_key<'a>(
+    sources: Vec<(usize, &'a Row)>,
+    encoded: Vec<EncodedRow>,
+    target: &Target,
+    key: &[String],
+) -> (Vec<(usize, &'a Row)>, Vec<EncodedRow>) {
     let positions: Vec<usize> = key
         .iter()
         .filter_map(|k| {
@@ -258,15 +382,17 @@ fn last_per_key(rows: Vec<EncodedRow>, target: &Target, key: &[String]) -> Vec<E
                 .collect::<Vec<_>>()
         )
     };
-    let mut last: HashMap<String, usize> = HashMap::with_capacity(rows.len());
-    for (position, row) in rows.iter().enumerate() {
+    let mut last: HashMap<String, usize> = HashMap::with_capacity(encoded.len());
+    for (position, row) in encoded.iter().enumerate() {
         last.insert(key_of(row), position);
     }
-    rows.into_iter()
+    sources
+        .into_iter()
+        .zip(encoded)
         .enumerate()
-        .filter(|(position, row)| last.get(&key_of(row)) == Some(position))
-        .map(|(_, row)| row)
-        .collect()
+        .filter(|(position, (_, row))| last.get(&key_of(row)) == Some(position))
+        .map(|(_, pair)| pair)
+        .unzip()
 }
 
 /// Runs a batch of statements and reads its replies to the end.
@@ -308,32 +434,4 @@ async fn find_applied(
         written: written.max(0) as u64,
         failures,
     }))
-}
-
-async fn insert_applied(
-    connection: &mut Connection,
-    plan: &Plan<'_>,
-    unit_id: &str,
-    written: u64,
-    failures: &[Failure],
-) -> Result<(), WriteError> {
-    let failures_json = serde_json::to_string(failures).expect("failures serialize");
-    let now = chrono::DateTime::from_timestamp_millis(crate::run_state::now_ms() as i64)
-        .unwrap_or_default()
-        .naive_utc();
-    connection
-        .execute(
-            sql::insert_applied(&plan.ledger),
-            &[
-                &plan.ledger_target.as_str(),
-                &unit_id,
-                &(written as i32),
-                &(failures.len() as i32),
-                &failures_json.as_str(),
-                &now,
-            ],
-        )
-        .await
-        .map_err(at("record the unit in the ledger"))?;
-    Ok(())
 }
