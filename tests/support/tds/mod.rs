@@ -51,6 +51,34 @@ pub struct Shared {
     pub faults: Arc<Faults>,
     /// The SQLite file.
     pub sqlite_path: PathBuf,
+    /// Write transactions queue here.
+    pub writer: WriterGate,
+}
+
+/// One write transaction at a time, waiters woken as soon as it ends, like SQL Server's lock
+/// queue. (SQLite's own busy timeout sleeps up to 100 ms between tries, which would make
+/// concurrent writers look far slower than they are against a real server.)
+#[derive(Default)]
+pub struct WriterGate {
+    taken: std::sync::Mutex<bool>,
+    released: std::sync::Condvar,
+}
+
+impl WriterGate {
+    /// Waits until no other session writes, then takes the gate.
+    pub fn enter(&self) {
+        let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        while *taken {
+            taken = self.released.wait(taken).unwrap_or_else(|p| p.into_inner());
+        }
+        *taken = true;
+    }
+
+    /// Lets the next waiting session in.
+    pub fn leave(&self) {
+        *self.taken.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        self.released.notify_one();
+    }
 }
 
 /// A running server; it stops listening when dropped (open connections end with their client).
@@ -76,6 +104,7 @@ impl TdsServer {
             options,
             faults: Arc::new(Faults::default()),
             sqlite_path,
+            writer: WriterGate::default(),
         });
         // Create the file and switch it to WAL once, before any client arrives.
         session::open_db(&shared).expect("create the SQLite file");

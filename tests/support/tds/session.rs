@@ -95,6 +95,8 @@ pub struct Session {
     next_descriptor: u64,
     savepoints: Vec<String>,
     bulk: Option<BulkTarget>,
+    /// Whether this session holds the shared writer gate.
+    writing: bool,
 }
 
 /// Serves one connection until the client leaves, a fault drops it, or login fails.
@@ -114,8 +116,10 @@ pub fn serve(stream: TcpStream, shared: Arc<Shared>) {
         next_descriptor: 1,
         savepoints: Vec::new(),
         bulk: None,
+        writing: false,
     };
     let _ = session.run();
+    session.stop_writing();
     // Dropping the SQLite connection rolls back any open transaction, as SQL Server does
     // when a connection dies.
 }
@@ -493,12 +497,30 @@ impl Session {
         }
     }
 
+    /// Takes the writer gate (waiting for another session's write transaction to end).
+    fn start_writing(&mut self) {
+        if !self.writing {
+            self.shared.writer.enter();
+            self.writing = true;
+        }
+    }
+
+    /// Gives the writer gate back.
+    fn stop_writing(&mut self) {
+        if self.writing {
+            self.writing = false;
+            self.shared.writer.leave();
+        }
+    }
+
     fn begin(&mut self) -> Result<Outcome, SqlError> {
         let mut outcome = Outcome::default();
         if self.trancount == 0 {
-            self.db
-                .execute_batch("BEGIN IMMEDIATE")
-                .map_err(|e| self.map_err(e, None, None))?;
+            self.start_writing();
+            if let Err(e) = self.db.execute_batch("BEGIN IMMEDIATE") {
+                self.stop_writing();
+                return Err(self.map_err(e, None, None));
+            }
             self.descriptor = self.next_descriptor;
             self.next_descriptor += 1;
             outcome
@@ -527,6 +549,7 @@ impl Session {
                     .env
                     .env_change_bytes(9, &[], &self.descriptor.to_le_bytes());
                 self.savepoints.clear();
+                self.stop_writing();
             }
             _ => {}
         }
@@ -578,6 +601,7 @@ impl Session {
             .env_change_bytes(10, &[], &self.descriptor.to_le_bytes());
         self.trancount = 0;
         self.savepoints.clear();
+        self.stop_writing();
         Ok(outcome)
     }
 
@@ -949,7 +973,11 @@ impl Session {
                 .join(", ")
         );
         // Statement-level atomicity: all rows or none, and an open transaction survives.
-        let (start, commit, undo) = if self.trancount > 0 {
+        let autocommit = self.trancount == 0;
+        if autocommit {
+            self.start_writing();
+        }
+        let (start, commit, undo) = if !autocommit {
             (
                 "SAVEPOINT __bulk",
                 "RELEASE __bulk",
@@ -958,22 +986,24 @@ impl Session {
         } else {
             ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK")
         };
-        self.db
+        let result = self
+            .db
             .execute_batch(start)
-            .map_err(|e| self.map_err(e, None, None))?;
-        let result = self.insert_rows(&sql, &target.table, &targets, rows);
-        match result {
-            Ok(n) => {
+            .map_err(|e| self.map_err(e, None, None))
+            .and_then(|()| self.insert_rows(&sql, &target.table, &targets, rows))
+            .and_then(|n| {
                 self.db
                     .execute_batch(commit)
-                    .map_err(|e| self.map_err(e, None, None))?;
-                Ok(n)
-            }
-            Err(e) => {
-                let _ = self.db.execute_batch(undo);
-                Err(e)
-            }
+                    .map_err(|e| self.map_err(e, None, None))
+                    .map(|()| n)
+            });
+        if result.is_err() {
+            let _ = self.db.execute_batch(undo);
         }
+        if autocommit {
+            self.stop_writing();
+        }
+        result
     }
 
     fn insert_rows(
