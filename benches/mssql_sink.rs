@@ -121,7 +121,8 @@ async fn stevedore(
 ) -> f64 {
     let started = Instant::now();
     let mut running = tokio::task::JoinSet::new();
-    for bytes in units.iter().cloned() {
+    for bytes in units {
+        let bytes = bytes.clone();
         if running.len() >= concurrency {
             running
                 .join_next()

@@ -421,6 +421,32 @@ mod tests {
     }
 
     #[test]
+    fn mapping_decimal_keeps_every_digit_and_dates_stay_text() {
+        let map = mapping(
+            r#"
+            d = { type = "decimal" }
+            at = { type = "datetime2" }
+            "#,
+        );
+        let digits = "12345678901234567890.123456789";
+        let row = map
+            .apply_ref(&json!({"d": format!(" {digits} "), "at": "2024-01-02T03:04:05"}))
+            .unwrap();
+        assert_eq!(
+            Value::Object(row),
+            json!({"d": digits, "at": "2024-01-02T03:04:05"})
+        );
+        assert!(
+            map.apply_ref(&json!({"d": "12,5"})).is_err(),
+            "not a decimal"
+        );
+        assert!(
+            map.apply_ref(&json!({"d": 1.25})).is_ok(),
+            "numbers stay numbers"
+        );
+    }
+
+    #[test]
     fn mapping_required_field_missing_is_an_error() {
         let map = mapping(r#"id = { from = "id", required = true }"#);
         assert!(matches!(

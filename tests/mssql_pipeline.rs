@@ -356,6 +356,6 @@ fn password_of(connection: &str) -> String {
         .filter_map(|pair| pair.split_once('='))
         .filter(|(key, _)| key.trim().eq_ignore_ascii_case("password"))
         .map(|(_, value)| value.trim().to_string())
-        .last()
+        .next_back()
         .expect("a password")
 }
