@@ -27,7 +27,7 @@ use crate::config::{MssqlSinkConfig, WriteMode};
 use crate::mapping::Mapping;
 use crate::throttle::RateLimit;
 
-use connection::{ConnectionPool, TdsManager};
+use connection::{Connection, ConnectionPool, TdsManager};
 pub use connection::{ConnectionSettings, ConnectionStringError};
 use errors::{ErrorClass, classify, describe};
 use schema::Target;
@@ -42,7 +42,7 @@ pub struct MssqlSink {
     columns: Vec<String>,
     settings: Option<ConnectionSettings>,
     pool: Option<ConnectionPool>,
-    target: OnceCell<Arc<Target>>,
+    plan: OnceCell<Arc<write::Plan>>,
     rate: Option<RateLimit>,
 }
 
@@ -69,7 +69,7 @@ impl MssqlSink {
             columns,
             settings,
             pool,
-            target: OnceCell::new(),
+            plan: OnceCell::new(),
             config,
         }
     }
@@ -124,8 +124,7 @@ impl MssqlSink {
     }
 
     /// Reads the table's columns and checks the mapping against them.
-    async fn read_target(&self) -> Result<Target, SinkError> {
-        let mut connection = self.connection().await?;
+    async fn read_target(&self, connection: &mut Connection) -> Result<Target, SinkError> {
         let quoted = self.table.quoted();
         let all = connection
             .column_metadata(&quoted, &["*"])
@@ -167,17 +166,26 @@ impl MssqlSink {
         })
     }
 
-    /// The checked target, read once per process; creates the ledger table if missing.
-    async fn target(&self) -> Result<Arc<Target>, SinkError> {
-        self.target
+    /// How units are written, once per process after the table was read and checked; creates
+    /// the ledger table if missing.
+    async fn plan(&self) -> Result<Arc<write::Plan>, SinkError> {
+        self.plan
             .get_or_try_init(|| async {
-                let target = self.read_target().await?;
                 let mut connection = self.connection().await?;
+                let target = self.read_target(&mut connection).await?;
                 let create = sql::create_ledger(&self.table.ledger());
                 run(&mut connection, &create)
                     .await
                     .map_err(|e| self.server_error("cannot create the ledger table", &e))?;
-                Ok(Arc::new(target))
+                let key = match self.config.mode {
+                    WriteMode::Append => None,
+                    WriteMode::Upsert => Some(self.config.key.clone()),
+                };
+                Ok(Arc::new(write::Plan::new(
+                    target,
+                    key,
+                    self.config.batch_rows,
+                )))
             })
             .await
             .cloned()
@@ -187,8 +195,8 @@ impl MssqlSink {
 #[async_trait]
 impl Sink for MssqlSink {
     async fn check(&self) -> Result<String, SinkError> {
-        let target = self.read_target().await?;
         let mut connection = self.connection().await?;
+        let target = self.read_target(&mut connection).await?;
         let ledger = self.table.ledger();
         // `SELECT TOP 0 *` answers 208 when the table is missing, without reading a row.
         let present = match connection.column_metadata(&ledger.quoted(), &["*"]).await {
@@ -219,25 +227,15 @@ impl Sink for MssqlSink {
     }
 
     async fn prepare(&self) -> Result<(), SinkError> {
-        self.target().await.map(|_| ())
+        self.plan().await.map(|_| ())
     }
 
     async fn write(&self, batch: Batch) -> Result<WriteOutcome, SinkError> {
-        let target = self.target().await?;
+        let plan = self.plan().await?;
         if let Some(rate) = &self.rate {
             rate.ready().await;
         }
         let mut connection = self.connection().await?;
-        let plan = write::Plan {
-            target: &target,
-            ledger: self.table.ledger(),
-            ledger_target: self.table.to_string(),
-            key: match self.config.mode {
-                WriteMode::Append => None,
-                WriteMode::Upsert => Some(&self.config.key),
-            },
-            batch_rows: self.config.batch_rows,
-        };
         let result = write::write_unit(&mut connection, &plan, batch).await;
         if result.is_err() && run(&mut connection, sql::ROLLBACK_IF_OPEN).await.is_err() {
             // Never hand a connection in an unknown state back to the pool.

@@ -116,8 +116,8 @@ pub fn begin_and_claim(ledger: &TableName, entry: &LedgerEntry<'_>) -> String {
         literal(entry.unit_id),
         entry.written,
         entry.failed,
-        literal(entry.failures),
-        literal(entry.applied_at),
+        literal(&entry.failures),
+        literal(&entry.applied_at),
     )
 }
 
@@ -129,7 +129,7 @@ pub fn update_applied(ledger: &TableName, entry: &LedgerEntry<'_>) -> String {
         ledger.quoted(),
         entry.written,
         entry.failed,
-        literal(entry.failures),
+        literal(&entry.failures),
         literal(entry.target),
         literal(entry.unit_id),
     )
@@ -146,9 +146,9 @@ pub struct LedgerEntry<'a> {
     /// Entries that did not land.
     pub failed: usize,
     /// Those entries, as JSON.
-    pub failures: &'a str,
+    pub failures: String,
     /// When, `YYYY-MM-DDTHH:MM:SS.fff` UTC.
-    pub applied_at: &'a str,
+    pub applied_at: String,
 }
 
 /// `N'...'` with quotes doubled: the T-SQL string literal of `text`.

@@ -30,18 +30,46 @@ use super::sql::{self, STAGE, TableName};
 use crate::mapping::Row;
 use crate::sink::{Batch, Failure, WriteOutcome};
 
-/// What a unit is written with.
-pub struct Plan<'a> {
-    /// The table and its mapped columns.
-    pub target: &'a Target,
-    /// The ledger table.
-    pub ledger: TableName,
+/// What every unit of a sink is written with, built once per process when the table has been
+/// read: the columns and the statements that do not change from unit to unit.
+pub struct Plan {
+    target: Target,
+    ledger: TableName,
     /// The ledger's `target` value for this sink's table.
-    pub ledger_target: String,
-    /// Key columns in upsert mode; `None` appends.
-    pub key: Option<&'a Vec<String>>,
+    ledger_target: String,
     /// Rows per bulk load.
-    pub batch_rows: usize,
+    batch_rows: usize,
+    /// The mapped columns, bracketed, for the bulk load.
+    bulk_columns: Vec<String>,
+    /// Set in upsert mode.
+    upsert: Option<Upsert>,
+}
+
+/// Upsert mode's key and staging statements.
+struct Upsert {
+    key: Vec<String>,
+    create_stage: String,
+    merge_stage: String,
+}
+
+impl Plan {
+    /// The plan for `target`, upserting by `key` if given, `batch_rows` rows per load.
+    pub fn new(target: Target, key: Option<Vec<String>>, batch_rows: usize) -> Plan {
+        let names: Vec<String> = target.columns.iter().map(|c| c.name.clone()).collect();
+        let upsert = key.map(|key| Upsert {
+            create_stage: sql::create_stage(&target.table, &names),
+            merge_stage: sql::merge_stage(&target.table, &names, &key),
+            key,
+        });
+        Plan {
+            ledger: target.table.ledger(),
+            ledger_target: target.table.to_string(),
+            batch_rows: batch_rows.max(1),
+            bulk_columns: names.iter().map(|name| sql::bracket(name)).collect(),
+            upsert,
+            target,
+        }
+    }
 }
 
 /// Why a unit was not written.
@@ -63,7 +91,6 @@ fn at(what: &'static str) -> impl FnOnce(Error) -> WriteError {
 }
 
 /// One row ready to load: its index in the unit and its values in column order.
-#[derive(Clone)]
 struct EncodedRow {
     index: usize,
     values: Vec<tiberius::ColumnData<'static>>,
@@ -75,7 +102,7 @@ const MAX_UNIT_ID: usize = 300;
 /// Writes `batch` over `connection` as `plan` says.
 pub async fn write_unit(
     connection: &mut Connection,
-    plan: &Plan<'_>,
+    plan: &Plan,
     batch: Batch,
 ) -> Result<WriteOutcome, WriteError> {
     if batch.unit_id.chars().count() > MAX_UNIT_ID {
@@ -100,8 +127,8 @@ pub async fn write_unit(
             Err(failure) => failures.push(failure),
         }
     }
-    if let Some(key) = plan.key {
-        (sources, encoded) = last_per_key(sources, encoded, plan.target, key);
+    if let Some(upsert) = &plan.upsert {
+        (sources, encoded) = last_per_key(sources, encoded, &plan.target, &upsert.key);
     }
     let unit = Unit {
         id: &unit_id,
@@ -117,7 +144,7 @@ pub async fn write_unit(
     let mut refused = false;
     let mut rows_iter = encoded.into_iter();
     while rows_iter.len() > 0 {
-        let chunk: Vec<EncodedRow> = rows_iter.by_ref().take(plan.batch_rows.max(1)).collect();
+        let chunk: Vec<EncodedRow> = rows_iter.by_ref().take(plan.batch_rows).collect();
         match load(connection, plan, chunk).await {
             Ok(client_refused) if client_refused.is_empty() => {}
             Ok(_) => {
@@ -155,7 +182,7 @@ struct Unit<'a> {
 /// the rows at fault.
 async fn write_isolating(
     connection: &mut Connection,
-    plan: &Plan<'_>,
+    plan: &Plan,
     unit: &Unit<'_>,
     mut failures: Vec<Failure>,
 ) -> Result<WriteOutcome, WriteError> {
@@ -163,7 +190,7 @@ async fn write_isolating(
         return applied_before(connection, plan, unit.id).await;
     }
     let mut pending: Vec<Range<usize>> = (0..unit.sources.len())
-        .step_by(plan.batch_rows.max(1))
+        .step_by(plan.batch_rows)
         .map(|start| start..(start + plan.batch_rows).min(unit.sources.len()))
         .rev()
         .collect();
@@ -200,16 +227,7 @@ async fn write_isolating(
         }
     }
     failures.sort_by_key(|f| f.index);
-    let failures_json = serde_json::to_string(&failures).expect("failures serialize");
-    let applied_at = now();
-    let entry = sql::LedgerEntry {
-        target: &plan.ledger_target,
-        unit_id: unit.id,
-        written: landed,
-        failed: failures.len(),
-        failures: &failures_json,
-        applied_at: &applied_at,
-    };
+    let entry = ledger_entry(plan, unit.id, landed, &failures);
     run(connection, &sql::update_applied(&plan.ledger, &entry))
         .await
         .map_err(at("correct the ledger entry"))?;
@@ -225,21 +243,12 @@ async fn write_isolating(
 /// back) when the ledger already holds the unit.
 async fn claim(
     connection: &mut Connection,
-    plan: &Plan<'_>,
+    plan: &Plan,
     unit: &Unit<'_>,
     written: u64,
     failures: &[Failure],
 ) -> Result<bool, WriteError> {
-    let failures_json = serde_json::to_string(failures).expect("failures serialize");
-    let applied_at = now();
-    let entry = sql::LedgerEntry {
-        target: &plan.ledger_target,
-        unit_id: unit.id,
-        written,
-        failed: failures.len(),
-        failures: &failures_json,
-        applied_at: &applied_at,
-    };
+    let entry = ledger_entry(plan, unit.id, written, failures);
     match run(connection, &sql::begin_and_claim(&plan.ledger, &entry)).await {
         Ok(()) => Ok(true),
         Err(error) if matches!(error.code(), Some(2627 | 2601)) => {
@@ -258,7 +267,7 @@ async fn claim(
 /// The outcome recorded for a unit the ledger already holds.
 async fn applied_before(
     connection: &mut Connection,
-    plan: &Plan<'_>,
+    plan: &Plan,
     unit_id: &str,
 ) -> Result<WriteOutcome, WriteError> {
     find_applied(connection, plan, unit_id)
@@ -270,15 +279,27 @@ async fn applied_before(
         })
 }
 
-/// Now, UTC, as the ledger's `applied_at` literal.
-fn now() -> String {
-    chrono::DateTime::from_timestamp_millis(crate::run_state::now_ms() as i64)
-        .unwrap_or_default()
-        .format("%Y-%m-%dT%H:%M:%S%.3f")
-        .to_string()
+/// The ledger row of a unit with these counts, applied now.
+fn ledger_entry<'a>(
+    plan: &'a Plan,
+    unit_id: &'a str,
+    written: u64,
+    failures: &[Failure],
+) -> sql::LedgerEntry<'a> {
+    sql::LedgerEntry {
+        target: &plan.ledger_target,
+        unit_id,
+        written,
+        failed: failures.len(),
+        failures: serde_json::to_string(failures).expect("failures serialize"),
+        applied_at: chrono::DateTime::from_timestamp_millis(crate::run_state::now_ms() as i64)
+            .unwrap_or_default()
+            .format("%Y-%m-%dT%H:%M:%S%.3f")
+            .to_string(),
+    }
 }
 
-fn encode_row(plan: &Plan<'_>, index: usize, row: &Row) -> Result<EncodedRow, Failure> {
+fn encode_row(plan: &Plan, index: usize, row: &Row) -> Result<EncodedRow, Failure> {
     let values: Result<Vec<_>, String> = plan
         .target
         .columns
@@ -295,21 +316,14 @@ fn encode_row(plan: &Plan<'_>, index: usize, row: &Row) -> Result<EncodedRow, Fa
 /// whole load.
 async fn load(
     connection: &mut Connection,
-    plan: &Plan<'_>,
+    plan: &Plan,
     rows: Vec<EncodedRow>,
 ) -> Result<Vec<Failure>, WriteError> {
-    let names: Vec<String> = plan
-        .target
-        .columns
-        .iter()
-        .map(|c| sql::bracket(&c.name))
-        .collect();
-    let columns: Vec<&str> = names.iter().map(String::as_str).collect();
-    let plain: Vec<String> = plan.target.columns.iter().map(|c| c.name.clone()).collect();
-    let destination = match plan.key {
+    let columns: Vec<&str> = plan.bulk_columns.iter().map(String::as_str).collect();
+    let destination = match &plan.upsert {
         None => plan.target.table.quoted(),
-        Some(_) => {
-            run(connection, &sql::create_stage(&plan.target.table, &plain))
+        Some(upsert) => {
+            run(connection, &upsert.create_stage)
                 .await
                 .map_err(at("create the staging table"))?;
             STAGE.to_string()
@@ -345,13 +359,10 @@ async fn load(
         }
     }
     request.finalize().await.map_err(at("bulk load"))?;
-    if let Some(key) = plan.key {
-        run(
-            connection,
-            &sql::merge_stage(&plan.target.table, &plain, key),
-        )
-        .await
-        .map_err(at("merge the staged rows"))?;
+    if let Some(upsert) = &plan.upsert {
+        run(connection, &upsert.merge_stage)
+            .await
+            .map_err(at("merge the staged rows"))?;
     }
     Ok(refused)
 }
@@ -404,7 +415,7 @@ pub(super) async fn run(connection: &mut Connection, text: &str) -> tiberius::Re
 /// The recorded outcome of a unit applied before, if it was.
 async fn find_applied(
     connection: &mut Connection,
-    plan: &Plan<'_>,
+    plan: &Plan,
     unit_id: &str,
 ) -> Result<Option<WriteOutcome>, WriteError> {
     let row = connection
