@@ -134,7 +134,7 @@ async fn stevedore(
         running.spawn(async move {
             let unit = DataUnit::decode(&bytes).expect("decodes");
             let batch = stevedore::worker::map_unit(&config, &unit);
-            let outcome = sink.write(batch).await.expect("writes");
+            let outcome = sink.write(Arc::new(batch)).await.expect("writes");
             assert!(outcome.failures.is_empty(), "{:?}", outcome.failures);
         });
     }
@@ -177,7 +177,7 @@ fn main() {
                     origin: "generator".into(),
                     first_line: (n * unit + 1) as u64,
                     last_line: ((n + 1) * unit) as u64,
-                    records: chunk.to_vec(),
+                    records: chunk.iter().map(stevedore::unit::record).collect(),
                     rejects: Vec::new(),
                 }
                 .encode(16 * 1024)

@@ -5,17 +5,92 @@
 //! objects), optionally cast to a `type`, with a `default` for missing or null fields.
 //! A record that cannot be mapped fails alone with a [`MapError`] naming field and column.
 
+use std::sync::Arc;
+
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::config::Problems;
 
-/// A mapped record: column name to value, ready for a sink.
-pub type Row = Map<String, Value>;
+/// A mapped record: column names with their values, ready for a sink. The rows of a mapped
+/// sink share one list of names; a passthrough row owns its record's field names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    names: Names,
+    values: Vec<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Names {
+    Shared(Arc<[String]>),
+    Own(Vec<String>),
+}
+
+impl Row {
+    /// A row holding a JSON object's fields, in order.
+    pub fn from_object(object: Map<String, Value>) -> Row {
+        let (names, values) = object.into_iter().unzip();
+        Row {
+            names: Names::Own(names),
+            values,
+        }
+    }
+
+    /// The column names, in order.
+    pub fn names(&self) -> &[String] {
+        match &self.names {
+            Names::Shared(names) => names,
+            Names::Own(names) => names,
+        }
+    }
+
+    /// The column names, in order.
+    pub fn keys(&self) -> std::slice::Iter<'_, String> {
+        self.names().iter()
+    }
+
+    /// The values, in column order.
+    pub fn values(&self) -> std::slice::Iter<'_, Value> {
+        self.values.iter()
+    }
+
+    /// The value of column `name`, if the row has it.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        let at = self.names().iter().position(|n| n == name)?;
+        self.values.get(at)
+    }
+
+    /// Number of columns.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// True for a row without columns.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// The row as a JSON object (for tests, logs and dead letters).
+    pub fn to_object(&self) -> Map<String, Value> {
+        self.keys()
+            .cloned()
+            .zip(self.values.iter().cloned())
+            .collect()
+    }
+}
 
 /// How one sink maps records to rows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mapping {
     columns: Option<Vec<ColumnMap>>,
+    /// The mapped column names, shared by every row.
+    names: Arc<[String]>,
+    /// The distinct top-level fields the columns read: all a record is parsed for.
+    roots: Vec<String>,
+    /// Per column: its index in `roots`, and whether it is that root's only reader (its value
+    /// can then be moved into the row instead of copied).
+    root_of: Vec<(usize, bool)>,
 }
 
 /// One `column = ...` entry of `[sink.map]`.
@@ -101,6 +176,9 @@ pub enum MapError {
         /// The target type.
         cast: &'static str,
     },
+    /// The record's text is not JSON (units are checked when decoded, so this is a bug upstream).
+    #[error("record is not valid JSON: {0}")]
+    Invalid(String),
     /// A required field is missing or null.
     #[error("field `{from}` (column `{column}`) is required but missing")]
     Missing {
@@ -114,13 +192,39 @@ pub enum MapError {
 impl Mapping {
     /// The mapping of a sink without `[sink.map]`: every field under its own name.
     pub fn passthrough() -> Mapping {
-        Mapping { columns: None }
+        Mapping {
+            columns: None,
+            names: Arc::from([]),
+            roots: Vec::new(),
+            root_of: Vec::new(),
+        }
     }
 
     /// A mapping from explicit columns.
     pub fn from_columns(columns: Vec<ColumnMap>) -> Mapping {
+        let mut roots: Vec<String> = Vec::new();
+        let mut root_index = Vec::with_capacity(columns.len());
+        for column in &columns {
+            let root = column.from.first().cloned().unwrap_or_default();
+            let index = roots.iter().position(|r| *r == root).unwrap_or_else(|| {
+                roots.push(root);
+                roots.len() - 1
+            });
+            root_index.push(index);
+        }
+        let root_of = columns
+            .iter()
+            .zip(&root_index)
+            .map(|(column, &index)| {
+                let readers = root_index.iter().filter(|&&i| i == index).count();
+                (index, readers == 1 && column.from.len() == 1)
+            })
+            .collect();
         Mapping {
+            names: columns.iter().map(|c| c.column.clone()).collect(),
             columns: Some(columns),
+            roots,
+            root_of,
         }
     }
 
@@ -167,35 +271,59 @@ impl Mapping {
         if table.is_empty() {
             problems.push(path, "an empty map would write no columns; remove [sink.map] to pass every field through");
         }
-        (*problems == before).then_some(Mapping {
-            columns: Some(columns),
-        })
+        (*problems == before).then(|| Mapping::from_columns(columns))
     }
 
     /// Maps one record to a row.
     pub fn apply(&self, record: Value) -> Result<Row, MapError> {
-        match (record, &self.columns) {
-            (Value::Object(object), None) => Ok(object),
-            (record, _) => self.apply_ref(&record),
+        let Value::Object(mut object) = record else {
+            return Err(MapError::NotAnObject {
+                found: json_type(&record),
+            });
+        };
+        if self.columns.is_none() {
+            return Ok(Row::from_object(object));
+        }
+        let roots = self.roots.iter().map(|r| object.swap_remove(r)).collect();
+        self.row_from(roots)
+    }
+
+    /// Maps one record from its JSON text, parsing only the fields the columns read: the rest
+    /// of the record is skipped, never built.
+    pub fn apply_raw(&self, record: &RawValue) -> Result<Row, MapError> {
+        if self.columns.is_none() {
+            let value: Value = serde_json::from_str(record.get())
+                .map_err(|error| MapError::Invalid(error.to_string()))?;
+            return self.apply(value);
+        }
+        let picker = Picker { roots: &self.roots };
+        let mut reader = serde_json::Deserializer::from_str(record.get());
+        match picker.deserialize(&mut reader) {
+            Ok(Picked::Object(roots)) => self.row_from(roots),
+            Ok(Picked::Other(found)) => Err(MapError::NotAnObject { found }),
+            Err(error) => Err(MapError::Invalid(error.to_string())),
         }
     }
 
-    /// Maps a record it does not own: only the mapped values are copied (the consumer keeps
-    /// the unit's records for its dead letters).
-    pub fn apply_ref(&self, record: &Value) -> Result<Row, MapError> {
-        let Value::Object(object) = record else {
-            return Err(MapError::NotAnObject {
-                found: json_type(record),
-            });
-        };
+    /// Builds the row from the values of the roots (in `self.roots` order).
+    fn row_from(&self, mut roots: Vec<Option<Value>>) -> Result<Row, MapError> {
         let Some(columns) = &self.columns else {
-            return Ok(object.clone());
+            unreachable!("a passthrough mapping keeps records whole");
         };
-        let mut row = Map::with_capacity(columns.len());
-        for column in columns {
-            let value = lookup(object, &column.from).filter(|value| !value.is_null());
-            let value = match (value, &column.default) {
-                (Some(value), _) => cast(value, column)?,
+        let mut values = Vec::with_capacity(columns.len());
+        for (column, &(root, sole_reader)) in columns.iter().zip(&self.root_of) {
+            let found = if sole_reader {
+                roots[root].take().filter(|value| !value.is_null()).map(Ok)
+            } else {
+                roots[root]
+                    .as_ref()
+                    .and_then(|value| column.from[1..].iter().try_fold(value, |v, key| v.get(key)))
+                    .filter(|value| !value.is_null())
+                    .map(Err)
+            };
+            values.push(match (found, &column.default) {
+                (Some(Ok(owned)), _) => cast_owned(owned, column)?,
+                (Some(Err(borrowed)), _) => cast(borrowed, column)?,
                 (None, Some(default)) => default.clone(),
                 (None, None) if column.required => {
                     return Err(MapError::Missing {
@@ -204,10 +332,107 @@ impl Mapping {
                     });
                 }
                 (None, None) => Value::Null,
-            };
-            row.insert(column.column.clone(), value);
+            });
         }
-        Ok(row)
+        Ok(Row {
+            names: Names::Shared(self.names.clone()),
+            values,
+        })
+    }
+}
+
+/// What [`Picker`] found: the values of the wanted fields, or the JSON type of a non-object.
+enum Picked {
+    Object(Vec<Option<Value>>),
+    Other(&'static str),
+}
+
+/// Reads one JSON object keeping only the fields named in `roots`; the others are skipped
+/// without being built. A later duplicate field wins, as it does for a whole parse.
+struct Picker<'r> {
+    roots: &'r [String],
+}
+
+impl<'de> DeserializeSeed<'de> for Picker<'_> {
+    type Value = Picked;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Picked, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Picker<'_> {
+    type Value = Picked;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Picked, A::Error> {
+        let mut roots = vec![None; self.roots.len()];
+        while let Some(wanted) = map.next_key_seed(FieldIndex { roots: self.roots })? {
+            match wanted {
+                Some(index) => roots[index] = Some(map.next_value()?),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Picked::Object(roots))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Picked, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Picked::Other("an array"))
+    }
+
+    fn visit_unit<E>(self) -> Result<Picked, E> {
+        Ok(Picked::Other("null"))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Picked, E> {
+        Ok(Picked::Other("a boolean"))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Picked, E> {
+        Ok(Picked::Other("a number"))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Picked, E> {
+        Ok(Picked::Other("a number"))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Picked, E> {
+        Ok(Picked::Other("a number"))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Picked, E> {
+        Ok(Picked::Other("a string"))
+    }
+}
+
+/// A map key as the index of the wanted field it names, compared without copying the key.
+struct FieldIndex<'r> {
+    roots: &'r [String],
+}
+
+impl<'de> DeserializeSeed<'de> for FieldIndex<'_> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<usize>, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for FieldIndex<'_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a field name")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<Option<usize>, E> {
+        Ok(self.roots.iter().position(|root| root == key))
     }
 }
 
@@ -262,10 +487,21 @@ fn parse_entry(
     Some(entry)
 }
 
-fn lookup<'a>(object: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
-    let (first, rest) = path.split_first()?;
-    rest.iter()
-        .try_fold(object.get(first)?, |value, key| value.get(key))
+/// [`cast`] for a value the row may keep: values that need no conversion are moved, not
+/// copied.
+fn cast_owned(value: Value, column: &ColumnMap) -> Result<Value, MapError> {
+    let keep = matches!(
+        (column.cast, &value),
+        (None | Some(Cast::Json), _)
+            | (Some(Cast::Text), Value::String(_))
+            | (Some(Cast::Decimal), Value::Number(_))
+            | (Some(Cast::Boolean), Value::Bool(_))
+    );
+    if keep {
+        Ok(value)
+    } else {
+        cast(&value, column)
+    }
 }
 
 fn cast(value: &Value, column: &ColumnMap) -> Result<Value, MapError> {
@@ -366,6 +602,15 @@ mod tests {
         mapping.unwrap()
     }
 
+    /// Maps `record` from a value and from its text; both ways must agree.
+    fn both_ways(mapping: &Mapping, record: Value) -> Result<Value, MapError> {
+        let raw = crate::unit::record(&record);
+        let from_text = mapping.apply_raw(&raw);
+        let from_value = mapping.apply(record);
+        assert_eq!(from_text, from_value, "apply_raw and apply disagree");
+        from_value.map(|row| Value::Object(row.to_object()))
+    }
+
     #[test]
     fn mapping_selects_renames_casts_and_defaults() {
         let map = mapping(
@@ -376,11 +621,13 @@ mod tests {
             city = "address.city"
             "#,
         );
-        let row = map
-            .apply(json!({"id": 7, "total": "12.50", "extra": true, "address": {"city": "Oslo"}}))
-            .unwrap();
+        let row = both_ways(
+            &map,
+            json!({"id": 7, "total": "12.50", "extra": true, "address": {"city": "Oslo"}}),
+        )
+        .unwrap();
         assert_eq!(
-            Value::Object(row),
+            row,
             json!({"id": 7, "amount": 12.5, "note": "", "city": "Oslo"})
         );
     }
@@ -388,14 +635,14 @@ mod tests {
     #[test]
     fn mapping_passthrough_keeps_every_field() {
         let record = json!({"a": 1, "b": {"c": [1, 2]}});
-        let row = Mapping::passthrough().apply(record.clone()).unwrap();
-        assert_eq!(Value::Object(row), record);
+        let row = both_ways(&Mapping::passthrough(), record.clone()).unwrap();
+        assert_eq!(row, record);
     }
 
     #[test]
     fn mapping_cast_failure_names_field_column_and_value() {
         let map = mapping(r#"amount = { from = "total", type = "real" }"#);
-        let error = map.apply(json!({"total": "twelve"})).unwrap_err();
+        let error = both_ways(&map, json!({"total": "twelve"})).unwrap_err();
         assert_eq!(
             error.to_string(),
             "field `total` (column `amount`): cannot cast \"twelve\" to real"
@@ -411,13 +658,16 @@ mod tests {
             b = { type = "bool" }
             "#,
         );
-        let row = map.apply(json!({"i": "42", "t": 3.5, "b": "yes"})).unwrap();
-        assert_eq!(Value::Object(row), json!({"i": 42, "t": "3.5", "b": true}));
+        let row = both_ways(&map, json!({"i": "42", "t": 3.5, "b": "yes"})).unwrap();
+        assert_eq!(row, json!({"i": 42, "t": "3.5", "b": true}));
         assert!(
-            map.apply(json!({"i": 1.5})).is_err(),
+            both_ways(&map, json!({"i": 1.5})).is_err(),
             "fractions are not integers"
         );
-        assert!(map.apply(json!({"b": 2})).is_err(), "2 is not a boolean");
+        assert!(
+            both_ways(&map, json!({"b": 2})).is_err(),
+            "2 is not a boolean"
+        );
     }
 
     #[test]
@@ -429,19 +679,18 @@ mod tests {
             "#,
         );
         let digits = "12345678901234567890.123456789";
-        let row = map
-            .apply_ref(&json!({"d": format!(" {digits} "), "at": "2024-01-02T03:04:05"}))
-            .unwrap();
-        assert_eq!(
-            Value::Object(row),
-            json!({"d": digits, "at": "2024-01-02T03:04:05"})
-        );
+        let row = both_ways(
+            &map,
+            json!({"d": format!(" {digits} "), "at": "2024-01-02T03:04:05"}),
+        )
+        .unwrap();
+        assert_eq!(row, json!({"d": digits, "at": "2024-01-02T03:04:05"}));
         assert!(
-            map.apply_ref(&json!({"d": "12,5"})).is_err(),
+            both_ways(&map, json!({"d": "12,5"})).is_err(),
             "not a decimal"
         );
         assert!(
-            map.apply_ref(&json!({"d": 1.25})).is_ok(),
+            both_ways(&map, json!({"d": 1.25})).is_ok(),
             "numbers stay numbers"
         );
     }
@@ -450,11 +699,11 @@ mod tests {
     fn mapping_required_field_missing_is_an_error() {
         let map = mapping(r#"id = { from = "id", required = true }"#);
         assert!(matches!(
-            map.apply(json!({"x": 1})),
+            both_ways(&map, json!({"x": 1})),
             Err(MapError::Missing { .. })
         ));
         assert!(matches!(
-            map.apply(json!([1])),
+            both_ways(&map, json!([1])),
             Err(MapError::NotAnObject { .. })
         ));
     }

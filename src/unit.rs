@@ -19,11 +19,20 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+/// One record as the JSON text its producer wrote. Consumers parse only the fields their
+/// mappings need, and dead letters carry the record exactly as it was read.
+pub type Record = Box<RawValue>;
+
+/// A record from a JSON value (producers build values; units carry text).
+pub fn record(value: &Value) -> Record {
+    serde_json::value::to_raw_value(value).expect("JSON values always serialize")
+}
+
 /// Version of the envelope format this build writes and reads.
 pub const WIRE_VERSION: u32 = 1;
 
 /// A batch of records read from one place in one source.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct DataUnit {
     /// Deterministic id `job/run/source/item.chunk`: the same input always yields the same id,
     /// which is what makes redelivered and re-produced units idempotent at the sinks.
@@ -36,8 +45,8 @@ pub struct DataUnit {
     pub first_line: u64,
     /// Last source line (or record number) in this unit.
     pub last_line: u64,
-    /// The records, JSON objects.
-    pub records: Vec<Value>,
+    /// The records, JSON objects as text.
+    pub records: Vec<Record>,
     /// Source lines that could not be parsed into records.
     pub rejects: Vec<Reject>,
 }
@@ -81,8 +90,10 @@ pub enum DecodeError {
     Records(serde_json::Error),
 }
 
-#[derive(Serialize, Deserialize)]
-struct Envelope<'a> {
+/// The envelope as written: `records` is the records' JSON array, already serialized (inline)
+/// or absent (compressed into `records_zstd`).
+#[derive(Serialize)]
+struct WriteEnvelope<'a> {
     v: u32,
     id: &'a str,
     source: &'a str,
@@ -90,11 +101,31 @@ struct Envelope<'a> {
     first_line: u64,
     last_line: u64,
     count: usize,
-    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     records: Option<&'a RawValue>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     records_zstd: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "<[Reject]>::is_empty")]
+    rejects: &'a [Reject],
+}
+
+/// The envelope as read: inline records are split into their texts in the same pass.
+#[derive(Deserialize)]
+struct ReadEnvelope<'a> {
+    v: u32,
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    source: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    origin: std::borrow::Cow<'a, str>,
+    first_line: u64,
+    last_line: u64,
+    #[serde(default)]
+    records: Option<Vec<Record>>,
+    #[serde(default)]
+    records_zstd: Option<String>,
+    #[serde(default)]
     rejects: Vec<Reject>,
 }
 
@@ -117,7 +148,7 @@ impl DataUnit {
                 None,
             )
         };
-        let envelope = Envelope {
+        let envelope = WriteEnvelope {
             v: WIRE_VERSION,
             id: &self.id,
             source: &self.source,
@@ -127,19 +158,23 @@ impl DataUnit {
             count: self.records.len(),
             records: inline.as_deref(),
             records_zstd: compressed,
-            rejects: self.rejects.clone(),
+            rejects: &self.rejects,
         };
         serde_json::to_vec(&envelope).expect("envelope always serializes")
     }
 
     /// Decodes a unit from its wire bytes.
     pub fn decode(bytes: &[u8]) -> Result<DataUnit, DecodeError> {
-        let envelope: Envelope = serde_json::from_slice(bytes).map_err(DecodeError::Envelope)?;
+        let envelope: ReadEnvelope =
+            serde_json::from_slice(bytes).map_err(|error| match peek_version(bytes) {
+                Some(version) if version != WIRE_VERSION => DecodeError::Version(version),
+                _ => DecodeError::Envelope(error),
+            })?;
         if envelope.v != WIRE_VERSION {
             return Err(DecodeError::Version(envelope.v));
         }
-        let records: Vec<Value> = match (envelope.records, &envelope.records_zstd) {
-            (Some(raw), _) => serde_json::from_str(raw.get()).map_err(DecodeError::Records)?,
+        let records: Vec<Record> = match (envelope.records, &envelope.records_zstd) {
+            (Some(records), _) => records,
             (None, Some(packed)) => {
                 let packed = BASE64.decode(packed).map_err(DecodeError::Base64)?;
                 let json =
@@ -149,14 +184,22 @@ impl DataUnit {
             (None, None) => return Err(DecodeError::NoRecords),
         };
         Ok(DataUnit {
-            id: envelope.id.to_string(),
-            source: envelope.source.to_string(),
-            origin: envelope.origin.to_string(),
+            id: envelope.id.into_owned(),
+            source: envelope.source.into_owned(),
+            origin: envelope.origin.into_owned(),
             first_line: envelope.first_line,
             last_line: envelope.last_line,
             records,
             rejects: envelope.rejects,
         })
+    }
+
+    /// The records as JSON values, for tests and tools that look at them whole.
+    pub fn record_values(&self) -> Vec<Value> {
+        self.records
+            .iter()
+            .map(|record| serde_json::from_str(record.get()).expect("records are valid JSON"))
+            .collect()
     }
 
     /// Reads just the id of an encoded unit, for dead letters whose body cannot be decoded whole.
@@ -169,6 +212,17 @@ impl DataUnit {
             .ok()
             .map(|unit| unit.id)
     }
+}
+
+/// The envelope's version, when the bytes are JSON with a numeric `v`.
+fn peek_version(bytes: &[u8]) -> Option<u32> {
+    #[derive(Deserialize)]
+    struct VersionOnly {
+        v: u32,
+    }
+    serde_json::from_slice::<VersionOnly>(bytes)
+        .ok()
+        .map(|envelope| envelope.v)
 }
 
 #[cfg(test)]
@@ -184,7 +238,7 @@ mod tests {
             first_line: 1,
             last_line: records as u64 + 1,
             records: (0..records)
-                .map(|i| json!({"id": i, "note": "ünïcode ✓", "total": i as f64 * 1.5}))
+                .map(|i| record(&json!({"id": i, "note": "ünïcode ✓", "total": i as f64 * 1.5})))
                 .collect(),
             rejects: vec![Reject {
                 line: 3,
@@ -194,26 +248,36 @@ mod tests {
         }
     }
 
+    fn assert_same(decoded: &DataUnit, unit: &DataUnit) {
+        assert_eq!(format!("{decoded:?}"), format!("{unit:?}"));
+        assert_eq!(decoded.record_values(), unit.record_values());
+    }
+
     #[test]
     fn unit_codec_round_trips_inline_and_compressed() {
         let unit = sample(50);
         let inline = unit.encode(usize::MAX);
         assert!(String::from_utf8_lossy(&inline).contains("\"records\":["));
-        assert_eq!(DataUnit::decode(&inline).unwrap(), unit);
+        assert_same(&DataUnit::decode(&inline).unwrap(), &unit);
         let packed = unit.encode(0);
         assert!(String::from_utf8_lossy(&packed).contains("\"records_zstd\":"));
         assert!(
             packed.len() < inline.len(),
             "compression should shrink repetitive records"
         );
-        assert_eq!(DataUnit::decode(&packed).unwrap(), unit);
+        assert_same(&DataUnit::decode(&packed).unwrap(), &unit);
     }
 
     #[test]
     fn unit_codec_reads_a_hand_written_envelope() {
         let text = r#"{"v":1,"id":"j/r/s/0.0","source":"s","origin":"x","first_line":1,"last_line":2,"count":2,"records":[{"a":1},{"a":2}]}"#;
         let unit = DataUnit::decode(text.as_bytes()).unwrap();
-        assert_eq!(unit.records, vec![json!({"a":1}), json!({"a":2})]);
+        assert_eq!(unit.record_values(), vec![json!({"a":1}), json!({"a":2})]);
+        assert_eq!(
+            unit.records[1].get(),
+            r#"{"a":2}"#,
+            "records keep their text"
+        );
         assert!(unit.rejects.is_empty());
         assert_eq!(
             DataUnit::peek_id(text.as_bytes()).as_deref(),

@@ -436,6 +436,72 @@ async fn mssql_tds_rollback_discards_a_bulk_load() {
     assert_eq!(server_error(&error).0, 3902);
 }
 
+async fn count_orders(client: &mut Client) -> i32 {
+    let row = client
+        .simple_query("SELECT COUNT(*) AS n FROM dbo.orders")
+        .await
+        .expect("count")
+        .into_row()
+        .await
+        .expect("counted")
+        .expect("a row");
+    row.get("n").expect("n")
+}
+
+/// As on SQL Server, BEGIN TRAN locks nothing and reads see committed data; the first write
+/// takes the (single) writer lock. A statement-terminating error (2627) lets the batch go on,
+/// and `IF @@ROWCOUNT = 1 COMMIT` commits only after an insert that went in.
+#[tokio::test]
+async fn mssql_tds_transaction_locks_at_first_write_and_rowcount_guards_commit() {
+    let server = TdsServer::start();
+    let (mut first, mut second) = (client(&server).await, client(&server).await);
+    create_orders(&mut first).await;
+    exec(&mut first, "BEGIN TRANSACTION").await;
+    assert_eq!(count_orders(&mut first).await, 0);
+    // Would wait for the first session's lock (and time out) if BEGIN had taken it.
+    exec(
+        &mut second,
+        "INSERT INTO dbo.orders (order_id, name) VALUES (1, N'one')",
+    )
+    .await;
+    assert_eq!(
+        count_orders(&mut first).await,
+        1,
+        "reads see committed rows"
+    );
+    exec(
+        &mut first,
+        "INSERT INTO dbo.orders (order_id, name) VALUES (2, N'two');\nIF @@ROWCOUNT = 1 COMMIT TRANSACTION",
+    )
+    .await;
+    assert_eq!(count_orders(&mut second).await, 2, "committed");
+
+    exec(&mut first, "BEGIN TRANSACTION").await;
+    bulk_orders(&mut first, &[3])
+        .await
+        .expect("bulk in the transaction");
+    let duplicate = "INSERT INTO dbo.orders (order_id, name) VALUES (1, N'again');\n\
+                     IF @@ROWCOUNT = 1 COMMIT TRANSACTION";
+    let error = match first.simple_query(duplicate).await {
+        Ok(stream) => stream.into_results().await.map(drop),
+        Err(error) => Err(error),
+    }
+    .expect_err("duplicate key");
+    assert_eq!(server_error(&error).0, 2627);
+    assert_eq!(count_orders(&mut second).await, 2, "nothing committed");
+    assert_eq!(
+        count_orders(&mut first).await,
+        3,
+        "the transaction is still open"
+    );
+    exec(&mut first, "ROLLBACK TRANSACTION").await;
+    assert_eq!(
+        count_orders(&mut second).await,
+        2,
+        "the bulk-loaded row 3 was rolled back"
+    );
+}
+
 #[tokio::test]
 async fn mssql_tds_failed_bulk_rolls_back_to_savepoint_and_the_transaction_commits() {
     let server = TdsServer::start();

@@ -1,6 +1,8 @@
 //! The `blackhole` sink: accepts every row and keeps nothing, to measure the pipeline itself.
 //! Counting stays exact under redelivery because the consumer records counts per unit id.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 use super::{Batch, Sink, SinkError, WriteOutcome};
@@ -14,11 +16,11 @@ impl Sink for BlackholeSink {
         Ok("blackhole: accepts everything".to_string())
     }
 
-    async fn write(&self, batch: Batch) -> Result<WriteOutcome, SinkError> {
+    async fn write(&self, batch: Arc<Batch>) -> Result<WriteOutcome, SinkError> {
         Ok(WriteOutcome {
             fresh: true,
             written: batch.rows.len() as u64,
-            failures: batch.failures,
+            failures: batch.failures.clone(),
         })
     }
 }

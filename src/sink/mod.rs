@@ -95,8 +95,8 @@ pub trait Sink: Send + Sync {
     }
 
     /// Writes a batch exactly once in effect. May be called for several units at once, up to
-    /// [`Sink::concurrency`].
-    async fn write(&self, batch: Batch) -> Result<WriteOutcome, SinkError>;
+    /// [`Sink::concurrency`]. The batch is shared, so a retry costs no copy of its rows.
+    async fn write(&self, batch: Arc<Batch>) -> Result<WriteOutcome, SinkError>;
 
     /// How many units one process may write at once.
     fn concurrency(&self) -> usize {

@@ -148,8 +148,8 @@ impl Sink for SqliteSink {
         ))
     }
 
-    async fn write(&self, batch: Batch) -> Result<WriteOutcome, SinkError> {
-        self.blocking(move |connection, writer| writer.write(connection, batch))
+    async fn write(&self, batch: Arc<Batch>) -> Result<WriteOutcome, SinkError> {
+        self.blocking(move |connection, writer| writer.write(connection, &batch))
             .await
     }
 }
@@ -172,7 +172,7 @@ impl Writer {
     fn write(
         &self,
         connection: &mut Connection,
-        batch: Batch,
+        batch: &Batch,
     ) -> Result<WriteOutcome, rusqlite::Error> {
         let transaction =
             connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -197,7 +197,7 @@ impl Writer {
             });
         }
         let mut columns = self.prepare_table(&transaction, &batch.rows)?;
-        let mut failures = batch.failures;
+        let mut failures = batch.failures.clone();
         let mut written = 0;
         for (index, row) in &batch.rows {
             // New columns and the insert share the row's savepoint: whatever the row's data
@@ -426,17 +426,17 @@ mod tests {
         SqliteSink::new("local", config, Mapping::passthrough())
     }
 
-    fn batch(unit: &str, rows: &[Value]) -> Batch {
+    fn batch(unit: &str, rows: &[Value]) -> Arc<Batch> {
         let rows = rows
             .iter()
             .enumerate()
-            .map(|(i, v)| (i, v.as_object().unwrap().clone()))
+            .map(|(i, v)| (i, Row::from_object(v.as_object().unwrap().clone())))
             .collect();
-        Batch {
+        Arc::new(Batch {
             unit_id: unit.into(),
             rows,
             failures: vec![],
-        }
+        })
     }
 
     fn count(dir: &Path) -> i64 {

@@ -226,7 +226,7 @@ async fn handle(
             current,
             context.config.queue.visibility_timeout,
         );
-        let outcome = write_with_retries(sink, batch).await;
+        let outcome = write_with_retries(sink, Arc::new(batch)).await;
         keeper.abort();
         outcome
     };
@@ -282,7 +282,7 @@ pub fn map_unit(config: &SinkConfig, unit: &DataUnit) -> Batch {
     let mut rows = Vec::with_capacity(unit.records.len());
     let mut failures = Vec::new();
     for (index, record) in unit.records.iter().enumerate() {
-        match config.map.apply_ref(record) {
+        match config.map.apply_raw(record) {
             Ok(row) => rows.push((index, row)),
             Err(error) => failures.push(Failure {
                 index,
@@ -305,7 +305,7 @@ pub fn map_unit(config: &SinkConfig, unit: &DataUnit) -> Batch {
 
 async fn write_with_retries(
     sink: &dyn Sink,
-    batch: Batch,
+    batch: Arc<Batch>,
 ) -> Result<WriteOutcome, sink::SinkError> {
     let mut attempt = 1;
     loop {
@@ -337,7 +337,8 @@ fn dead_letter(sink: &str, unit: &DataUnit, failure: &Failure) -> Vec<u8> {
     match unit.records.get(failure.index) {
         Some(record) => {
             context["lines"] = Value::String(format!("{}-{}", unit.first_line, unit.last_line));
-            message["record"] = record.clone();
+            message["record"] = serde_json::from_str(record.get())
+                .unwrap_or_else(|_| Value::String(record.get().to_string()));
         }
         None => {
             let reject = &unit.rejects[failure.index - unit.records.len()];

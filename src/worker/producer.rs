@@ -13,7 +13,7 @@ use super::{Finish, WorkerContext, WorkerError};
 use crate::queue::SinkQueues;
 use crate::run_state::WorkItem;
 use crate::source::{self, Entry, SourceError};
-use crate::unit::{DataUnit, unit_id};
+use crate::unit::{DataUnit, record, unit_id};
 
 /// Units sent to Redis in one batched call.
 const SEND_BATCH: usize = 16;
@@ -242,7 +242,7 @@ impl Cutter {
         let (mut records, mut rejects) = (Vec::with_capacity(entries.len()), Vec::new());
         for entry in entries {
             match entry {
-                Entry::Record { value, .. } => records.push(value),
+                Entry::Record { value, .. } => records.push(record(&value)),
                 Entry::Rejected(reject) => rejects.push(reject),
             }
         }

@@ -230,13 +230,13 @@ impl Sink for MssqlSink {
         self.plan().await.map(|_| ())
     }
 
-    async fn write(&self, batch: Batch) -> Result<WriteOutcome, SinkError> {
+    async fn write(&self, batch: Arc<Batch>) -> Result<WriteOutcome, SinkError> {
         let plan = self.plan().await?;
         if let Some(rate) = &self.rate {
             rate.ready().await;
         }
         let mut connection = self.connection().await?;
-        let result = write::write_unit(&mut connection, &plan, batch).await;
+        let result = write::write_unit(&mut connection, &plan, &batch).await;
         if result.is_err() && run(&mut connection, sql::ROLLBACK_IF_OPEN).await.is_err() {
             // Never hand a connection in an unknown state back to the pool.
             drop(Object::take(connection));

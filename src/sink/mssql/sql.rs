@@ -103,14 +103,18 @@ pub fn find_applied(ledger: &TableName) -> String {
     )
 }
 
-/// Opens the unit's transaction and claims the unit in the ledger, in one round trip. The
-/// ledger's primary key refuses (2627) a unit applied before, or being applied by another
-/// session (which it waits for). Values are literals: a transaction begun inside
-/// `sp_executesql` would not survive it.
-pub fn begin_and_claim(ledger: &TableName, entry: &LedgerEntry<'_>) -> String {
+/// Opens the unit's transaction. It takes no lock: the first write does.
+pub const BEGIN: &str = "BEGIN TRANSACTION";
+
+/// Records the unit in the ledger and commits, in one round trip. The ledger's primary key
+/// refuses (2627) a unit applied before, or applied meanwhile by another session (which the
+/// server makes us wait for); a refused INSERT affects no row, so the transaction is left
+/// open, uncommitted, for the caller to roll back. Values are literals: a transaction ended
+/// inside `sp_executesql` would not be ours.
+pub fn record_and_commit(ledger: &TableName, entry: &LedgerEntry<'_>) -> String {
     format!(
-        "BEGIN TRANSACTION; INSERT INTO {} (target, unit_id, rows_written, rows_failed, failures, \
-         applied_at) VALUES ({}, {}, {}, {}, {}, {})",
+        "INSERT INTO {} (target, unit_id, rows_written, rows_failed, failures, applied_at) \
+         VALUES ({}, {}, {}, {}, {}, {});\nIF @@ROWCOUNT = 1 COMMIT TRANSACTION",
         ledger.quoted(),
         literal(entry.target),
         literal(entry.unit_id),
@@ -118,20 +122,6 @@ pub fn begin_and_claim(ledger: &TableName, entry: &LedgerEntry<'_>) -> String {
         entry.failed,
         literal(&entry.failures),
         literal(&entry.applied_at),
-    )
-}
-
-/// Corrects the claimed entry once bad rows were found.
-pub fn update_applied(ledger: &TableName, entry: &LedgerEntry<'_>) -> String {
-    format!(
-        "UPDATE {} SET rows_written = {}, rows_failed = {}, failures = {} \
-         WHERE target = {} AND unit_id = {}",
-        ledger.quoted(),
-        entry.written,
-        entry.failed,
-        literal(&entry.failures),
-        literal(entry.target),
-        literal(entry.unit_id),
     )
 }
 
@@ -155,9 +145,6 @@ pub struct LedgerEntry<'a> {
 pub fn literal(text: &str) -> String {
     format!("N'{}'", text.replace('\'', "''"))
 }
-
-/// Commits it.
-pub const COMMIT: &str = "COMMIT TRANSACTION";
 
 /// Undoes whatever is open; harmless when nothing is.
 pub const ROLLBACK_IF_OPEN: &str = "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION";

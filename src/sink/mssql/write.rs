@@ -1,17 +1,18 @@
 //! Writing one unit: exactly once in effect, every good row landing, every bad row found.
 //!
 //! 1. Rows are encoded for the table's columns; a value that does not fit fails alone.
-//! 2. One batch opens the transaction and inserts the unit's ledger entry. The ledger's primary
-//!    key refuses a unit applied before (its ack was lost) or being applied by another session
-//!    (the server makes us wait for it): then nothing is written and the recorded outcome is
-//!    returned.
-//! 3. The rows are bulk-loaded, `batch_rows` at a time, and the transaction commits: rows and
-//!    ledger entry land together or not at all. Five round trips for a unit that goes well.
+//! 2. A transaction opens, and the rows are bulk-loaded in it, `batch_rows` at a time.
+//! 3. One last batch inserts the unit's ledger entry and commits if the insert went in: rows
+//!    and ledger entry land together or not at all. The ledger's primary key refuses a unit
+//!    applied before (its ack was lost) or meanwhile by another session (the server makes us
+//!    wait for it); then the transaction is rolled back and the recorded outcome returned.
+//!    Five round trips for a unit that goes well, and the table is written (locked) only from
+//!    the first load to the commit, never while the client is still encoding.
 //! 4. If the server refuses a load for a row's sake (NULL, duplicate key, constraint), the
-//!    transaction is rolled back and the unit is written again with each load under a
-//!    savepoint: a refused load is undone and split in halves, down to the rows at fault, which
-//!    are dead-lettered with the server's error number and message. The ledger entry is
-//!    corrected before the commit.
+//!    transaction is rolled back. A unit the ledger holds (a redelivery refused by the table's
+//!    own keys) returns its recorded outcome. Otherwise the unit is written again with each load
+//!    under a savepoint: a refused load is undone and split in halves, down to the rows at
+//!    fault, which are dead-lettered with the server's error number and message.
 //! 5. Upsert mode loads into a session staging table, deletes the target rows whose key is in
 //!    it, and inserts the staged rows. Rows of one unit with the same key: the last one wins.
 
@@ -91,9 +92,9 @@ fn at(what: &'static str) -> impl FnOnce(Error) -> WriteError {
 }
 
 /// One row ready to load: its index in the unit and its values in column order.
-struct EncodedRow {
+struct EncodedRow<'a> {
     index: usize,
-    values: Vec<tiberius::ColumnData<'static>>,
+    values: Vec<tiberius::ColumnData<'a>>,
 }
 
 /// The longest unit id the ledger's key holds.
@@ -103,7 +104,7 @@ const MAX_UNIT_ID: usize = 300;
 pub async fn write_unit(
     connection: &mut Connection,
     plan: &Plan,
-    batch: Batch,
+    batch: &Batch,
 ) -> Result<WriteOutcome, WriteError> {
     if batch.unit_id.chars().count() > MAX_UNIT_ID {
         return Err(WriteError::Refused(format!(
@@ -114,11 +115,12 @@ pub async fn write_unit(
     let Batch {
         unit_id,
         rows,
-        mut failures,
+        failures,
     } = batch;
+    let mut failures = failures.clone();
     let mut sources = Vec::with_capacity(rows.len());
     let mut encoded = Vec::with_capacity(rows.len());
-    for (index, row) in &rows {
+    for (index, row) in rows {
         match encode_row(plan, *index, row) {
             Ok(values) => {
                 sources.push((*index, row));
@@ -131,14 +133,14 @@ pub async fn write_unit(
         (sources, encoded) = last_per_key(sources, encoded, &plan.target, &upsert.key);
     }
     let unit = Unit {
-        id: &unit_id,
+        id: unit_id,
         sources: &sources,
     };
     failures.sort_by_key(|f| f.index);
     let planned = sources.len() as u64;
-    if !claim(connection, plan, &unit, planned, &failures).await? {
-        return applied_before(connection, plan, &unit_id).await;
-    }
+    run(connection, sql::BEGIN)
+        .await
+        .map_err(at("begin the unit's transaction"))?;
     // The expected case: every load goes through. Anything refused sends the unit down the
     // slower path that isolates rows.
     let mut refused = false;
@@ -159,16 +161,14 @@ pub async fn write_unit(
         }
     }
     if !refused {
-        run(connection, sql::COMMIT).await.map_err(at("commit"))?;
-        return Ok(WriteOutcome {
-            fresh: true,
-            written: planned,
-            failures,
-        });
+        return record(connection, plan, unit.id, planned, failures).await;
     }
     run(connection, sql::ROLLBACK_IF_OPEN)
         .await
         .map_err(at("roll back a refused load"))?;
+    if let Some(outcome) = find_applied(connection, plan, unit_id).await? {
+        return Ok(outcome);
+    }
     write_isolating(connection, plan, &unit, failures).await
 }
 
@@ -186,9 +186,9 @@ async fn write_isolating(
     unit: &Unit<'_>,
     mut failures: Vec<Failure>,
 ) -> Result<WriteOutcome, WriteError> {
-    if !claim(connection, plan, unit, unit.sources.len() as u64, &failures).await? {
-        return applied_before(connection, plan, unit.id).await;
-    }
+    run(connection, sql::BEGIN)
+        .await
+        .map_err(at("begin the unit's transaction"))?;
     let mut pending: Vec<Range<usize>> = (0..unit.sources.len())
         .step_by(plan.batch_rows)
         .map(|start| start..(start + plan.batch_rows).min(unit.sources.len()))
@@ -227,38 +227,33 @@ async fn write_isolating(
         }
     }
     failures.sort_by_key(|f| f.index);
-    let entry = ledger_entry(plan, unit.id, landed, &failures);
-    run(connection, &sql::update_applied(&plan.ledger, &entry))
-        .await
-        .map_err(at("correct the ledger entry"))?;
-    run(connection, sql::COMMIT).await.map_err(at("commit"))?;
-    Ok(WriteOutcome {
-        fresh: true,
-        written: landed,
-        failures,
-    })
+    record(connection, plan, unit.id, landed, failures).await
 }
 
-/// Begins the transaction and inserts the unit's ledger entry; false (transaction rolled
-/// back) when the ledger already holds the unit.
-async fn claim(
+/// Records the unit in the ledger and commits. A unit the ledger already holds is rolled back
+/// and its recorded outcome returned.
+async fn record(
     connection: &mut Connection,
     plan: &Plan,
-    unit: &Unit<'_>,
+    unit_id: &str,
     written: u64,
-    failures: &[Failure],
-) -> Result<bool, WriteError> {
-    let entry = ledger_entry(plan, unit.id, written, failures);
-    match run(connection, &sql::begin_and_claim(&plan.ledger, &entry)).await {
-        Ok(()) => Ok(true),
+    failures: Vec<Failure>,
+) -> Result<WriteOutcome, WriteError> {
+    let entry = ledger_entry(plan, unit_id, written, &failures);
+    match run(connection, &sql::record_and_commit(&plan.ledger, &entry)).await {
+        Ok(()) => Ok(WriteOutcome {
+            fresh: true,
+            written,
+            failures,
+        }),
         Err(error) if matches!(error.code(), Some(2627 | 2601)) => {
             run(connection, sql::ROLLBACK_IF_OPEN)
                 .await
                 .map_err(at("roll back a duplicate"))?;
-            Ok(false)
+            applied_before(connection, plan, unit_id).await
         }
         Err(error) => Err(WriteError::Server {
-            what: "begin and claim the unit in the ledger",
+            what: "record the unit in the ledger and commit",
             error,
         }),
     }
@@ -299,7 +294,7 @@ fn ledger_entry<'a>(
     }
 }
 
-fn encode_row(plan: &Plan, index: usize, row: &Row) -> Result<EncodedRow, Failure> {
+fn encode_row<'a>(plan: &Plan, index: usize, row: &'a Row) -> Result<EncodedRow<'a>, Failure> {
     let values: Result<Vec<_>, String> = plan
         .target
         .columns
@@ -317,7 +312,7 @@ fn encode_row(plan: &Plan, index: usize, row: &Row) -> Result<EncodedRow, Failur
 async fn load(
     connection: &mut Connection,
     plan: &Plan,
-    rows: Vec<EncodedRow>,
+    rows: Vec<EncodedRow<'_>>,
 ) -> Result<Vec<Failure>, WriteError> {
     let columns: Vec<&str> = plan.bulk_columns.iter().map(String::as_str).collect();
     let destination = match &plan.upsert {
@@ -371,10 +366,10 @@ async fn load(
 /// earlier one with the same key, as it would have in a later unit.
 fn last_per_key<'a>(
     sources: Vec<(usize, &'a Row)>,
-    encoded: Vec<EncodedRow>,
+    encoded: Vec<EncodedRow<'a>>,
     target: &Target,
     key: &[String],
-) -> (Vec<(usize, &'a Row)>, Vec<EncodedRow>) {
+) -> (Vec<(usize, &'a Row)>, Vec<EncodedRow<'a>>) {
     let positions: Vec<usize> = key
         .iter()
         .filter_map(|k| {

@@ -97,6 +97,10 @@ pub struct Session {
     bulk: Option<BulkTarget>,
     /// Whether this session holds the shared writer gate.
     writing: bool,
+    /// Whether the open transaction has begun in SQLite (at its first write).
+    open: bool,
+    /// Rows the last statement affected or returned: `@@ROWCOUNT`.
+    rowcount: u64,
 }
 
 /// Serves one connection until the client leaves, a fault drops it, or login fails.
@@ -117,11 +121,38 @@ pub fn serve(stream: TcpStream, shared: Arc<Shared>) {
         savepoints: Vec::new(),
         bulk: None,
         writing: false,
+        open: false,
+        rowcount: 0,
     };
     let _ = session.run();
     session.stop_writing();
     // Dropping the SQLite connection rolls back any open transaction, as SQL Server does
     // when a connection dies.
+}
+
+/// Errors after which SQL Server goes on with the next statement of the batch (duplicate key,
+/// NULL, constraint, truncation); after any other error the test server stops the batch.
+const STATEMENT_TERMINATING: [u32; 6] = [2627, 2601, 515, 547, 8152, 2628];
+
+/// Whether a statement writes, so that inside a transaction it must run in the SQLite
+/// transaction (which it begins). Reads, transaction control and `INSERT BULK` (whose rows
+/// arrive later, in the bulk load) do not.
+fn writes(statement: &Statement) -> bool {
+    match statement {
+        Statement::Noop
+        | Statement::Version
+        | Statement::Begin
+        | Statement::Commit
+        | Statement::CommitIfRowcount(_)
+        | Statement::Rollback { .. }
+        | Statement::NotNullColumns(_)
+        | Statement::InsertBulk { .. } => false,
+        Statement::Sql { sql, .. } => !sql
+            .trim_start()
+            .get(..6)
+            .is_some_and(|head| head.eq_ignore_ascii_case("SELECT")),
+        _ => true,
+    }
 }
 
 /// Opens this session's SQLite connection to the shared file.
@@ -288,14 +319,17 @@ impl Session {
             } else {
                 0
             };
-            if !self.run_one(statement, &Params::new(), &mut reply, 0xFD, more) {
-                break;
+            match self.run_one(statement, &Params::new(), &mut reply, 0xFD, more) {
+                Ok(()) => {}
+                // Like SQL Server, a statement-terminating error ends only its statement.
+                Err(number) if STATEMENT_TERMINATING.contains(&number) => {}
+                Err(_) => break,
             }
         }
         reply
     }
 
-    /// Runs one statement and writes its tokens and DONE; false if it failed.
+    /// Runs one statement and writes its tokens and DONE; the error number if it failed.
     fn run_one(
         &mut self,
         statement: &str,
@@ -303,13 +337,20 @@ impl Session {
         reply: &mut Reply,
         done: u8,
         more: u16,
-    ) -> bool {
+    ) -> Result<(), u32> {
         let outcome = match self.shared.faults.take_failure(statement) {
             Some((number, message)) => {
                 let class = if number == 1205 { 13 } else { 16 };
                 Err(sql_error(number, class, message))
             }
             None => self.execute(statement, params),
+        };
+        self.rowcount = match &outcome {
+            Ok(outcome) => match &outcome.result {
+                Some((_, rows)) => rows.len() as u64,
+                None => outcome.count.unwrap_or(0),
+            },
+            Err(_) => 0,
         };
         match outcome {
             Ok(outcome) => {
@@ -324,12 +365,12 @@ impl Session {
                     }
                     reply.done_token(done, status, outcome.count.unwrap_or(0));
                 }
-                true
+                Ok(())
             }
             Err(e) => {
                 reply.error(e.number, e.state, e.class, &e.message);
                 reply.done_token(done, DONE_ERROR | more, 0);
-                false
+                Err(e.number)
             }
         }
     }
@@ -341,7 +382,10 @@ impl Session {
                 let statements = translate::split_batch(&statement);
                 let mut ok = true;
                 for statement in &statements {
-                    if !self.run_one(statement, &params, &mut reply, 0xFF, DONE_MORE) {
+                    if self
+                        .run_one(statement, &params, &mut reply, 0xFF, DONE_MORE)
+                        .is_err()
+                    {
                         ok = false;
                         break;
                     }
@@ -421,7 +465,7 @@ impl Session {
             }
         };
         let mut reply = Reply::default();
-        self.run_one(statement, &Params::new(), &mut reply, 0xFD, 0);
+        let _ = self.run_one(statement, &Params::new(), &mut reply, 0xFD, 0);
         reply
     }
 
@@ -435,6 +479,9 @@ impl Session {
         let stmt = translate::translate(statement);
         if self.bulk.is_some() && !matches!(stmt, Statement::InsertBulk { .. }) {
             self.bulk = None;
+        }
+        if self.trancount > 0 && writes(&stmt) {
+            self.open_transaction()?;
         }
         match stmt {
             Statement::Noop => Ok(Outcome::default()),
@@ -451,6 +498,8 @@ impl Session {
             }),
             Statement::Begin => self.begin(),
             Statement::Commit => self.commit(),
+            Statement::CommitIfRowcount(n) if self.rowcount == n => self.commit(),
+            Statement::CommitIfRowcount(_) => Ok(Outcome::default()),
             Statement::Rollback {
                 savepoint,
                 only_if_open,
@@ -513,14 +562,40 @@ impl Session {
         }
     }
 
-    fn begin(&mut self) -> Result<Outcome, SqlError> {
-        let mut outcome = Outcome::default();
-        if self.trancount == 0 {
+    /// Begins the SQLite transaction of an open T-SQL transaction at its first write, taking
+    /// the writer gate then: SQL Server's BEGIN TRAN takes no lock either, and reads before
+    /// the first write see committed data, as under READ COMMITTED.
+    fn open_transaction(&mut self) -> Result<(), SqlError> {
+        if !self.open {
             self.start_writing();
             if let Err(e) = self.db.execute_batch("BEGIN IMMEDIATE") {
                 self.stop_writing();
                 return Err(self.map_err(e, None, None));
             }
+            self.open = true;
+        }
+        Ok(())
+    }
+
+    /// Ends the SQLite transaction, if it began, with `end` (COMMIT or ROLLBACK).
+    fn close_transaction(&mut self, end: &str) -> Result<(), SqlError> {
+        let result = if self.open {
+            self.db
+                .execute_batch(end)
+                .map_err(|e| self.map_err(e, None, None))
+        } else {
+            Ok(())
+        };
+        if result.is_ok() {
+            self.open = false;
+            self.stop_writing();
+        }
+        result
+    }
+
+    fn begin(&mut self) -> Result<Outcome, SqlError> {
+        let mut outcome = Outcome::default();
+        if self.trancount == 0 {
             self.descriptor = self.next_descriptor;
             self.next_descriptor += 1;
             outcome
@@ -542,14 +617,11 @@ impl Session {
                 ));
             }
             1 => {
-                self.db
-                    .execute_batch("COMMIT")
-                    .map_err(|e| self.map_err(e, None, None))?;
+                self.close_transaction("COMMIT")?;
                 outcome
                     .env
                     .env_change_bytes(9, &[], &self.descriptor.to_le_bytes());
                 self.savepoints.clear();
-                self.stop_writing();
             }
             _ => {}
         }
@@ -593,15 +665,12 @@ impl Session {
                 ),
             ));
         }
-        self.db
-            .execute_batch("ROLLBACK")
-            .map_err(|e| self.map_err(e, None, None))?;
+        self.close_transaction("ROLLBACK")?;
         outcome
             .env
             .env_change_bytes(10, &[], &self.descriptor.to_le_bytes());
         self.trancount = 0;
         self.savepoints.clear();
-        self.stop_writing();
         Ok(outcome)
     }
 
@@ -976,6 +1045,8 @@ impl Session {
         let autocommit = self.trancount == 0;
         if autocommit {
             self.start_writing();
+        } else {
+            self.open_transaction()?;
         }
         let (start, commit, undo) = if !autocommit {
             (

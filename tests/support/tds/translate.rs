@@ -22,7 +22,8 @@
 //!    with `LIMIT 0` (metadata only).
 //! 8. Transactions: `BEGIN TRAN[SACTION]`, `COMMIT [TRAN[SACTION]]`, `ROLLBACK [TRAN[SACTION]]`,
 //!    `SAVE TRAN[SACTION] name`, `ROLLBACK TRAN[SACTION] name`,
-//!    `IF @@TRANCOUNT > 0 ROLLBACK TRAN[SACTION]` (executed by the session).
+//!    `IF @@TRANCOUNT > 0 ROLLBACK TRAN[SACTION]`, `IF @@ROWCOUNT = n COMMIT [TRAN[SACTION]]`
+//!    (executed by the session).
 //! 9. `INSERT BULK t ([a] type, ...) [WITH (...)]` starts a bulk load into those columns.
 //! 10. `INSERT INTO t (a, b) VALUES (x, y)[, (...)]`: every value that is a parameter or a
 //!     literal is converted to its column's declared type before binding (lengths, ranges,
@@ -209,6 +210,8 @@ pub enum Statement {
         /// Do nothing outside a transaction instead of error 3903.
         only_if_open: bool,
     },
+    /// `IF @@ROWCOUNT = n COMMIT`: commits if the previous statement affected `n` rows.
+    CommitIfRowcount(u64),
     /// `SAVE TRAN name`
     Save(String),
     /// `SELECT .. INTO #target FROM source` (rule 3).
@@ -440,6 +443,15 @@ pub fn translate(statement: &str) -> Statement {
         && let Some(name) = sig.get(2).and_then(Tok::ident)
     {
         return Statement::Save(name);
+    }
+    if word(0, "IF")
+        && matches!(sig.get(1), Some(Tok::Var(v)) if v.eq_ignore_ascii_case("@@rowcount"))
+        && matches!(sig.get(2), Some(Tok::Punct('=')))
+        && let Some(Tok::Num(n)) = sig.get(3)
+        && let Ok(n) = n.parse()
+        && sig.get(4).is_some_and(|t| t.is_word("COMMIT"))
+    {
+        return Statement::CommitIfRowcount(n);
     }
     if word(0, "IF")
         && matches!(sig.get(1), Some(Tok::Var(v)) if v.eq_ignore_ascii_case("@@trancount"))
