@@ -4,5 +4,5 @@
 # Prints rows/s of both per round and the median ratio (target: at least 0.9).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export BENCH_ROWS="${1:-200000}" BENCH_UNIT="${2:-1000}" BENCH_CONCURRENCY="${3:-2}"
+export BENCH_ROWS="${1:-200000}" BENCH_UNIT="${2:-1000}" BENCH_CONCURRENCY="${3:-4}"
 exec cargo bench --bench mssql_sink
