@@ -178,6 +178,65 @@ fn cosmos_transactional_batch_upserts_in_one_partition() {
                 .collect();
             amounts.sort();
             assert_eq!(amounts, (0..10).collect::<Vec<_>>(), "{}", target.label());
+
+            // A batch whose second operation fails changes nothing: 207, the failure's own
+            // status for it, 424 for every other operation.
+            let failing = TransactionalBatch::new("batch-customer")
+                .upsert_item(json!({"id": "b-20", "customerId": "batch-customer"}), None)
+                .and_then(|b| b.create_item(json!({"id": "b-1", "customerId": "batch-customer"})))
+                .and_then(|b| {
+                    b.upsert_item(json!({"id": "b-21", "customerId": "batch-customer"}), None)
+                })
+                .expect("serialisable");
+            let response = container
+                .execute_transactional_batch(failing, None)
+                .await
+                .unwrap_or_else(|e| panic!("{}: failing batch: {e:#}", target.label()));
+            assert_eq!(
+                u16::from(response.status().status_code()),
+                207,
+                "{}",
+                target.label()
+            );
+            let statuses: Vec<u16> = response
+                .into_model()
+                .expect("batch results")
+                .results()
+                .iter()
+                .map(|r| r.status_code())
+                .collect();
+            assert_eq!(statuses, [424, 409, 424], "{}", target.label());
+            assert_eq!(
+                read(&container, "batch-customer", "b-20").await,
+                None,
+                "{}",
+                target.label()
+            );
+            let kept = read(&container, "batch-customer", "b-1")
+                .await
+                .expect("b-1 stays");
+            assert_eq!(kept["amount"], 1, "{}", target.label());
+
+            // At most 100 operations.
+            let mut too_many = TransactionalBatch::new("batch-customer");
+            for n in 0..101 {
+                too_many = too_many
+                    .upsert_item(
+                        json!({"id": format!("m-{n}"), "customerId": "batch-customer"}),
+                        None,
+                    )
+                    .expect("serialisable");
+            }
+            let error = container
+                .execute_transactional_batch(too_many, None)
+                .await
+                .expect_err("101 operations");
+            assert_eq!(
+                u16::from(error.status().status_code()),
+                400,
+                "{}: {error:#}",
+                target.label()
+            );
         });
     }
 }

@@ -23,6 +23,11 @@
 //
 // and makes it as strict as Cosmos DB where a sink could go wrong unnoticed:
 //
+//   - a transactional batch is atomic: when an operation fails, the operations before it are
+//     rolled back, every other operation answers 424 and the batch answers 207 Multi-Status
+//     (the stock server keeps what ran before the failure, reports it as done, answers 200;
+//     our batch handler replaces its handler, running its document operations);
+//   - a batch of more than 100 operations answers 400 (the stock server runs any number);
 //   - a single-document write (create, upsert, replace) whose body holds another partition key
 //     value than the x-ms-documentdb-partitionkey header answers 400 with substatus 1001
 //     (the stock server stores it under the body's value).
@@ -58,7 +63,10 @@ const serverDir = path.dirname(require.resolve("@vercel/cosmosdb-server/package.
 const lib = name => require(path.join(serverDir, "lib", name));
 const rawBody = require(require.resolve("raw-body", { paths: [serverDir] }));
 
-const { createHttpServer } = lib("index.js");
+// index.js (the server) is loaded in main(), after the patches below: its route table keeps
+// the handlers it finds when it loads.
+const batchModule = lib("handler/batch-documents.js");
+const documentOperations = lib("handler/_document-operations.js");
 const jsonModule = lib("json.js");
 const accountModule = lib("account/index.js");
 const PartitionKeyRanges = lib("account/partition-key-ranges.js").default;
@@ -179,6 +187,129 @@ function isTrue(value) {
   const values = Array.isArray(value) ? value : [value];
   return values.some(v => typeof v === "string" && v.toLowerCase() === "true");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Strictness: atomic transactional batches of at most 100 operations. Our batch handler runs
+// the stock server's own document operations, in order, synchronously (so no other request
+// interleaves), logging what it changes in the container's two maps; when an atomic batch
+// fails it puts those entries back. Documents are replaced, never changed in place, so the
+// old map entries are the old documents.
+// ---------------------------------------------------------------------------------------------
+
+const MAX_BATCH_OPERATIONS = 100;
+const BATCH_OPERATIONS = {
+  Create: documentOperations.createOperation,
+  Upsert: documentOperations.upsertOperation,
+  Read: documentOperations.readOperation,
+  Delete: documentOperations.deleteOperation,
+  Replace: documentOperations.replaceOperation
+};
+
+// Records the first prior value of every key `set` or `delete`d in `maps` until `stop`.
+function undoLog(maps) {
+  const logs = maps.map(map => {
+    const log = new Map();
+    const remember = key => {
+      if (!log.has(key)) {
+        log.set(key, map.has(key) ? { value: map.get(key) } : null);
+      }
+    };
+    map.set = (key, value) => {
+      remember(key);
+      return Map.prototype.set.call(map, key, value);
+    };
+    map.delete = key => {
+      remember(key);
+      return Map.prototype.delete.call(map, key);
+    };
+    return [map, log];
+  });
+  return {
+    stop() {
+      for (const [map] of logs) {
+        delete map.set;
+        delete map.delete;
+      }
+    },
+    rollback() {
+      for (const [map, log] of logs) {
+        for (const [key, before] of log) {
+          if (before) {
+            map.set(key, before.value);
+          } else {
+            map.delete(key);
+          }
+        }
+      }
+    }
+  };
+}
+
+batchModule.default = async (account, req, res, { dbId, collId }) => {
+  const body = await jsonModule.default(req);
+  // From here on nothing awaits: the batch runs as one step of the event loop.
+  const collection = account.database(dbId).collection(collId);
+  if (!collection.read()) {
+    res.statusCode = 404;
+    return {};
+  }
+  if (!Array.isArray(body)) {
+    res.statusCode = 400;
+    return { code: "BadRequest", message: "Invalid request body" };
+  }
+  if (body.length > MAX_BATCH_OPERATIONS) {
+    res.statusCode = 400;
+    return {
+      code: "BadRequest",
+      message: `Batch request has ${body.length} operations; at most ${MAX_BATCH_OPERATIONS} are supported.`
+    };
+  }
+  const unknown = body.find(operation => !BATCH_OPERATIONS[operation && operation.operationType]);
+  if (unknown !== undefined) {
+    res.statusCode = 400;
+    return {
+      code: "BadRequest",
+      message: `Operation type '${unknown && unknown.operationType}' is not supported in Batch.`
+    };
+  }
+  const atomic = isTrue(req.headers["x-ms-cosmos-batch-atomic"]);
+  const continueOnError = isTrue(req.headers["x-ms-cosmos-batch-continue-on-error"]);
+  const documents = collection.documents;
+  const undo = undoLog([documents._data, documents._index]);
+  const results = [];
+  let failed = -1;
+  try {
+    for (const operation of body) {
+      if (failed !== -1 && !continueOnError) {
+        results.push({ statusCode: 424, requestCharge: 0 });
+        continue;
+      }
+      const result = BATCH_OPERATIONS[operation.operationType](collection, operation);
+      if (result.statusCode >= 400) {
+        failed = failed === -1 ? results.length : failed;
+        results.push({ statusCode: result.statusCode, requestCharge: 0 });
+      } else {
+        results.push({
+          statusCode: result.statusCode,
+          requestCharge: 1,
+          eTag: result.body ? result.body._etag : undefined,
+          resourceBody: result.body
+        });
+      }
+    }
+  } catch (err) {
+    undo.stop();
+    undo.rollback();
+    throw err;
+  }
+  undo.stop();
+  if (failed === -1 || !atomic) {
+    return results;
+  }
+  undo.rollback();
+  res.statusCode = 207;
+  return results.map((result, i) => (i === failed ? result : { statusCode: 424, requestCharge: 0 }));
+};
 
 // ---------------------------------------------------------------------------------------------
 // Switches: throttling and request size
@@ -420,6 +551,7 @@ function frontOf(stockListener) {
 
 function main() {
   const args = parseArgs(process.argv.slice(2));
+  const { createHttpServer } = lib("index.js");
   // Fix 5: keep connections open (the stock default answers `connection: close`), and for
   // longer than the SDK's idle pool timeout, so it never reuses a connection being closed.
   const server = createHttpServer({ keepAlive: true });
