@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs what stevedore's demo and tests need on Debian/Ubuntu, if it is missing:
-# redis-server (the queue; tests start their own throwaway servers), and FreeTDS's tsql and
-# freebcp (package freetds-bin), which check the SQL Server tests' TDS test server independently.
+# redis-server (the queue; tests start their own throwaway servers), FreeTDS's tsql and
+# freebcp (package freetds-bin), which check the SQL Server tests' TDS test server independently,
+# and node and npm, which run the Cosmos DB tests' test server (tests/support/cosmos; the tests
+# run `npm ci` there themselves, once, the first time they need it).
 set -euo pipefail
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 { command -v tsql && command -v freebcp; } >/dev/null 2>&1 || missing+=(freetds-bin)
+{ command -v node && command -v npm; } >/dev/null 2>&1 || missing+=(nodejs npm)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}" >&2

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod cosmos;
 pub mod mssql;
 pub mod tds;
 
