@@ -1,10 +1,14 @@
 //! Rate limits shared by the sinks: a governor limiter paces operations (units, requests) of
-//! one process to a configured rate, so a load never trips a database's throttles.
+//! one process to a configured rate, so a load never trips a database's throttles. Where the
+//! database says it is throttling (Cosmos DB's 429), [`AdaptiveRate`] lowers the rate and
+//! raises it again slowly (additive increase, multiplicative decrease), and [`ChargeBudget`]
+//! spends a budget of request units per second.
 //! Concurrency limits are not here: the consumer runs at most a sink's
 //! [`concurrency`](crate::sink::Sink::concurrency) units at once.
 
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
@@ -33,6 +37,139 @@ impl RateLimit {
     }
 }
 
+/// A request rate between a floor and the configured ceiling that halves when the server
+/// throttles and climbs back by a twentieth of the ceiling per calm second, so a job under a
+/// provisioned throughput settles just below it instead of storming it with retries.
+pub struct AdaptiveRate {
+    ceiling: f64,
+    floor: f64,
+    state: Mutex<Adaptation>,
+}
+
+struct Adaptation {
+    rate: f64,
+    limit: Arc<RateLimit>,
+    changed: Instant,
+    paused_until: Option<Instant>,
+    throttles: u64,
+}
+
+/// How long after a change the rate stays put: one burst of 429s halves it once, not once per
+/// request in flight, and increases come once a second.
+const STEADY: Duration = Duration::from_secs(1);
+
+impl AdaptiveRate {
+    /// Starts at `ceiling` requests per second (which must be positive).
+    pub fn new(ceiling: f64) -> AdaptiveRate {
+        let floor = (ceiling / 64.0).max(0.5).min(ceiling);
+        AdaptiveRate {
+            ceiling,
+            floor,
+            state: Mutex::new(Adaptation {
+                rate: ceiling,
+                limit: Arc::new(pace(ceiling)),
+                changed: Instant::now(),
+                paused_until: None,
+                throttles: 0,
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, Adaptation> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits until the next request may start: past any retry-after the server asked for, and
+    /// paced at the current rate.
+    pub async fn ready(&self) {
+        let (limit, paused_until) = {
+            let state = self.state();
+            (state.limit.clone(), state.paused_until)
+        };
+        if let Some(until) = paused_until {
+            tokio::time::sleep_until(until.into()).await;
+        }
+        limit.ready().await;
+    }
+
+    /// The server throttled a request and asked to wait `retry_after`: halve the rate (once per
+    /// steady period) and hold every request until then.
+    pub fn throttled(&self, retry_after: Option<Duration>) {
+        let mut state = self.state();
+        state.throttles += 1;
+        let now = Instant::now();
+        if let Some(wait) = retry_after {
+            let until = now + wait;
+            state.paused_until = Some(state.paused_until.map_or(until, |u| u.max(until)));
+        }
+        if now.duration_since(state.changed) >= STEADY || state.rate >= self.ceiling {
+            let rate = (state.rate / 2.0).max(self.floor);
+            state.rate = rate;
+            state.limit = Arc::new(pace(rate));
+            state.changed = now;
+        }
+    }
+
+    /// A request went through unthrottled: after a steady period, raise the rate a step.
+    pub fn succeeded(&self) {
+        let mut state = self.state();
+        let now = Instant::now();
+        if state.rate < self.ceiling && now.duration_since(state.changed) >= STEADY {
+            let rate = (state.rate + self.ceiling / 20.0).min(self.ceiling);
+            state.rate = rate;
+            state.limit = Arc::new(pace(rate));
+            state.changed = now;
+        }
+    }
+
+    /// The current rate, requests per second.
+    pub fn current(&self) -> f64 {
+        self.state().rate
+    }
+
+    /// How many throttled requests it has been told of.
+    pub fn throttles(&self) -> u64 {
+        self.state().throttles
+    }
+}
+
+fn pace(rate: f64) -> RateLimit {
+    RateLimit::per_second(rate).expect("adaptive rates stay positive")
+}
+
+/// A budget of request units per second, spent by the charge each response reports: a
+/// request that cost more makes the next ones wait longer.
+pub struct ChargeBudget {
+    limiter: DefaultDirectRateLimiter,
+    burst: u32,
+}
+
+impl ChargeBudget {
+    /// `units` per second; `None` when not positive (no budget).
+    pub fn per_second(units: f64) -> Option<ChargeBudget> {
+        if !(units.is_finite() && units > 0.0) {
+            return None;
+        }
+        let burst = (units.ceil() as u32).max(1);
+        let quota = Quota::per_second(NonZeroU32::new(burst)?);
+        Some(ChargeBudget {
+            limiter: RateLimiter::direct(quota),
+            burst,
+        })
+    }
+
+    /// Waits until `charge` units have been earned back.
+    pub async fn spend(&self, charge: f64) {
+        let units = (charge.ceil() as u32).clamp(1, self.burst);
+        if let Some(units) = NonZeroU32::new(units) {
+            // `units` never exceeds the burst, so this only waits.
+            let _ = self.limiter.until_n_ready(units).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,5 +193,47 @@ mod tests {
             limit.limiter.check().is_err(),
             "the second waits a tenth of a second"
         );
+    }
+
+    #[test]
+    fn throttle_adaptive_rate_halves_once_per_burst_and_climbs_back() {
+        let rate = AdaptiveRate::new(100.0);
+        rate.throttled(None);
+        assert_eq!(rate.current(), 50.0);
+        rate.throttled(None);
+        assert_eq!(rate.current(), 50.0, "a burst of 429s halves the rate once");
+        rate.state().changed -= STEADY;
+        rate.throttled(Some(Duration::from_millis(5)));
+        assert_eq!(rate.current(), 25.0, "a later throttle halves it again");
+        assert!(
+            rate.state().paused_until.is_some(),
+            "retry-after holds requests"
+        );
+        rate.state().changed -= STEADY;
+        rate.succeeded();
+        assert_eq!(
+            rate.current(),
+            30.0,
+            "a calm second adds a twentieth of the ceiling"
+        );
+        for _ in 0..100 {
+            rate.state().changed -= STEADY;
+            rate.succeeded();
+        }
+        assert_eq!(rate.current(), 100.0, "never above the ceiling");
+        assert_eq!(rate.throttles(), 3);
+        for _ in 0..100 {
+            rate.state().changed -= STEADY;
+            rate.throttled(None);
+        }
+        assert!(rate.current() >= 100.0 / 64.0, "never below the floor");
+    }
+
+    #[test]
+    fn throttle_charge_budget_needs_a_positive_budget() {
+        assert!(ChargeBudget::per_second(0.0).is_none());
+        let budget = ChargeBudget::per_second(10.0).expect("positive");
+        assert!(budget.limiter.check_n(NonZeroU32::new(10).unwrap()).is_ok());
+        assert!(budget.limiter.check().is_err(), "the budget is spent");
     }
 }

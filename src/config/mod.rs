@@ -151,6 +151,8 @@ pub enum SinkKind {
     Sqlite(SqliteSinkConfig),
     /// A SQL Server or Azure SQL table, written by bulk load.
     Mssql(MssqlSinkConfig),
+    /// An Azure Cosmos DB (NoSQL API) container, written by idempotent upserts.
+    Cosmos(CosmosSinkConfig),
     /// Accepts and counts; measures the pipeline itself.
     Blackhole,
 }
@@ -161,6 +163,7 @@ impl SinkKind {
         match self {
             SinkKind::Sqlite(_) => "sqlite",
             SinkKind::Mssql(_) => "mssql",
+            SinkKind::Cosmos(_) => "cosmos",
             SinkKind::Blackhole => "blackhole",
         }
     }
@@ -204,6 +207,37 @@ pub struct MssqlSinkConfig {
     pub connect_timeout: Duration,
     /// How long a write waits for a free pooled connection.
     pub pool_timeout: Duration,
+}
+
+/// Settings of the `cosmos` sink.
+#[derive(Debug, Clone)]
+pub struct CosmosSinkConfig {
+    /// Account endpoint, `https://account.documents.azure.com:443/`.
+    pub endpoint: String,
+    /// Account key; never printed.
+    pub key: Secret,
+    /// Database name.
+    pub database: String,
+    /// Container name.
+    pub container: String,
+    /// Partition key path, `/customerId` (nested: `/a/b`).
+    pub partition_key: String,
+    /// Document id template over the document's fields, `{order_id}` or `{region}-{id}`.
+    pub id: String,
+    /// Create the database and container (with `partition_key`) when they are missing.
+    pub create_if_missing: bool,
+    /// Requests in flight per consumer process.
+    pub max_concurrency: usize,
+    /// Requests started per second per consumer process; lowered while Cosmos throttles.
+    pub max_requests_per_second: f64,
+    /// Request units per second per consumer process, by the charge Cosmos reports; 0 is off.
+    pub max_ru_per_second: f64,
+    /// Retries of a throttled request inside the SDK (its `ThrottlingRetryOptions`).
+    pub throttle_retries: u32,
+    /// The most the SDK waits in all for one throttled request's retries.
+    pub throttle_max_wait: Duration,
+    /// A local emulator: accept its self-signed certificate (loopback only), HTTP/1.1, JSON.
+    pub emulator: bool,
 }
 
 /// A value that must never be printed: `Debug` shows `***`.

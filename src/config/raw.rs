@@ -10,8 +10,9 @@ use serde::de::DeserializeOwned;
 
 use super::validate;
 use super::{
-    FileFormat, JobConfig, JobSection, MssqlSinkConfig, Problems, QueueConfig, RedisConfig, Secret,
-    SinkConfig, SinkKind, SourceConfig, SourceKind, SqliteSinkConfig, WorkersConfig, WriteMode,
+    CosmosSinkConfig, FileFormat, JobConfig, JobSection, MssqlSinkConfig, Problems, QueueConfig,
+    RedisConfig, Secret, SinkConfig, SinkKind, SourceConfig, SourceKind, SqliteSinkConfig,
+    WorkersConfig, WriteMode,
 };
 use crate::mapping::Mapping;
 
@@ -84,6 +85,25 @@ struct RawMssql {
     batch_rows: Option<usize>,
     connect_timeout: Option<String>,
     pool_timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawCosmos {
+    endpoint: String,
+    key: String,
+    database: String,
+    container: String,
+    partition_key: String,
+    id: String,
+    #[serde(default)]
+    create_if_missing: bool,
+    max_concurrency: Option<usize>,
+    max_requests_per_second: Option<f64>,
+    max_ru_per_second: Option<f64>,
+    throttle_retries: Option<u32>,
+    throttle_max_wait: Option<String>,
+    #[serde(default)]
+    emulator: bool,
 }
 
 #[derive(Deserialize)]
@@ -363,11 +383,35 @@ fn read_sink(mut table: toml::Table, path: &str, problems: &mut Problems) -> Opt
                 ),
             })
         }),
+        "cosmos" => section::<RawCosmos>(rest, path, problems).map(|cosmos| {
+            SinkKind::Cosmos(CosmosSinkConfig {
+                endpoint: cosmos.endpoint,
+                key: Secret::new(cosmos.key),
+                database: cosmos.database,
+                container: cosmos.container,
+                partition_key: cosmos.partition_key,
+                id: cosmos.id,
+                create_if_missing: cosmos.create_if_missing,
+                max_concurrency: cosmos.max_concurrency.unwrap_or(16),
+                max_requests_per_second: cosmos.max_requests_per_second.unwrap_or(1000.0),
+                max_ru_per_second: cosmos.max_ru_per_second.unwrap_or(0.0),
+                throttle_retries: cosmos.throttle_retries.unwrap_or(9),
+                throttle_max_wait: duration(
+                    cosmos.throttle_max_wait,
+                    "30s",
+                    &join(path, "throttle_max_wait"),
+                    problems,
+                ),
+                emulator: cosmos.emulator,
+            })
+        }),
         "blackhole" => section::<RawBlackhole>(rest, path, problems).map(|_| SinkKind::Blackhole),
         other => {
             problems.push(
                 join(path, "kind"),
-                format!("unknown sink kind `{other}` (expected sqlite, mssql or blackhole)"),
+                format!(
+                    "unknown sink kind `{other}` (expected sqlite, mssql, cosmos or blackhole)"
+                ),
             );
             None
         }

@@ -3,7 +3,9 @@
 
 use std::collections::HashSet;
 
-use super::{JobConfig, MssqlSinkConfig, Problems, SinkKind, SourceKind, WriteMode};
+use super::{
+    CosmosSinkConfig, JobConfig, MssqlSinkConfig, Problems, SinkKind, SourceKind, WriteMode,
+};
 use crate::mapping::Mapping;
 
 /// Adds a problem for every rule `config` breaks.
@@ -75,6 +77,7 @@ pub(super) fn validate(config: &JobConfig, problems: &mut Problems) {
                 }
                 check_keys(mssql.mode, &mssql.key, &sink.map, &path, problems);
             }
+            SinkKind::Cosmos(cosmos) => check_cosmos(cosmos, &sink.map, &path, problems),
             SinkKind::Blackhole => {}
         }
     }
@@ -146,6 +149,74 @@ fn check_mssql(mssql: &MssqlSinkConfig, path: &str, problems: &mut Problems) {
         problems.push(
             format!("{path}.batch_rows"),
             "must be between 1 and 1000000",
+        );
+    }
+}
+
+/// Limits of the `cosmos` sink, an id template and key path that parse, and fields the
+/// mapping writes.
+fn check_cosmos(cosmos: &CosmosSinkConfig, map: &Mapping, path: &str, problems: &mut Problems) {
+    use crate::sink::cosmos::document::{IdTemplate, PartitionKeyPath};
+    if !(cosmos.endpoint.starts_with("https://") || cosmos.endpoint.starts_with("http://")) {
+        problems.push(
+            format!("{path}.endpoint"),
+            "must be an https:// URL, e.g. \"https://myaccount.documents.azure.com:443/\"",
+        );
+    }
+    if cosmos.key.expose().is_empty() {
+        problems.push(
+            format!("{path}.key"),
+            "is empty; write key = \"${COSMOS_KEY}\"",
+        );
+    }
+    for (field, value) in [
+        ("database", &cosmos.database),
+        ("container", &cosmos.container),
+    ] {
+        if value.is_empty() || value.contains(['/', '\\', '?', '#']) {
+            problems.push(
+                format!("{path}.{field}"),
+                "must be a non-empty name without / \\ ? #",
+            );
+        }
+    }
+    let mut fields = Vec::new();
+    match PartitionKeyPath::parse(&cosmos.partition_key) {
+        Ok(key) => fields.push(key.field().to_string()),
+        Err(error) => problems.push(format!("{path}.partition_key"), error),
+    }
+    match IdTemplate::parse(&cosmos.id) {
+        Ok(id) => fields.extend(id.fields().map(str::to_string)),
+        Err(error) => problems.push(format!("{path}.id"), error),
+    }
+    if !map.is_passthrough() {
+        for field in fields {
+            if !map.has_column(&field) {
+                problems.push(
+                    format!("{path}.map"),
+                    format!(
+                        "`{field}` is used by id or partition_key but not written by [sink.map]"
+                    ),
+                );
+            }
+        }
+    }
+    if !(1..=256).contains(&cosmos.max_concurrency) {
+        problems.push(
+            format!("{path}.max_concurrency"),
+            "must be between 1 and 256",
+        );
+    }
+    if !(cosmos.max_requests_per_second.is_finite() && cosmos.max_requests_per_second > 0.0) {
+        problems.push(
+            format!("{path}.max_requests_per_second"),
+            "must be a positive number",
+        );
+    }
+    if !(cosmos.max_ru_per_second.is_finite() && cosmos.max_ru_per_second >= 0.0) {
+        problems.push(
+            format!("{path}.max_ru_per_second"),
+            "must be 0 (off) or a positive number",
         );
     }
 }

@@ -7,6 +7,7 @@
 //! outcome without writing anything twice.
 
 mod blackhole;
+pub mod cosmos;
 pub mod mssql;
 mod sqlite;
 
@@ -19,6 +20,7 @@ use crate::config::{SinkConfig, SinkKind};
 use crate::mapping::Row;
 
 pub use blackhole::BlackholeSink;
+pub use cosmos::CosmosSink;
 pub use mssql::MssqlSink;
 pub use sqlite::SqliteSink;
 
@@ -117,6 +119,7 @@ pub fn from_config(config: &SinkConfig) -> Arc<dyn Sink> {
             mssql.clone(),
             config.map.clone(),
         )),
+        SinkKind::Cosmos(cosmos) => Arc::new(CosmosSink::new(&config.name, cosmos.clone())),
         SinkKind::Blackhole => Arc::new(BlackholeSink),
     }
 }

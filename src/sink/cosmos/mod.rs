@@ -1,0 +1,517 @@
+//! The `cosmos` sink: a unit's rows become documents with deterministic ids, upserted into an
+//! Azure Cosmos DB (NoSQL API) container, so every redelivery rewrites the same documents
+//! (exactly once in effect, with no ledger).
+//!
+//! - Documents are grouped by partition key value; a group of two or more goes as
+//!   transactional batches of upserts (at most 100 operations, under 2 MB), a lone document as
+//!   one upsert ([`document`]).
+//! - Requests per process are bounded by `max_concurrency` and paced by an [`AdaptiveRate`]
+//!   that starts at `max_requests_per_second`, halves when Cosmos DB throttles (429, seen in
+//!   the SDK's own retries too) and climbs back while it does not; `max_ru_per_second` adds a
+//!   budget of request units by the charge each response reports.
+//! - A document Cosmos DB refuses (400, 409, 413) fails alone and is dead-lettered with the
+//!   status and message; throttling, timeouts and unavailability (429, 408, 410, 449, 503) are
+//!   retried, then the unit is released for redelivery.
+
+pub mod document;
+mod errors;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use azure_data_cosmos::clients::ContainerClient;
+use azure_data_cosmos::models::{ContainerProperties, PartitionKeyValue};
+use azure_data_cosmos::options::{
+    BatchOptions, BinaryEncodingOptions, ConnectionPoolOptions, ItemWriteOptions, OperationOptions,
+    OperationOptionsBuilder, ServerCertificateValidation, ThrottlingRetryOptionsBuilder,
+};
+use azure_data_cosmos::{
+    AccountReference, CosmosClient, CosmosError, CosmosRuntime, PartitionKey, RoutingStrategy,
+    TransactionalBatch,
+};
+use futures::StreamExt;
+use tokio::sync::{OnceCell, Semaphore};
+
+use self::document::{Document, IdTemplate, KeyValue, PartitionKeyPath, Request, Shape};
+use self::errors::{Class, classify, describe};
+use super::{Batch, Failure, Sink, SinkError, WriteOutcome};
+use crate::config::CosmosSinkConfig;
+use crate::throttle::{AdaptiveRate, ChargeBudget};
+
+/// Attempts of one request before the unit is given back (each after the SDK's own retries).
+const REQUEST_ATTEMPTS: u32 = 6;
+
+/// The `cosmos` sink.
+pub struct CosmosSink {
+    name: String,
+    config: CosmosSinkConfig,
+    shape: Shape,
+    container: OnceCell<ContainerClient>,
+    in_flight: Semaphore,
+    rate: AdaptiveRate,
+    budget: Option<ChargeBudget>,
+}
+
+impl CosmosSink {
+    /// A sink for `config`; the id template and key path were validated with the config.
+    pub fn new(name: &str, config: CosmosSinkConfig) -> CosmosSink {
+        let shape = Shape {
+            id: IdTemplate::parse(&config.id).expect("validated id template"),
+            key: PartitionKeyPath::parse(&config.partition_key).expect("validated key path"),
+        };
+        CosmosSink {
+            name: name.to_string(),
+            in_flight: Semaphore::new(config.max_concurrency.max(1)),
+            rate: AdaptiveRate::new(config.max_requests_per_second),
+            budget: ChargeBudget::per_second(config.max_ru_per_second),
+            container: OnceCell::new(),
+            shape,
+            config,
+        }
+    }
+
+    /// The current request rate after throttling, and how many 429s were seen (for logs).
+    pub fn rate(&self) -> (f64, u64) {
+        (self.rate.current(), self.rate.throttles())
+    }
+
+    fn transient(&self, message: String) -> SinkError {
+        SinkError::Transient {
+            sink: self.name.clone(),
+            message: self.redact(message),
+        }
+    }
+
+    fn fatal(&self, message: String) -> SinkError {
+        SinkError::Fatal {
+            sink: self.name.clone(),
+            message: self.redact(message),
+        }
+    }
+
+    /// The account key never leaves the process, whatever an error message carries.
+    fn redact(&self, message: String) -> String {
+        let key = self.config.key.expose();
+        if key.is_empty() {
+            message
+        } else {
+            message.replace(key, "***")
+        }
+    }
+
+    fn where_to(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            self.config.endpoint.trim_end_matches('/'),
+            self.config.database,
+            self.config.container
+        )
+    }
+
+    fn operation_options(&self) -> OperationOptions {
+        let retries = ThrottlingRetryOptionsBuilder::new()
+            .with_max_retry_count(self.config.throttle_retries)
+            .with_max_retry_wait_time(self.config.throttle_max_wait)
+            .build();
+        OperationOptionsBuilder::new()
+            .with_throttling_retry_options(retries)
+            .build()
+    }
+
+    async fn client(&self) -> Result<CosmosClient, SinkError> {
+        let endpoint =
+            self.config.endpoint.parse().map_err(|error| {
+                self.fatal(format!("endpoint `{}`: {error}", self.config.endpoint))
+            })?;
+        let account = AccountReference::with_authentication_key(
+            endpoint,
+            self.config.key.expose().to_string(),
+        );
+        let mut builder =
+            CosmosClient::builder().with_default_operation_options(self.operation_options());
+        if self.config.emulator {
+            let pool = ConnectionPoolOptions::builder()
+                .with_server_certificate_validation(
+                    ServerCertificateValidation::RequiredUnlessEmulator,
+                )
+                .with_is_http2_allowed(false)
+                .build()
+                .map_err(|e| self.fatal(format!("emulator settings: {e}")))?;
+            let runtime = CosmosRuntime::builder()
+                .with_connection_pool(pool)
+                .build()
+                .await
+                .map_err(|e| self.fatal(format!("emulator settings: {e}")))?;
+            builder = builder
+                .with_runtime(runtime)
+                .with_binary_encoding_options(BinaryEncodingOptions::new().with_enabled(false));
+        }
+        builder
+            .build(account, RoutingStrategy::PreferredRegions(Vec::new()))
+            .await
+            .map_err(|e| self.connect_error(&e))
+    }
+
+    fn connect_error(&self, error: &CosmosError) -> SinkError {
+        let message = format!("connecting to {}: {}", self.where_to(), describe(error));
+        match classify(error) {
+            Class::Throttled | Class::Transient => self.transient(message),
+            Class::Document | Class::Fatal => self.fatal(message),
+        }
+    }
+
+    /// Opens the container (creating database and container first when asked to), and checks
+    /// its partition key path against the config.
+    async fn open(&self, create: bool) -> Result<(ContainerClient, String), SinkError> {
+        let client = self.client().await?;
+        if create {
+            self.create_missing(&client).await?;
+        }
+        let database = client.database_client(&self.config.database);
+        let container = database
+            .container_client(&self.config.container, None)
+            .await
+            .map_err(|e| self.connect_error(&e))?;
+        let properties: ContainerProperties = container
+            .read(None)
+            .await
+            .map_err(|e| self.connect_error(&e))?
+            .into_model()
+            .map_err(|e| self.fatal(format!("reading the container's properties: {e}")))?;
+        let paths: Vec<String> = properties
+            .partition_key
+            .paths()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        if paths != [self.shape.key.as_str()] {
+            return Err(self.fatal(format!(
+                "container {} is partitioned on {}, but partition_key is `{}`",
+                self.where_to(),
+                paths.join(", "),
+                self.shape.key.as_str()
+            )));
+        }
+        Ok((container, paths.join(", ")))
+    }
+
+    async fn create_missing(&self, client: &CosmosClient) -> Result<(), SinkError> {
+        if let Err(error) = client.create_database(&self.config.database, None).await
+            && !error.status().is_conflict()
+        {
+            return Err(self.connect_error(&error));
+        }
+        let properties = ContainerProperties::new(
+            self.config.container.clone(),
+            self.config.partition_key.clone().into(),
+        );
+        if let Err(error) = client
+            .database_client(&self.config.database)
+            .create_container(properties, None)
+            .await
+            && !error.status().is_conflict()
+        {
+            return Err(self.connect_error(&error));
+        }
+        Ok(())
+    }
+
+    async fn container(&self) -> Result<&ContainerClient, SinkError> {
+        self.container
+            .get_or_try_init(|| async { Ok(self.open(false).await?.0) })
+            .await
+    }
+
+    /// Sends one request until it is done: every document landed or failed alone. A request
+    /// that keeps failing transiently fails the unit (which is released and comes again).
+    async fn send(
+        &self,
+        container: &ContainerClient,
+        request: Request,
+    ) -> Result<Vec<Failure>, SinkError> {
+        let mut failures = Vec::new();
+        let mut pending = vec![request];
+        let mut attempt = 0;
+        while let Some(request) = pending.pop() {
+            let outcome = {
+                let _permit = self
+                    .in_flight
+                    .acquire()
+                    .await
+                    .map_err(|_| self.fatal("the sink is closing".into()))?;
+                self.rate.ready().await;
+                match &request {
+                    Request::Single(document) => self.upsert(container, document).await,
+                    Request::Batch(documents) => self.batch(container, documents).await,
+                }
+            };
+            match outcome {
+                Sent::Done => {}
+                Sent::Refused(failure) => failures.push(failure),
+                Sent::Partly { refused, again } => {
+                    failures.extend(refused);
+                    if !again.is_empty() {
+                        pending.extend(document::split(again));
+                    }
+                }
+                Sent::SplitUp => {
+                    let Request::Batch(documents) = request else {
+                        unreachable!("only batches are split up");
+                    };
+                    pending.extend(documents.into_iter().map(Request::Single));
+                }
+                Sent::Again { why, wait } => {
+                    attempt += 1;
+                    if attempt >= REQUEST_ATTEMPTS {
+                        return Err(self.transient(format!(
+                            "writing to {} failed {attempt} times: {why}",
+                            self.where_to()
+                        )));
+                    }
+                    tracing::debug!(%why, attempt, "retrying a Cosmos DB request");
+                    tokio::time::sleep(wait.unwrap_or(backoff(attempt))).await;
+                    pending.push(request);
+                }
+                Sent::Stop(error) => return Err(error),
+            }
+        }
+        Ok(failures)
+    }
+
+    async fn upsert(&self, container: &ContainerClient, document: &Document) -> Sent {
+        let options = ItemWriteOptions::default().with_operation_options(self.operation_options());
+        let result = container
+            .upsert_item(
+                partition_key(&document.key),
+                &document.id,
+                &document.body,
+                Some(options),
+            )
+            .await;
+        match result {
+            Ok(response) => {
+                let diagnostics = response.diagnostics();
+                self.observe(
+                    diagnostics
+                        .requests()
+                        .iter()
+                        .filter(|r| r.status().is_throttled())
+                        .count(),
+                    response.headers().request_charge().map(|c| f64::from(*c)),
+                )
+                .await;
+                Sent::Done
+            }
+            Err(error) => self.failed(&error, || Failure {
+                index: document.index,
+                reason: format!(
+                    "Cosmos DB refused document `{}`: {}",
+                    document.id,
+                    describe(&error)
+                ),
+            }),
+        }
+    }
+
+    async fn batch(&self, container: &ContainerClient, documents: &[Document]) -> Sent {
+        let mut batch = TransactionalBatch::new(partition_key(&documents[0].key));
+        for document in documents {
+            batch = match batch.upsert_item(&document.body, None) {
+                Ok(batch) => batch,
+                Err(error) => return Sent::Stop(self.fatal(format!("building a batch: {error}"))),
+            };
+        }
+        let options = BatchOptions::default().with_operation_options(self.operation_options());
+        let response = match container
+            .execute_transactional_batch(batch, Some(options))
+            .await
+        {
+            Ok(response) => response,
+            // A whole batch refused for a document's sake: find it by sending them one by one.
+            Err(error) if classify(&error) == Class::Document => return Sent::SplitUp,
+            Err(error) => return self.failed(&error, || unreachable!("handled above")),
+        };
+        let diagnostics = response.diagnostics();
+        let throttled = diagnostics
+            .requests()
+            .iter()
+            .filter(|r| r.status().is_throttled())
+            .count();
+        let charge = response.headers().request_charge().map(|c| f64::from(*c));
+        let results = match response.into_model() {
+            Ok(results) => results,
+            Err(error) => {
+                return Sent::Again {
+                    why: format!("unreadable batch response: {error}"),
+                    wait: None,
+                };
+            }
+        };
+        self.observe(throttled, charge).await;
+        let (mut refused, mut again, mut wait) = (Vec::new(), Vec::new(), None);
+        for (document, result) in documents.iter().zip(results.results()) {
+            match result.status_code() {
+                200..=299 => {}
+                // Not run because another operation failed: send it again.
+                424 => again.push(document.clone()),
+                400 | 409 | 413 => refused.push(Failure {
+                    index: document.index,
+                    reason: format!(
+                        "Cosmos DB refused document `{}`: status {}{}",
+                        document.id,
+                        result.status_code(),
+                        result
+                            .substatus_code()
+                            .map(|s| format!("/{s}"))
+                            .unwrap_or_default()
+                    ),
+                }),
+                status => {
+                    if status == 429 {
+                        self.rate.throttled(result.retry_after());
+                    }
+                    wait = wait.or(result.retry_after());
+                    again.push(document.clone());
+                }
+            }
+        }
+        if refused.is_empty() && !again.is_empty() {
+            return Sent::Again {
+                why: format!("a batch came back with {} operations to redo", again.len()),
+                wait,
+            };
+        }
+        if refused.is_empty() && again.is_empty() {
+            return Sent::Done;
+        }
+        Sent::Partly { refused, again }
+    }
+
+    /// Tells the pacing what a response saw: 429s the SDK retried, and its charge.
+    async fn observe(&self, throttled: usize, charge: Option<f64>) {
+        if throttled > 0 {
+            self.rate.throttled(None);
+        } else {
+            self.rate.succeeded();
+        }
+        if let (Some(budget), Some(charge)) = (&self.budget, charge) {
+            budget.spend(charge).await;
+        }
+    }
+
+    fn failed(&self, error: &CosmosError, refused: impl FnOnce() -> Failure) -> Sent {
+        match classify(error) {
+            Class::Document => Sent::Refused(refused()),
+            Class::Throttled => {
+                let wait = retry_after(error);
+                self.rate.throttled(wait);
+                Sent::Again {
+                    why: describe(error),
+                    wait,
+                }
+            }
+            Class::Transient => Sent::Again {
+                why: describe(error),
+                wait: None,
+            },
+            Class::Fatal => Sent::Stop(self.fatal(format!(
+                "writing to {}: {}",
+                self.where_to(),
+                describe(error)
+            ))),
+        }
+    }
+}
+
+/// What sending one request came to.
+enum Sent {
+    /// Every document landed.
+    Done,
+    /// The document was refused; it fails alone.
+    Refused(Failure),
+    /// Some documents were refused, others must go again.
+    Partly {
+        refused: Vec<Failure>,
+        again: Vec<Document>,
+    },
+    /// The whole batch was refused for a document's sake: send its documents one by one.
+    SplitUp,
+    /// Worth trying again, after `wait` if the server said.
+    Again { why: String, wait: Option<Duration> },
+    /// Nothing retrying fixes.
+    Stop(SinkError),
+}
+
+fn retry_after(error: &CosmosError) -> Option<Duration> {
+    error
+        .response()
+        .and_then(|response| response.headers().retry_after_ms)
+        .map(Duration::from_millis)
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100 * 2u64.pow(attempt.min(6)))
+}
+
+fn partition_key(value: &KeyValue) -> PartitionKey {
+    match value {
+        KeyValue::String(text) => PartitionKey::from(text.clone()),
+        KeyValue::Integer(n) => PartitionKey::from(*n),
+        KeyValue::Number(f) => PartitionKey::try_from(*f)
+            .unwrap_or_else(|_| PartitionKey::from(PartitionKeyValue::NULL)),
+        KeyValue::Bool(b) => PartitionKey::from(*b),
+        KeyValue::Null => PartitionKey::from(PartitionKeyValue::NULL),
+    }
+}
+
+#[async_trait]
+impl Sink for CosmosSink {
+    async fn check(&self) -> Result<String, SinkError> {
+        let (_, paths) = self.open(false).await?;
+        Ok(format!(
+            "container {} (partition key {paths}); documents get id `{}`",
+            self.where_to(),
+            self.config.id
+        ))
+    }
+
+    async fn prepare(&self) -> Result<(), SinkError> {
+        let (container, _) = self.open(self.config.create_if_missing).await?;
+        let _ = self.container.set(container);
+        Ok(())
+    }
+
+    async fn write(&self, batch: Arc<Batch>) -> Result<WriteOutcome, SinkError> {
+        let container = self.container().await?;
+        let (requests, mut failures) = self.shape.requests(&batch);
+        let rows = batch.rows.len() as u64;
+        let mut sends = futures::stream::iter(requests)
+            .map(|request| self.send(container, request))
+            .buffer_unordered(self.config.max_concurrency.max(1));
+        while let Some(result) = sends.next().await {
+            failures.extend(result?);
+        }
+        let refused_rows = failures.len() as u64;
+        failures.extend(batch.failures.iter().cloned());
+        failures.sort_by_key(|f| f.index);
+        Ok(WriteOutcome {
+            fresh: true,
+            written: rows - refused_rows,
+            failures,
+        })
+    }
+
+    fn concurrency(&self) -> usize {
+        (self.config.max_concurrency / 4).max(1)
+    }
+}
+
+impl std::fmt::Debug for CosmosSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CosmosSink")
+            .field("name", &self.name)
+            .field("container", &self.where_to())
+            .finish()
+    }
+}
