@@ -154,6 +154,8 @@ pub struct Job {
     pub dir: tempfile::TempDir,
     /// The config file.
     pub config: PathBuf,
+    /// Environment every `stevedore` command of the job gets (secrets for `${VAR}`).
+    env: Vec<(String, String)>,
 }
 
 impl Job {
@@ -166,7 +168,18 @@ impl Job {
             toml.replace("{dir}", &dir.path().display().to_string()),
         )
         .unwrap();
-        Job { dir, config }
+        Job {
+            dir,
+            config,
+            env: Vec::new(),
+        }
+    }
+
+    /// Sets an environment variable for every `stevedore` command of the job, the way users
+    /// pass secrets to `${VAR}` in the config.
+    pub fn with_env(mut self, name: &str, value: &str) -> Job {
+        self.env.push((name.to_string(), value.to_string()));
+        self
     }
 
     /// A path inside the job's directory.
@@ -188,7 +201,8 @@ impl Job {
             .arg(subcommand)
             .arg("--config")
             .arg(&self.config)
-            .current_dir(self.dir.path());
+            .current_dir(self.dir.path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         command
     }
 
@@ -285,6 +299,11 @@ pub struct RunResult {
 }
 
 impl RunResult {
+    /// The result of a command other than `run` (no summary).
+    pub fn from_output(output: Output) -> RunResult {
+        RunResult::new(output, Path::new("/nonexistent/summary.json"))
+    }
+
     fn new(output: Output, summary_path: &Path) -> RunResult {
         let summary = std::fs::read_to_string(summary_path)
             .ok()

@@ -172,8 +172,9 @@ impl PartitionKeyPath {
         &self.segments[0]
     }
 
-    /// The document's partition key value. A missing field fails: such a document would land
-    /// in the container's "undefined" partition, which is nearly always a mapping mistake.
+    /// The document's partition key value. A missing or null field fails: such a document
+    /// would land in the container's "undefined" or null partition, which is nearly always a
+    /// data or mapping mistake (and a mapped field that is missing becomes null).
     pub fn value_of(&self, document: &Map<String, Value>) -> Result<KeyValue, String> {
         let value = lookup(document, &self.segments);
         match value {
@@ -187,9 +188,8 @@ impl PartitionKeyPath {
                     .ok_or_else(|| format!("partition key `{}`: {n} is out of range", self.text)),
             },
             Some(Value::Bool(b)) => Ok(KeyValue::Bool(*b)),
-            Some(Value::Null) => Ok(KeyValue::Null),
             other => Err(format!(
-                "partition key `{}`: the document's field is {}, not a string, number, boolean or null",
+                "partition key `{}`: the document's field is {}, not a string, number or boolean",
                 self.text,
                 describe(other)
             )),
@@ -208,8 +208,6 @@ pub enum KeyValue {
     Number(f64),
     /// true or false.
     Bool(bool),
-    /// JSON null.
-    Null,
 }
 
 impl KeyValue {
@@ -220,7 +218,6 @@ impl KeyValue {
             KeyValue::Integer(n) => format!("n:{}", *n as f64),
             KeyValue::Number(f) => format!("n:{f}"),
             KeyValue::Bool(b) => format!("b:{b}"),
-            KeyValue::Null => "null".to_string(),
         }
     }
 }
@@ -425,6 +422,10 @@ mod tests {
             .value_of(json!({"address": {}}).as_object().unwrap())
             .unwrap_err();
         assert!(error.contains("missing"), "{error}");
+        let error = path
+            .value_of(json!({"address": {"country": null}}).as_object().unwrap())
+            .unwrap_err();
+        assert!(error.contains("null"), "{error}");
     }
 
     #[test]

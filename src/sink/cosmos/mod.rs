@@ -458,10 +458,10 @@ fn partition_key(value: &KeyValue) -> PartitionKey {
     match value {
         KeyValue::String(text) => PartitionKey::from(text.clone()),
         KeyValue::Integer(n) => PartitionKey::from(*n),
+        // Finite: checked when the document was built.
         KeyValue::Number(f) => PartitionKey::try_from(*f)
             .unwrap_or_else(|_| PartitionKey::from(PartitionKeyValue::NULL)),
         KeyValue::Bool(b) => PartitionKey::from(*b),
-        KeyValue::Null => PartitionKey::from(PartitionKeyValue::NULL),
     }
 }
 

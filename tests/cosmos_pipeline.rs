@@ -1,0 +1,302 @@
+//! `stevedore run` and `stevedore check` with a `cosmos` sink, through real worker processes
+//! and a real Redis, against the local Cosmos DB REST server (and a real account too when
+//! `STEVEDORE_COSMOS_ENDPOINT` and `STEVEDORE_COSMOS_KEY` are set). Documents are read back
+//! through the SDK.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use azure_data_cosmos::feed::FeedScope;
+use futures::TryStreamExt;
+use serde_json::{Value, json};
+use support::cosmos::CosmosTarget;
+use support::mssql::block_on;
+use support::{Job, TestRedis, kill, queue_bodies, wait_for_rows, worker_pid};
+
+const KEY_PATH: &str = "/customerId";
+
+/// A job reading `{dir}/data/*.jsonl` into the cosmos sink `documents` (and whatever `more`
+/// adds), with `sink_extra` settings.
+fn job(name: &str, redis: &TestRedis, target: &CosmosTarget, sink_extra: &str, more: &str) -> Job {
+    let emulator = target.server().is_some();
+    let job = Job::new(&format!(
+        r#"
+        [job]
+        name = "{name}"
+        data_dir = "{{dir}}/var"
+        [redis]
+        url = "redis://127.0.0.1:{port}"
+        [workers]
+        producers = 2
+        consumers = 2
+        [queue]
+        unit_records = 200
+        max_receives = 4
+        [[source]]
+        name = "orders"
+        kind = "files"
+        path = "{{dir}}/data/*.jsonl"
+        format = "jsonl"
+        [[sink]]
+        name = "documents"
+        kind = "cosmos"
+        endpoint = "{endpoint}"
+        key = "${{STEVEDORE_TEST_COSMOS_KEY}}"
+        database = "{database}"
+        container = "orders"
+        partition_key = "{KEY_PATH}"
+        id = "{{order_id}}"
+        create_if_missing = true
+        emulator = {emulator}
+        {sink_extra}
+        [sink.map]
+        order_id = "id"
+        customerId = "customer"
+        amount = "amount"
+        note = "note"
+        {more}
+        "#,
+        port = redis.port,
+        endpoint = target.endpoint(),
+        database = target.database(),
+    ));
+    job.with_env("STEVEDORE_TEST_COSMOS_KEY", target.key())
+}
+
+/// `stevedore check` (or another command without a summary) to the end.
+fn command(job: &Job, subcommand: &str) -> support::RunResult {
+    let output = job.command(subcommand).output().expect("stevedore runs");
+    support::RunResult::from_output(output)
+}
+
+fn order(id: u64) -> Value {
+    json!({"id": id, "customer": format!("c{}", id % 37), "amount": id * 3, "note": "ünïcode ✓"})
+}
+
+fn write_orders(job: &Job, files: u64, per_file: u64) {
+    for file in 0..files {
+        let lines: String = (1..=per_file)
+            .map(|n| format!("{}\n", order(file * per_file + n)))
+            .collect();
+        job.write(&format!("data/part-{file}.jsonl"), &lines);
+    }
+}
+
+/// Every document of the container, by id.
+fn documents(target: &CosmosTarget) -> BTreeMap<String, Value> {
+    block_on(async {
+        let client = target.client().await;
+        let container = client
+            .database_client(target.database())
+            .container_client("orders", None)
+            .await
+            .expect("the container exists");
+        let all: Vec<Value> = container
+            .query_items::<Value>("SELECT * FROM c", FeedScope::full_container(), None)
+            .await
+            .expect("query starts")
+            .try_collect()
+            .await
+            .expect("query pages");
+        all.into_iter()
+            .map(|d| (d["id"].as_str().expect("string ids").to_string(), d))
+            .collect()
+    })
+}
+
+/// What the container must hold for orders `ids`: each order's mapped fields, id as text.
+fn assert_holds(target: &CosmosTarget, ids: impl Iterator<Item = u64>) {
+    let held = documents(target);
+    let mut expected = 0;
+    for id in ids {
+        expected += 1;
+        let o = order(id);
+        let document = held
+            .get(&id.to_string())
+            .unwrap_or_else(|| panic!("{}: document {id} is missing", target.label()));
+        assert_eq!(document["customerId"], o["customer"], "{id}");
+        assert_eq!(document["amount"], o["amount"], "{id}");
+        assert_eq!(document["note"], o["note"], "{id}");
+        assert_eq!(document["order_id"], o["id"], "{id}");
+    }
+    assert_eq!(
+        held.len(),
+        expected,
+        "{}: no other documents",
+        target.label()
+    );
+}
+
+#[test]
+fn cosmos_pipeline_files_into_cosmos_and_sqlite_hold_exactly_the_input_despite_kill_9() {
+    for target in CosmosTarget::all("cosmos_pipeline_e2e") {
+        let redis = TestRedis::start();
+        let job = job(
+            "cosmose2e",
+            &redis,
+            &target,
+            "max_concurrency = 8",
+            r#"
+            [[sink]]
+            name = "local"
+            kind = "sqlite"
+            path = "{dir}/out.db"
+            table = "orders"
+            "#,
+        );
+        write_orders(&job, 4, 1500);
+        let run = job.spawn_run();
+        wait_for_rows(&job);
+        let pid = worker_pid(&redis, "cosmose2e", "consumer-1").expect("consumer-1 beats");
+        kill(pid, "KILL");
+        let result = job.finish(run);
+        result.expect_code(0);
+        assert_eq!(result.summary["records_read"], 6000);
+        assert_eq!(result.summary["sinks"]["documents"]["written"], 6000);
+        assert_eq!(result.summary["sinks"]["documents"]["dead_lettered"], 0);
+        assert_eq!(result.summary["sinks"]["local"]["written"], 6000);
+        assert_holds(&target, 1..=6000);
+        assert_eq!(job.sqlite_count("out.db", "orders"), 6000);
+        let consumer = support::summary_worker(&result.summary, "consumer", 1);
+        assert!(consumer["restarts"].as_u64().unwrap() >= 1, "{consumer}");
+    }
+}
+
+#[test]
+fn cosmos_pipeline_bad_documents_are_dead_lettered_and_the_rest_lands() {
+    for target in CosmosTarget::all("cosmos_pipeline_bad") {
+        let redis = TestRedis::start();
+        let job = job("cosmosbad", &redis, &target, "", "");
+        let mut lines: Vec<String> = (1..=300).map(|id| order(id).to_string()).collect();
+        // Line 11: an id that is not a string after templating (an object).
+        lines[10] = json!({"id": {"n": 11}, "customer": "c1", "amount": 1}).to_string();
+        // Line 101: over 2 MB.
+        lines[100] =
+            json!({"id": 101, "customer": "c2", "note": "x".repeat(2_200_000)}).to_string();
+        // Line 201: no partition key field.
+        lines[200] = json!({"id": 201, "amount": 5}).to_string();
+        job.write("data/one.jsonl", &(lines.join("\n") + "\n"));
+        let result = job.run();
+        result.expect_code(3);
+        assert_eq!(result.summary["sinks"]["documents"]["written"], 297);
+        assert_eq!(result.summary["sinks"]["documents"]["dead_lettered"], 3);
+        assert_holds(&target, (1..=300).filter(|id| ![11, 101, 201].contains(id)));
+        let dead = queue_bodies(&redis, "cosmosbad-documents-dlq");
+        let reasons: Vec<String> = dead
+            .iter()
+            .map(|d| d["dead_letter"]["reason"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(reasons.len(), 3, "{reasons:?}");
+        for (record_id, why) in [
+            (
+                json!({"n": 11}),
+                "id template `{order_id}`: field `order_id` is an object",
+            ),
+            (
+                json!(101),
+                "is 2200069 bytes, over Cosmos DB's limit of 2097152 bytes",
+            ),
+            (
+                json!(201),
+                "partition key `/customerId`: the document's field is null",
+            ),
+        ] {
+            let letter = dead
+                .iter()
+                .find(|d| d["record"]["id"] == record_id)
+                .unwrap_or_else(|| panic!("no dead letter for {record_id}: {reasons:?}"));
+            let reason = letter["dead_letter"]["reason"].as_str().unwrap();
+            assert!(reason.contains(why), "{reason}");
+        }
+    }
+}
+
+#[test]
+fn cosmos_pipeline_check_reports_the_partition_key_and_refuses_a_mismatch() {
+    for target in CosmosTarget::all("cosmos_pipeline_check") {
+        block_on(async {
+            let client = target.client().await;
+            target.create_container(&client, "orders", KEY_PATH).await;
+        });
+        let redis = TestRedis::start();
+        let good = job("cosmoscheck", &redis, &target, "", "");
+        write_orders(&good, 1, 10);
+        let checked = command(&good, "check");
+        checked.expect_code(0);
+        assert!(
+            checked.stdout.contains("partition key /customerId"),
+            "{}",
+            checked.stdout
+        );
+        let bad = job("cosmoscheck", &redis, &target, "", "");
+        let text = std::fs::read_to_string(bad.path("job.toml"))
+            .unwrap()
+            .replace(
+                "partition_key = \"/customerId\"",
+                "partition_key = \"/amount\"",
+            )
+            .replace(
+                "customerId = \"customer\"",
+                "customerId = \"customer\"\namount2 = \"amount\"",
+            );
+        std::fs::write(bad.path("job.toml"), text).unwrap();
+        write_orders(&bad, 1, 10);
+        for subcommand in ["check", "run"] {
+            let refused = command(&bad, subcommand);
+            refused.expect_code(2);
+            let all = format!("{}{}", refused.stdout, refused.stderr);
+            assert!(
+                all.contains("partitioned on /customerId, but partition_key is `/amount`"),
+                "{subcommand}: {all}"
+            );
+            assert!(!all.contains(target.key()), "the key never shows: {all}");
+        }
+    }
+}
+
+#[test]
+fn cosmos_pipeline_throttled_job_completes_with_every_document_once() {
+    let target = CosmosTarget::test_server("cosmos_pipeline_throttled");
+    println!(
+        "cosmos: throttling a share of requests needs the local server's switch; no real-account part"
+    );
+    let server = target.server().expect("the test server");
+    let redis = TestRedis::start();
+    let job = job(
+        "cosmosthrottle",
+        &redis,
+        &target,
+        "max_concurrency = 8\n        max_requests_per_second = 400\n        throttle_retries = 1",
+        "",
+    );
+    write_orders(&job, 4, 5000);
+    block_on(async {
+        let client = target.client().await;
+        target.create_container(&client, "orders", KEY_PATH).await;
+    });
+    server.throttle(0.3, 5);
+    let started = std::time::Instant::now();
+    let result = job.run();
+    let seconds = started.elapsed().as_secs_f64();
+    let counts = server.throttle_counts();
+    server.throttle(0.0, 0);
+    result.expect_code(0);
+    assert_eq!(result.summary["sinks"]["documents"]["written"], 20_000);
+    assert_eq!(result.summary["sinks"]["documents"]["dead_lettered"], 0);
+    assert!(counts.throttled > 0, "{counts:?}");
+    let share = counts.throttled as f64 / (counts.throttled + counts.served) as f64;
+    assert!(
+        (0.25..0.35).contains(&share),
+        "30% of requests throttled: {counts:?}"
+    );
+    assert_holds(&target, 1..=20_000);
+    println!(
+        "cosmos throttled job: {} requests served, {} throttled ({:.0}%), {:.0} requests/s achieved \
+         over {seconds:.1} s with 2 consumers configured at 400 requests/s each",
+        counts.served,
+        counts.throttled,
+        share * 100.0,
+        (counts.served + counts.throttled) as f64 / seconds
+    );
+}
