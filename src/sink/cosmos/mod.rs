@@ -71,11 +71,6 @@ impl CosmosSink {
         }
     }
 
-    /// The current request rate after throttling, and how many 429s were seen (for logs).
-    pub fn rate(&self) -> (f64, u64) {
-        (self.rate.current(), self.rate.throttles())
-    }
-
     fn transient(&self, message: String) -> SinkError {
         SinkError::Transient {
             sink: self.name.clone(),
@@ -291,13 +286,8 @@ impl CosmosSink {
             .await;
         match result {
             Ok(response) => {
-                let diagnostics = response.diagnostics();
                 self.observe(
-                    diagnostics
-                        .requests()
-                        .iter()
-                        .filter(|r| r.status().is_throttled())
-                        .count(),
+                    throttled_attempts(&response.diagnostics()),
                     response.headers().request_charge().map(|c| f64::from(*c)),
                 )
                 .await;
@@ -330,14 +320,9 @@ impl CosmosSink {
             Ok(response) => response,
             // A whole batch refused for a document's sake: find it by sending them one by one.
             Err(error) if classify(&error) == Class::Document => return Sent::SplitUp,
-            Err(error) => return self.failed(&error, || unreachable!("handled above")),
+            Err(error) => return self.failed(&error, || unreachable!("document errors split up")),
         };
-        let diagnostics = response.diagnostics();
-        let throttled = diagnostics
-            .requests()
-            .iter()
-            .filter(|r| r.status().is_throttled())
-            .count();
+        let throttled = throttled_attempts(&response.diagnostics());
         let charge = response.headers().request_charge().map(|c| f64::from(*c));
         let results = match response.into_model() {
             Ok(results) => results,
@@ -441,6 +426,15 @@ enum Sent {
     Again { why: String, wait: Option<Duration> },
     /// Nothing retrying fixes.
     Stop(SinkError),
+}
+
+/// How many of a response's attempts the server throttled (the SDK retried them itself).
+fn throttled_attempts(diagnostics: &azure_data_cosmos::diagnostics::DiagnosticsContext) -> usize {
+    diagnostics
+        .requests()
+        .iter()
+        .filter(|r| r.status().is_throttled())
+        .count()
 }
 
 fn retry_after(error: &CosmosError) -> Option<Duration> {
