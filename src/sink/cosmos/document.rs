@@ -5,9 +5,14 @@
 //! usable id, no partition key value, over 2 MB) fails alone with a reason, and the rest of the
 //! unit goes on.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::mapping::Row;
 use crate::sink::{Batch, Failure};
 
 /// Cosmos DB's limit on one document.
@@ -91,7 +96,7 @@ impl IdTemplate {
 
     /// The id of `document`: strings as they are, integers in decimal. Anything else (a
     /// missing field, null, a fraction, an object) is not an id.
-    pub fn render(&self, document: &Map<String, Value>) -> Result<String, String> {
+    pub fn render(&self, document: &impl Fields) -> Result<String, String> {
         let mut id = String::new();
         for part in &self.parts {
             match part {
@@ -175,7 +180,7 @@ impl PartitionKeyPath {
     /// The document's partition key value. A missing or null field fails: such a document
     /// would land in the container's "undefined" or null partition, which is nearly always a
     /// data or mapping mistake (and a mapped field that is missing becomes null).
-    pub fn value_of(&self, document: &Map<String, Value>) -> Result<KeyValue, String> {
+    pub fn value_of(&self, document: &impl Fields) -> Result<KeyValue, String> {
         let value = lookup(document, &self.segments);
         match value {
             Some(Value::String(text)) => Ok(KeyValue::String(text.clone())),
@@ -265,19 +270,22 @@ pub struct Shape {
 
 impl Shape {
     /// The document for one row: its fields, `id` set to the rendered template.
-    pub fn document(&self, index: usize, row: &crate::mapping::Row) -> Result<Document, String> {
-        let mut fields = row.to_object();
-        let id = self.id.render(&fields)?;
-        let key = self.key.value_of(&fields)?;
-        fields.insert("id".to_string(), Value::String(id.clone()));
-        let text = serde_json::to_string(&fields).map_err(|e| e.to_string())?;
-        if text.len() > MAX_DOCUMENT_BYTES {
+    pub fn document(&self, index: usize, row: &Row) -> Result<Document, String> {
+        let id = self.id.render(row)?;
+        // The document's `id` is the rendered one, whatever the row held.
+        let key = if self.key.as_str() == "/id" {
+            KeyValue::String(id.clone())
+        } else {
+            self.key.value_of(row)?
+        };
+        let body =
+            serde_json::value::to_raw_value(&WithId { row, id: &id }).map_err(|e| e.to_string())?;
+        if body.get().len() > MAX_DOCUMENT_BYTES {
             return Err(format!(
                 "document `{id}` is {} bytes, over Cosmos DB's limit of {MAX_DOCUMENT_BYTES} bytes",
-                text.len()
+                body.get().len()
             ));
         }
-        let body = RawValue::from_string(text).map_err(|e| e.to_string())?;
         Ok(Document {
             index,
             id,
@@ -291,20 +299,24 @@ impl Shape {
     /// same id and key replaces an earlier one, as its upsert would.
     pub fn requests(&self, batch: &Batch) -> (Vec<Request>, Vec<Failure>) {
         let mut failures = Vec::new();
-        let mut groups: Vec<(String, Vec<Document>)> = Vec::new();
-        let mut group_of: std::collections::HashMap<String, usize> = Default::default();
+        let mut groups: Vec<Vec<Document>> = Vec::new();
+        let mut group_of: HashMap<String, usize> = HashMap::new();
+        // (group, id) -> position in the group, so a later row for an id replaces the earlier.
+        let mut position_of: HashMap<(usize, String), usize> = HashMap::new();
         for (index, row) in &batch.rows {
             match self.document(*index, row) {
                 Ok(document) => {
-                    let group = document.key.group();
-                    let at = *group_of.entry(group.clone()).or_insert_with(|| {
-                        groups.push((group, Vec::new()));
+                    let group = *group_of.entry(document.key.group()).or_insert_with(|| {
+                        groups.push(Vec::new());
                         groups.len() - 1
                     });
-                    let documents = &mut groups[at].1;
-                    match documents.iter_mut().find(|d| d.id == document.id) {
-                        Some(earlier) => *earlier = document,
-                        None => documents.push(document),
+                    let documents = &mut groups[group];
+                    match position_of.entry((group, document.id.clone())) {
+                        Entry::Occupied(at) => documents[*at.get()] = document,
+                        Entry::Vacant(slot) => {
+                            slot.insert(documents.len());
+                            documents.push(document);
+                        }
                     }
                 }
                 Err(reason) => failures.push(Failure {
@@ -314,7 +326,7 @@ impl Shape {
             }
         }
         let mut requests = Vec::new();
-        for (_, documents) in groups {
+        for documents in groups {
             requests.extend(split(documents));
         }
         (requests, failures)
@@ -352,10 +364,54 @@ fn request(mut documents: Vec<Document>) -> Request {
     }
 }
 
-fn lookup<'a>(document: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
+fn lookup<'a>(document: &'a impl Fields, path: &[String]) -> Option<&'a Value> {
     let (first, rest) = path.split_first()?;
     rest.iter()
-        .try_fold(document.get(first)?, |value, key| value.get(key))
+        .try_fold(document.field(first)?, |value, key| value.get(key))
+}
+
+/// A document's top-level fields, wherever they are held: a mapped row, or a JSON object.
+pub trait Fields {
+    /// The field `name`, if the document has it.
+    fn field(&self, name: &str) -> Option<&Value>;
+}
+
+impl Fields for Map<String, Value> {
+    fn field(&self, name: &str) -> Option<&Value> {
+        self.get(name)
+    }
+}
+
+impl Fields for Row {
+    fn field(&self, name: &str) -> Option<&Value> {
+        self.get(name)
+    }
+}
+
+/// A row written as a document: its fields in order, with `id` set to the rendered id (in
+/// the row's `id` column's place, or last). Serialised straight from the row, so no
+/// intermediate object is built.
+struct WithId<'a> {
+    row: &'a Row,
+    id: &'a str,
+}
+
+impl Serialize for WithId<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let has_id = self.row.keys().any(|name| name == "id");
+        let mut map = serializer.serialize_map(Some(self.row.len() + usize::from(!has_id)))?;
+        for (name, value) in self.row.keys().zip(self.row.values()) {
+            if name == "id" {
+                map.serialize_entry("id", self.id)?;
+            } else {
+                map.serialize_entry(name, value)?;
+            }
+        }
+        if !has_id {
+            map.serialize_entry("id", self.id)?;
+        }
+        map.end()
+    }
 }
 
 fn describe(value: Option<&Value>) -> &'static str {
@@ -373,7 +429,6 @@ fn describe(value: Option<&Value>) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mapping::Row;
     use serde_json::json;
 
     fn row(value: Value) -> Row {
@@ -469,5 +524,42 @@ mod tests {
             .document(0, &row(json!({"id": 1, "customer": "c", "blob": big})))
             .unwrap_err();
         assert!(error.contains("over Cosmos DB's limit"), "{error}");
+    }
+
+    #[test]
+    fn cosmos_documents_carry_the_rendered_id_in_place() {
+        let orders = shape("order-{id}", "/customer");
+        let document = orders
+            .document(3, &row(json!({"id": 7, "customer": "c1", "total": 1.5})))
+            .unwrap();
+        assert_eq!(document.id, "order-7");
+        assert_eq!(document.key, KeyValue::String("c1".into()));
+        assert_eq!(
+            document.body.get(),
+            r#"{"id":"order-7","customer":"c1","total":1.5}"#,
+            "the row's id column holds the rendered id, fields keep their order"
+        );
+        let document = shape("{order}", "/customer")
+            .document(0, &row(json!({"order": "a", "customer": "c1"})))
+            .unwrap();
+        assert_eq!(
+            document.body.get(),
+            r#"{"order":"a","customer":"c1","id":"a"}"#,
+            "a row without an id column gets one, last"
+        );
+    }
+
+    #[test]
+    fn cosmos_documents_partitioned_on_id_take_the_rendered_id() {
+        // `/id` is a common partition key; the key must be the id the document is written
+        // with, not the row's own `id` field (or its absence).
+        let document = shape("order-{n}", "/id")
+            .document(0, &row(json!({"n": 7})))
+            .unwrap();
+        assert_eq!(document.key, KeyValue::String("order-7".into()));
+        let document = shape("{id}", "/id")
+            .document(0, &row(json!({"id": 7})))
+            .unwrap();
+        assert_eq!(document.key, KeyValue::String("7".into()));
     }
 }
