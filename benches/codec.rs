@@ -1,9 +1,11 @@
-//! Unit encode/decode and mapping: the per-record work on the producer and consumer hot paths.
+//! Unit encode/decode, mapping and the cosmos sink's document shaping: the per-record work on the producer and consumer hot paths.
 //! `cargo bench --bench codec`
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use stevedore::mapping::Mapping;
+use stevedore::sink::Batch;
+use stevedore::sink::cosmos::document::{IdTemplate, PartitionKeyPath, Shape};
 use stevedore::source::generated_record;
 use stevedore::unit::{DataUnit, record};
 
@@ -51,5 +53,38 @@ note = { from = "comment", default = "" }"#,
     group.finish();
 }
 
-criterion_group!(benches, codec);
+/// The cosmos sink's work on a mapped unit: ids, partition keys, document text, grouping.
+fn cosmos_documents(c: &mut Criterion) {
+    let table: toml::Table = toml::from_str(
+        r#"order_id = "id"
+customerId = "customer"
+total = "total"
+currency = "currency"
+comment = "comment""#,
+    )
+    .unwrap();
+    let mapping = Mapping::parse(&table, "map", &mut Default::default()).unwrap();
+    let shape = Shape {
+        id: IdTemplate::parse("order-{order_id}").unwrap(),
+        key: PartitionKeyPath::parse("/customerId").unwrap(),
+    };
+    let batch = Batch {
+        unit_id: "bench".into(),
+        rows: unit(500)
+            .records
+            .iter()
+            .enumerate()
+            .map(|(index, record)| (index, mapping.apply_raw(record).unwrap()))
+            .collect(),
+        failures: Vec::new(),
+    };
+    let mut group = c.benchmark_group("unit_500_records");
+    group.throughput(Throughput::Elements(500));
+    group.bench_function("cosmos_requests", |b| {
+        b.iter(|| black_box(shape.requests(black_box(&batch))))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, codec, cosmos_documents);
 criterion_main!(benches);

@@ -92,6 +92,11 @@ impl CosmosServer {
         }
     }
 
+    /// The server's process id (the benchmark pins it to a core of its own).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Its port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port
