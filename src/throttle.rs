@@ -106,6 +106,12 @@ impl AdaptiveRate {
         }
         if now.duration_since(state.changed) >= STEADY || state.rate >= self.ceiling {
             let rate = (state.rate / 2.0).max(self.floor);
+            tracing::info!(
+                from = state.rate,
+                to = rate,
+                throttles = state.throttles,
+                "throttled: lowering the request rate"
+            );
             state.rate = rate;
             state.limit = Arc::new(pace(rate));
             state.changed = now;
@@ -118,6 +124,9 @@ impl AdaptiveRate {
         let now = Instant::now();
         if state.rate < self.ceiling && now.duration_since(state.changed) >= STEADY {
             let rate = (state.rate + self.ceiling / 20.0).min(self.ceiling);
+            if rate == self.ceiling {
+                tracing::info!(rate, "request rate back at its ceiling");
+            }
             state.rate = rate;
             state.limit = Arc::new(pace(rate));
             state.changed = now;

@@ -263,23 +263,32 @@ impl CosmosTarget {
     /// otherwise). Each target gets a database name unique to `test` and this run.
     pub fn all(test: &str) -> Vec<CosmosTarget> {
         let mut targets = vec![CosmosTarget::test_server(test)];
+        targets.extend(CosmosTarget::real_account(test));
+        targets
+    }
+
+    /// The real account, if `STEVEDORE_COSMOS_ENDPOINT` and `STEVEDORE_COSMOS_KEY` name one
+    /// (printing that the real part of `test` was skipped otherwise).
+    pub fn real_account(test: &str) -> Option<CosmosTarget> {
         let real = |name| {
             std::env::var(name)
                 .ok()
                 .filter(|v: &String| !v.trim().is_empty())
         };
         match (real(REAL_ENDPOINT_ENV), real(REAL_KEY_ENV)) {
-            (Some(endpoint), Some(key)) => targets.push(CosmosTarget {
+            (Some(endpoint), Some(key)) => Some(CosmosTarget {
                 server: None,
                 endpoint,
                 key,
                 database: unique_database(test),
             }),
-            _ => println!(
-                "{test}: {REAL_ENDPOINT_ENV} and {REAL_KEY_ENV} are not both set; skipped the real Cosmos DB part (ran against the local test server only)"
-            ),
+            _ => {
+                println!(
+                    "{test}: {REAL_ENDPOINT_ENV} and {REAL_KEY_ENV} are not both set; skipped the real Cosmos DB part (ran against the local test server only)"
+                );
+                None
+            }
         }
-        targets
     }
 
     /// The local server alone, for switches only it has (throttling, size limit).
