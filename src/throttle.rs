@@ -106,12 +106,14 @@ impl AdaptiveRate {
         }
         if now.duration_since(state.changed) >= STEADY || state.rate >= self.ceiling {
             let rate = (state.rate / 2.0).max(self.floor);
-            tracing::info!(
-                from = state.rate,
-                to = rate,
-                throttles = state.throttles,
-                "throttled: lowering the request rate"
-            );
+            if rate < state.rate {
+                tracing::info!(
+                    from = state.rate,
+                    to = rate,
+                    throttles = state.throttles,
+                    "throttled: lowering the request rate"
+                );
+            }
             state.rate = rate;
             state.limit = Arc::new(pace(rate));
             state.changed = now;

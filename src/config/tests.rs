@@ -161,3 +161,63 @@ fn config_two_sqlite_sinks_may_not_share_a_table() {
         "{report}"
     );
 }
+
+fn cosmos_sink(settings: &str, map: &str) -> String {
+    format!(
+        r#"
+[job]
+name = "docs"
+[[source]]
+name = "gen"
+kind = "generator"
+count = 10
+[[sink]]
+name = "documents"
+kind = "cosmos"
+endpoint = "https://account.documents.azure.com:443/"
+key = "a2V5"
+database = "shop"
+container = "orders"
+{settings}
+[sink.map]
+{map}
+"#
+    )
+}
+
+#[test]
+fn config_cosmos_id_and_partition_key_fields_must_be_mapped() {
+    let config = parse(&cosmos_sink(
+        "partition_key = \"/customerId\"\nid = \"{order_id}\"",
+        "order_id = \"id\"\ncustomerId = \"customer\"",
+    ))
+    .expect("valid");
+    assert!(matches!(config.sinks[0].kind, SinkKind::Cosmos(_)));
+    let text = problems(&cosmos_sink(
+        "partition_key = \"/customerId\"\nid = \"{order_id}\"",
+        "order_id = \"id\"",
+    ));
+    assert!(
+        text.contains("sink[0] (documents).map")
+            && text.contains("`customerId` is used by id or partition_key"),
+        "{text}"
+    );
+}
+
+#[test]
+fn config_cosmos_partition_key_on_id_is_the_rendered_id() {
+    // `/id` needs no `id` column: every document gets the rendered id.
+    parse(&cosmos_sink(
+        "partition_key = \"/id\"\nid = \"order-{n}\"",
+        "n = \"id\"",
+    ))
+    .expect("`/id` is always there");
+    let text = problems(&cosmos_sink(
+        "partition_key = \"/id/x\"\nid = \"{n}\"",
+        "n = \"id\"",
+    ));
+    assert!(
+        text.contains("sink[0] (documents).partition_key") && text.contains("reads inside `id`"),
+        "{text}"
+    );
+}

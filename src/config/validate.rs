@@ -182,6 +182,15 @@ fn check_cosmos(cosmos: &CosmosSinkConfig, map: &Mapping, path: &str, problems: 
     }
     let mut fields = Vec::new();
     match PartitionKeyPath::parse(&cosmos.partition_key) {
+        // `/id` is the rendered id, which every document has.
+        Ok(key) if key.as_str() == "/id" => {}
+        Ok(key) if key.field() == "id" => problems.push(
+            format!("{path}.partition_key"),
+            format!(
+                "`{}` reads inside `id`, but a document's id is the rendered id text; use \"/id\" or another field",
+                key.as_str()
+            ),
+        ),
         Ok(key) => fields.push(key.field().to_string()),
         Err(error) => problems.push(format!("{path}.partition_key"), error),
     }

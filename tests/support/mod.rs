@@ -240,6 +240,27 @@ impl Job {
         )
     }
 
+    /// Every worker log of every run of the job (`<data_dir>/logs/<run>/<role>-<id>.log`, with
+    /// `data_dir = "{dir}/var"`), one after another.
+    pub fn worker_logs(&self) -> String {
+        let Ok(runs) = std::fs::read_dir(self.path("var/logs")) else {
+            return String::new();
+        };
+        let mut paths: Vec<PathBuf> = runs
+            .flatten()
+            .filter_map(|run| std::fs::read_dir(run.path()).ok())
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+            .collect();
+        paths.sort();
+        paths
+            .iter()
+            .filter_map(|path| std::fs::read_to_string(path).ok())
+            .collect()
+    }
+
     /// Rows of a SQLite table, each as `id -> row` in JSON, from the job's database.
     pub fn sqlite_rows(&self, database: &str, table: &str) -> Vec<Value> {
         let connection = rusqlite::Connection::open(self.path(database)).expect("database exists");

@@ -17,6 +17,7 @@ pub mod document;
 mod errors;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -31,6 +32,7 @@ use azure_data_cosmos::{
     TransactionalBatch,
 };
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::{OnceCell, Semaphore};
 
 use self::document::{Document, IdTemplate, KeyValue, PartitionKeyPath, Request, Shape};
@@ -49,6 +51,8 @@ pub struct CosmosSink {
     shape: Shape,
     container: OnceCell<ContainerClient>,
     in_flight: Semaphore,
+    /// Units being written right now.
+    writing: AtomicUsize,
     rate: AdaptiveRate,
     budget: Option<ChargeBudget>,
 }
@@ -63,6 +67,7 @@ impl CosmosSink {
         CosmosSink {
             name: name.to_string(),
             in_flight: Semaphore::new(config.max_concurrency.max(1)),
+            writing: AtomicUsize::new(0),
             rate: AdaptiveRate::new(config.max_requests_per_second),
             budget: ChargeBudget::per_second(config.max_ru_per_second),
             container: OnceCell::new(),
@@ -370,14 +375,13 @@ impl CosmosSink {
     }
 
     /// Requests one unit keeps in flight: its share of `max_concurrency` among the units the
-    /// process writes at once. More would only queue on the semaphore, and every permit handed
-    /// from one unit's request to another's costs a task wake-up on another thread, which on
-    /// two cores cost about a tenth of the throughput (`bench/cosmos.sh`).
+    /// process is writing right now (all of it when it writes one), rounded down so the shares
+    /// do not add up to more than the whole. More would only queue on the semaphore, and every permit handed from one unit's request to another's costs a
+    /// task wake-up on another thread: on two cores, a tenth of the throughput
+    /// (`bench/cosmos.sh`).
     fn requests_per_unit(&self) -> usize {
-        self.config
-            .max_concurrency
-            .max(1)
-            .div_ceil(self.concurrency())
+        let writing = self.writing.load(Ordering::Relaxed).max(1);
+        (self.config.max_concurrency / writing).max(1)
     }
 
     /// Tells the pacing what a response saw: 429s the SDK retried, and its charge.
@@ -435,6 +439,22 @@ enum Sent {
     Stop(SinkError),
 }
 
+/// Counts a unit as being written for as long as it lives.
+struct Writing<'a>(&'a AtomicUsize);
+
+impl<'a> Writing<'a> {
+    fn enter(count: &'a AtomicUsize) -> Writing<'a> {
+        count.fetch_add(1, Ordering::Relaxed);
+        Writing(count)
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// How many of a response's attempts the server throttled (the SDK retried them itself).
 fn throttled_attempts(diagnostics: &azure_data_cosmos::diagnostics::DiagnosticsContext) -> usize {
     diagnostics
@@ -487,11 +507,21 @@ impl Sink for CosmosSink {
         let container = self.container().await?;
         let (requests, mut failures) = self.shape.requests(&batch);
         let rows = batch.rows.len() as u64;
-        let mut sends = futures::stream::iter(requests)
-            .map(|request| self.send(container, request))
-            .buffer_unordered(self.requests_per_unit());
-        while let Some(result) = sends.next().await {
-            failures.extend(result?);
+        let _writing = Writing::enter(&self.writing);
+        let mut requests = requests.into_iter();
+        let mut sends = FuturesUnordered::new();
+        loop {
+            // Re-read at every completion: a unit widens when others finish.
+            while sends.len() < self.requests_per_unit() {
+                let Some(request) = requests.next() else {
+                    break;
+                };
+                sends.push(self.send(container, request));
+            }
+            match sends.next().await {
+                Some(result) => failures.extend(result?),
+                None => break,
+            }
         }
         let refused_rows = failures.len() as u64;
         failures.extend(batch.failures.iter().cloned());
