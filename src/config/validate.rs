@@ -182,8 +182,7 @@ fn check_cosmos(cosmos: &CosmosSinkConfig, map: &Mapping, path: &str, problems: 
     }
     let mut fields = Vec::new();
     match PartitionKeyPath::parse(&cosmos.partition_key) {
-        // `/id` is the rendered id, which every document has.
-        Ok(key) if key.as_str() == "/id" => {}
+        Ok(key) if key.is_document_id() => {}
         Ok(key) if key.field() == "id" => problems.push(
             format!("{path}.partition_key"),
             format!(

@@ -172,6 +172,12 @@ impl PartitionKeyPath {
         &self.text
     }
 
+    /// True for `/id`: the partition key is then the document's rendered id, which every
+    /// document has, whatever its row holds.
+    pub fn is_document_id(&self) -> bool {
+        self.segments == ["id"]
+    }
+
     /// The top-level field the path reads.
     pub fn field(&self) -> &str {
         &self.segments[0]
@@ -272,8 +278,7 @@ impl Shape {
     /// The document for one row: its fields, `id` set to the rendered template.
     pub fn document(&self, index: usize, row: &Row) -> Result<Document, String> {
         let id = self.id.render(row)?;
-        // The document's `id` is the rendered one, whatever the row held.
-        let key = if self.key.as_str() == "/id" {
+        let key = if self.key.is_document_id() {
             KeyValue::String(id.clone())
         } else {
             self.key.value_of(row)?

@@ -376,9 +376,9 @@ impl CosmosSink {
 
     /// Requests one unit keeps in flight: its share of `max_concurrency` among the units the
     /// process is writing right now (all of it when it writes one), rounded down so the shares
-    /// do not add up to more than the whole. More would only queue on the semaphore, and every permit handed from one unit's request to another's costs a
-    /// task wake-up on another thread: on two cores, a tenth of the throughput
-    /// (`bench/cosmos.sh`).
+    /// do not add up to more than the whole. More would only queue on the semaphore, and every
+    /// permit handed from one unit's request to another's costs a task wake-up on another
+    /// thread: on two shared cores, about a tenth of the throughput (`bench/cosmos.sh`).
     fn requests_per_unit(&self) -> usize {
         let writing = self.writing.load(Ordering::Relaxed).max(1);
         (self.config.max_concurrency / writing).max(1)
