@@ -29,6 +29,8 @@
 //! (documents per unit, default 1000), `BENCH_CONCURRENCY` (default 16, the sink's default
 //! `max_concurrency`), `BENCH_ROUNDS` (default 5), `BENCH_SHAPES` (default `spread,grouped`).
 
+mod common;
+
 #[allow(dead_code)]
 #[path = "../tests/support/cosmos.rs"]
 mod cosmos;
@@ -55,19 +57,12 @@ use std::time::Instant;
 
 use azure_data_cosmos::clients::ContainerClient;
 use azure_data_cosmos::models::ContainerProperties;
+use common::{consumer_path, encode_units, median, setting};
 use cosmos::CosmosServer;
 use serde_json::Value;
 use stevedore::config::{JobConfig, SinkConfig};
-use stevedore::sink::{self, Sink};
+use stevedore::sink;
 use stevedore::source::generated_record;
-use stevedore::unit::DataUnit;
-
-fn setting(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// How documents fall into partitions.
 #[derive(Clone, Copy, Debug)]
@@ -230,63 +225,6 @@ async fn bare(
     started.elapsed().as_secs_f64()
 }
 
-async fn stevedore(sink: Arc<dyn Sink>, config: Arc<SinkConfig>, units: &[Vec<u8>]) -> f64 {
-    let written = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut running = tokio::task::JoinSet::new();
-    for bytes in units {
-        let bytes = bytes.clone();
-        if running.len() >= sink.concurrency() {
-            running
-                .join_next()
-                .await
-                .expect("running")
-                .expect("no panic");
-        }
-        let (sink, config, written) = (sink.clone(), config.clone(), written.clone());
-        running.spawn(async move {
-            let unit = DataUnit::decode(&bytes).expect("decodes");
-            let batch = stevedore::worker::map_unit(&config, &unit);
-            let outcome = sink.write(Arc::new(batch)).await.expect("writes");
-            assert!(outcome.failures.is_empty(), "{:?}", outcome.failures);
-            written.fetch_add(outcome.written as usize, Ordering::Relaxed);
-        });
-    }
-    while let Some(done) = running.join_next().await {
-        done.expect("no panic");
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let expected: usize = units
-        .iter()
-        .map(|bytes| DataUnit::decode(bytes).expect("decodes").records.len())
-        .sum();
-    assert_eq!(
-        written.load(Ordering::Relaxed),
-        expected,
-        "documents written"
-    );
-    elapsed
-}
-
-fn encode_units(records: &[Value], unit: usize, label: &str) -> Vec<Vec<u8>> {
-    records
-        .chunks(unit)
-        .enumerate()
-        .map(|(n, chunk)| {
-            DataUnit {
-                id: format!("bench/{label}/gen/{n}.0"),
-                source: "gen".into(),
-                origin: "generator".into(),
-                first_line: (n * unit + 1) as u64,
-                last_line: ((n + 1) * unit) as u64,
-                records: chunk.iter().map(stevedore::unit::record).collect(),
-                rejects: Vec::new(),
-            }
-            .encode(16 * 1024)
-        })
-        .collect()
-}
-
 /// CPU time this process has used so far (user and system), in seconds: what the client side
 /// costs, apart from the server's share of the machine.
 fn cpu_seconds() -> f64 {
@@ -326,11 +264,6 @@ fn pin_apart(server: &CosmosServer) {
     }
     assert_eq!(set(0, &mut (1..cpus)), 0, "pinning the client");
     println!("server pinned to CPU 0, client to CPUs 1..{}", cpus - 1);
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 fn main() {
@@ -382,7 +315,7 @@ fn main() {
                 let sink = sink::from_config(&config);
                 runtime.block_on(sink.prepare()).expect("prepare");
                 let cpu = cpu_seconds();
-                let elapsed = runtime.block_on(stevedore(sink, config, &units));
+                let elapsed = runtime.block_on(consumer_path(sink, config, &units));
                 let cpu = cpu_seconds() - cpu;
                 runtime.block_on(finish(&container, &documents));
                 (elapsed, cpu)

@@ -13,6 +13,8 @@
 //! Settings (environment): `BENCH_ROWS` (default 200000), `BENCH_UNIT` (rows per unit and per
 //! bare chunk, default 1000), `BENCH_CONCURRENCY` (default 4, the sink's default `max_concurrency`), `BENCH_ROUNDS` (default 5).
 
+mod common;
+
 #[allow(dead_code)]
 #[path = "../tests/support/tds/mod.rs"]
 mod tds;
@@ -23,17 +25,12 @@ use std::time::Instant;
 
 use serde_json::Value;
 use stevedore::config::JobConfig;
-use stevedore::sink::{self, Sink};
+use stevedore::sink;
 use stevedore::source::generated_record;
 use stevedore::unit::DataUnit;
 use tiberius::{IntoSql, TokenRow};
 
-fn setting(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use common::{consumer_path, encode_units, median, setting};
 
 const COLUMNS: [&str; 5] = ["id", "customer", "total", "currency", "comment"];
 
@@ -116,37 +113,6 @@ async fn bare(connection: &str, table: &str, chunks: &[Vec<TokenRow<'static>>]) 
     started.elapsed().as_secs_f64()
 }
 
-async fn stevedore(
-    sink: Arc<dyn Sink>,
-    config: Arc<stevedore::config::SinkConfig>,
-    units: &[Vec<u8>],
-    concurrency: usize,
-) -> f64 {
-    let started = Instant::now();
-    let mut running = tokio::task::JoinSet::new();
-    for bytes in units {
-        let bytes = bytes.clone();
-        if running.len() >= concurrency {
-            running
-                .join_next()
-                .await
-                .expect("running")
-                .expect("no panic");
-        }
-        let (sink, config) = (sink.clone(), config.clone());
-        running.spawn(async move {
-            let unit = DataUnit::decode(&bytes).expect("decodes");
-            let batch = stevedore::worker::map_unit(&config, &unit);
-            let outcome = sink.write(Arc::new(batch)).await.expect("writes");
-            assert!(outcome.failures.is_empty(), "{:?}", outcome.failures);
-        });
-    }
-    while let Some(done) = running.join_next().await {
-        done.expect("no panic");
-    }
-    started.elapsed().as_secs_f64()
-}
-
 fn main() {
     let rows = setting("BENCH_ROWS", 200_000);
     let unit = setting("BENCH_UNIT", 1000);
@@ -170,22 +136,7 @@ fn main() {
     );
     let (mut bare_rates, mut piped_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
-        let units: Vec<Vec<u8>> = records
-            .chunks(unit)
-            .enumerate()
-            .map(|(n, chunk)| {
-                DataUnit {
-                    id: format!("bench/r{round}/gen/{n}.0"),
-                    source: "gen".into(),
-                    origin: "generator".into(),
-                    first_line: (n * unit + 1) as u64,
-                    last_line: ((n + 1) * unit) as u64,
-                    records: chunk.iter().map(stevedore::unit::record).collect(),
-                    rejects: Vec::new(),
-                }
-                .encode(16 * 1024)
-            })
-            .collect();
+        let units = encode_units(&records, unit, &format!("r{round}"));
         let (bare_table, piped_table) = (format!("bare_{round}"), format!("piped_{round}"));
         runtime.block_on(execute(&connection, &create_table(&bare_table)));
         runtime.block_on(execute(&connection, &create_table(&piped_table)));
@@ -202,10 +153,10 @@ fn main() {
             let bare_s = runtime.block_on(bare(&connection, &bare_table, &chunks));
             (
                 bare_s,
-                runtime.block_on(stevedore(sink, config, &units, concurrency)),
+                runtime.block_on(consumer_path(sink, config, &units)),
             )
         } else {
-            let piped_s = runtime.block_on(stevedore(sink, config, &units, concurrency));
+            let piped_s = runtime.block_on(consumer_path(sink, config, &units));
             (
                 runtime.block_on(bare(&connection, &bare_table, &chunks)),
                 piped_s,
@@ -221,10 +172,6 @@ fn main() {
         piped_rates.push(piped_rate);
         ratios.push(piped_rate / bare_rate);
     }
-    let median = |rates: &mut Vec<f64>| {
-        rates.sort_by(f64::total_cmp);
-        rates[rates.len() / 2]
-    };
     let (bare_median, piped_median) = (median(&mut bare_rates), median(&mut piped_rates));
     println!(
         "median: bare {bare_median:.0} rows/s, stevedore {piped_median:.0} rows/s, \
