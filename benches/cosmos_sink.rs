@@ -1,5 +1,5 @@
 //! The `cosmos` sink's consumer path against a bare `azure_data_cosmos` upsert loop, in one run
-//! against the same local Cosmos DB REST server (tests/support/cosmos). `bench/cosmos.sh` runs
+//! against the same local Cosmos DB REST server (testkit/cosmos). `bench/cosmos.sh` runs
 //! it.
 //!
 //! - bare: documents already built as JSON values (not timed), then `BENCH_CONCURRENCY` tasks
@@ -31,25 +31,6 @@
 
 mod common;
 
-#[allow(dead_code)]
-#[path = "../tests/support/cosmos.rs"]
-mod cosmos;
-
-/// How long `cosmos` waits for the server to start.
-const PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
-
-/// What `cosmos` needs of the test support's `mssql` module.
-#[allow(dead_code)]
-mod mssql {
-    pub fn block_on<T>(future: impl Future<Output = T>) -> T {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(future)
-    }
-}
-
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -58,11 +39,11 @@ use std::time::Instant;
 use azure_data_cosmos::clients::ContainerClient;
 use azure_data_cosmos::models::ContainerProperties;
 use common::{consumer_path, encode_units, median, setting};
-use cosmos::CosmosServer;
 use serde_json::Value;
 use stevedore::config::{JobConfig, SinkConfig};
 use stevedore::sink;
 use stevedore::source::generated_record;
+use testkit::cosmos::CosmosServer;
 
 /// How documents fall into partitions.
 #[derive(Clone, Copy, Debug)]

@@ -1,5 +1,5 @@
 //! The `mssql` sink's consumer path against a bare tiberius bulk-insert loop, in one run
-//! against the same TDS test server (tests/support/tds). `bench/mssql.sh` runs it.
+//! against the same TDS test server (testkit/src/tds). `bench/mssql.sh` runs it.
 //!
 //! - bare: rows already converted to tiberius values (not timed), then per chunk
 //!   `bulk_insert` + `send` + `finalize` on one connection: the most a client can do.
@@ -15,10 +15,6 @@
 
 mod common;
 
-#[allow(dead_code)]
-#[path = "../tests/support/tds/mod.rs"]
-mod tds;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,6 +24,7 @@ use stevedore::config::JobConfig;
 use stevedore::sink;
 use stevedore::source::generated_record;
 use stevedore::unit::DataUnit;
+use testkit::tds;
 use tiberius::{IntoSql, TokenRow};
 
 use common::{consumer_path, encode_units, median, setting};

@@ -2,7 +2,7 @@
 # Installs what stevedore's demo and tests need on Debian/Ubuntu, if it is missing:
 # redis-server (the queue; tests start their own throwaway servers), FreeTDS's tsql and
 # freebcp (package freetds-bin), which check the SQL Server tests' TDS test server independently,
-# and node and npm, which run the Cosmos DB tests' test server (tests/support/cosmos; the tests
+# and node and npm, which run the Cosmos DB tests' test server (testkit/cosmos; the tests
 # run `npm ci` there themselves, once, the first time they need it).
 set -euo pipefail
 

@@ -1,9 +1,7 @@
 //! Bad configs stop `stevedore run` before any worker starts; `stevedore check` reaches
 //! Redis and every sink.
 
-mod support;
-
-use support::{Job, TestRedis};
+use testkit::{Job, TestRedis};
 
 const GOOD: &str = r#"
 [job]
@@ -121,7 +119,7 @@ fn config_check_connects_to_redis_and_sinks() {
 
     let unreachable = Job::new(&GOOD.replace(
         "REDIS_URL",
-        &format!("redis://127.0.0.1:{}/0", support::free_port()),
+        &format!("redis://127.0.0.1:{}/0", testkit::free_port()),
     ));
     let output = unreachable.command("check").output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -3,8 +3,6 @@
 //! `STEVEDORE_COSMOS_ENDPOINT` and `STEVEDORE_COSMOS_KEY` are set). Documents are read back
 //! through the SDK.
 
-mod support;
-
 use std::collections::BTreeMap;
 
 use azure_data_cosmos::feed::FeedScope;
@@ -12,9 +10,9 @@ use azure_data_cosmos::models::{ContainerProperties, ThroughputProperties};
 use azure_data_cosmos::options::CreateContainerOptions;
 use futures::TryStreamExt;
 use serde_json::{Value, json};
-use support::cosmos::CosmosTarget;
-use support::mssql::block_on;
-use support::{Job, TestRedis, kill, queue_bodies, wait_for_rows, worker_pid};
+use testkit::block_on;
+use testkit::cosmos::CosmosTarget;
+use testkit::{Job, TestRedis, kill, queue_bodies, wait_for_rows, worker_pid};
 
 const KEY_PATH: &str = "/customerId";
 
@@ -67,9 +65,9 @@ fn job(name: &str, redis: &TestRedis, target: &CosmosTarget, sink_extra: &str, m
 }
 
 /// `stevedore check` (or another command without a summary) to the end.
-fn command(job: &Job, subcommand: &str) -> support::RunResult {
+fn command(job: &Job, subcommand: &str) -> testkit::RunResult {
     let output = job.command(subcommand).output().expect("stevedore runs");
-    support::RunResult::from_output(output)
+    testkit::RunResult::from_output(output)
 }
 
 fn order(id: u64) -> Value {
@@ -160,7 +158,7 @@ fn cosmos_pipeline_files_into_cosmos_and_sqlite_hold_exactly_the_input_despite_k
         assert_eq!(result.summary["sinks"]["local"]["written"], 6000);
         assert_holds(&target, 1..=6000);
         assert_eq!(job.sqlite_count("out.db", "orders"), 6000);
-        let consumer = support::summary_worker(&result.summary, "consumer", 1);
+        let consumer = testkit::summary_worker(&result.summary, "consumer", 1);
         assert!(consumer["restarts"].as_u64().unwrap() >= 1, "{consumer}");
     }
 }

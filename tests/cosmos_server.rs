@@ -1,9 +1,7 @@
 //! Smoke tests of the Cosmos DB test support: the Azure SDK (`azure_data_cosmos`) against our
-//! local Cosmos REST server (`tests/support/cosmos`), and against a real account as well when
+//! local Cosmos REST server (`testkit/cosmos`), and against a real account as well when
 //! `STEVEDORE_COSMOS_ENDPOINT` and `STEVEDORE_COSMOS_KEY` are set. They prove the server and
 //! the SDK settings the sink will use work together; they do not test stevedore code.
-
-mod support;
 
 use std::sync::Arc;
 
@@ -21,8 +19,8 @@ use azure_data_cosmos::{PartitionKey, Query, TransactionalBatch};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 
-use support::cosmos::{CosmosTarget, ThrottleCounts};
-use support::mssql::block_on;
+use testkit::block_on;
+use testkit::cosmos::{CosmosTarget, ThrottleCounts};
 
 /// Partition key path of every test container.
 const PARTITION_KEY_PATH: &str = "/customerId";

@@ -1,8 +1,6 @@
 //! The `cosmos` sink driven directly (no queue, no worker processes) against the local Cosmos DB
 //! REST server, for what the pipeline tests cannot see: how many requests a setting makes.
 
-mod support;
-
 use std::path::Path;
 use std::sync::Arc;
 
@@ -10,8 +8,8 @@ use serde_json::json;
 use stevedore::config::JobConfig;
 use stevedore::mapping::Row;
 use stevedore::sink::{self, Batch, SinkError};
-use support::cosmos::CosmosTarget;
-use support::mssql::block_on;
+use testkit::block_on;
+use testkit::cosmos::CosmosTarget;
 
 fn sink_config(target: &CosmosTarget, settings: &str) -> stevedore::config::SinkConfig {
     let text = format!(

@@ -2,13 +2,11 @@
 //! and a real Redis, against the TDS test server (a protocol contract test double, not SQL
 //! Server) and against a real SQL Server too when `STEVEDORE_MSSQL_URL` is set.
 
-mod support;
-
 use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
-use support::mssql::MssqlTarget;
-use support::{Job, TestRedis, queue_bodies};
+use testkit::mssql::MssqlTarget;
+use testkit::{Job, TestRedis, queue_bodies};
 
 /// A job reading `{dir}/data/*.jsonl` into the mssql sink `warehouse` (and whatever `more`
 /// adds), with `sink_extra` settings and the standard orders mapping.

@@ -2,8 +2,6 @@
 //! server (a protocol contract test double, not SQL Server), and against a real SQL Server
 //! too when `STEVEDORE_MSSQL_URL` is set.
 
-mod support;
-
 use std::path::Path;
 use std::sync::Arc;
 
@@ -11,7 +9,8 @@ use serde_json::{Value, json};
 use stevedore::config::JobConfig;
 use stevedore::mapping::Row;
 use stevedore::sink::{self, Batch, Sink};
-use support::mssql::{MssqlTarget, block_on};
+use testkit::block_on;
+use testkit::mssql::MssqlTarget;
 
 /// An `mssql` sink for `table` on `target`, with `extra` settings and `map` lines.
 fn sink_for(target: &MssqlTarget, table: &str, extra: &str, map: &str) -> Arc<dyn Sink> {

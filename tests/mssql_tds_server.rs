@@ -1,9 +1,7 @@
-//! Protocol contract tests for the test-only TDS server in `tests/support/tds`: the real
+//! Protocol contract tests for the test-only TDS server in `testkit/src/tds`: the real
 //! tiberius client and FreeTDS (`tsql`, `freebcp`) against it. They prove the server speaks
 //! the protocol the sink relies on (handshake, batches, RPC, bulk load, transactions, error
 //! tokens, faults), not SQL Server semantics.
-
-mod support;
 
 use std::time::Duration;
 
@@ -11,7 +9,7 @@ use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime};
 use tiberius::numeric::Numeric;
 use tiberius::{IntoSql, ToSql, TokenRow, Uuid};
 
-use support::tds::{TdsServer, connect};
+use testkit::tds::{TdsServer, connect};
 
 type Client = tiberius::Client<tokio_util::compat::Compat<tokio::net::TcpStream>>;
 

@@ -1,14 +1,12 @@
 //! The queue layer and the run state against a real Redis, without worker processes.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use stevedore::queue::{Delivery, Queues, RedisLink, SinkQueues};
 use stevedore::run_state::{Planned, RunState, WorkItem};
-use support::TestRedis;
+use testkit::TestRedis;
 
 /// Receives at most one unit, through the batched receive the consumers use.
 async fn receive_one(queues: &Queues, units: &str, visibility: Duration) -> Option<Delivery> {

@@ -1,10 +1,8 @@
 //! The queue survives a managed Redis being killed and restarted mid-run.
 
-mod support;
-
 use std::collections::BTreeSet;
 
-use support::{Job, kill, wait_for_rows};
+use testkit::{Job, kill, wait_for_rows};
 
 #[test]
 fn queue_managed_redis_killed_mid_run_is_restarted_and_every_record_lands_once() {

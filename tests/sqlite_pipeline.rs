@@ -1,11 +1,9 @@
 //! End-to-end runs into SQLite through real worker processes and a real Redis.
 
-mod support;
-
 use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
-use support::{Job, TestRedis, queue_bodies};
+use testkit::{Job, TestRedis, queue_bodies};
 
 /// Rows as canonical JSON strings, with NULL columns dropped (absent fields read back as NULL).
 fn canonical(rows: &[Value]) -> BTreeSet<String> {

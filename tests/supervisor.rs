@@ -1,10 +1,8 @@
 //! Supervision: killed workers are restarted, signals stop a run resumably, crash loops fail.
 
-mod support;
-
 use std::collections::BTreeSet;
 
-use support::{Job, TestRedis, kill, summary_worker, wait_for_rows, worker_pid};
+use testkit::{Job, TestRedis, kill, summary_worker, wait_for_rows, worker_pid};
 
 fn generator_job(redis: &TestRedis, job_name: &str, count: u64, extra: &str) -> Job {
     Job::new(&format!(

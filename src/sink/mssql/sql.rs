@@ -1,5 +1,5 @@
 //! Every statement the `mssql` sink sends, in one place. They are plain T-SQL that SQL Server
-//! and Azure SQL run unchanged, and that the TDS test server (tests/support/tds) translates;
+//! and Azure SQL run unchanged, and that the TDS test server (testkit/src/tds) translates;
 //! a statement added here needs a rule there.
 //!
 //! Identifiers come from the validated config (letters, digits, `_`), and are bracketed

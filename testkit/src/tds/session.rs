@@ -71,7 +71,6 @@ struct ColumnInfo {
     ty: Option<SqlType>,
     nullable: bool,
     has_default: bool,
-    pk: i64,
     identity: bool,
 }
 
@@ -1140,7 +1139,6 @@ impl Session {
                 ty: SqlType::parse(&decl),
                 nullable: !notnull && pk == 0,
                 has_default,
-                pk,
                 name,
             })
             .collect())

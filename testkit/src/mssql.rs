@@ -3,13 +3,12 @@
 //! `STEVEDORE_MSSQL_URL` holds an ADO.NET connection string to one. Every test runs its
 //! scenario against each target it gets, and says when it skipped the real one.
 
-use std::future::Future;
-
 use base64::Engine;
 use serde_json::Value;
 use tiberius::{ColumnData, FromSql};
 
-use super::tds::{Faults, TdsServer, connect};
+use crate::block_on;
+use crate::tds::{Faults, TdsServer, connect};
 
 /// Where a scenario writes.
 pub struct MssqlTarget {
@@ -121,16 +120,6 @@ impl MssqlTarget {
             .as_i64()
             .expect("a count")
     }
-}
-
-/// Runs a future to completion on a small runtime of its own (tests are synchronous: they
-/// also run the `stevedore` binary).
-pub fn block_on<T>(future: impl Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(future)
 }
 
 fn unique() -> u64 {

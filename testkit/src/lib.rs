@@ -1,13 +1,18 @@
-//! Test support: real servers on free loopback ports, and a way to write a job and run the
-//! real `stevedore` binary against them. Every test gets its own Redis and its own files, so
-//! tests run in parallel and never touch a shared Redis.
+//! stevedore's test support, a dev-only crate compiled once for every test binary and bench:
+//! real servers on free loopback ports (Redis, the TDS test server, the Cosmos DB test server)
+//! and a way to write a job and run the real `stevedore` binary against them. Every test gets
+//! its own Redis and its own files, so tests run in parallel and never touch a shared Redis.
+//!
+//! Nothing here may depend on how fast the machine is: every wait is for an event, with
+//! [`PATIENCE`] far above the normal time, and a wait that runs out says what it waited for.
 
-#![allow(dead_code)]
+#![warn(missing_docs)]
 
 pub mod cosmos;
 pub mod mssql;
 pub mod tds;
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -16,6 +21,16 @@ use serde_json::Value;
 
 /// How long a test waits for anything before it fails.
 pub const PATIENCE: Duration = Duration::from_secs(120);
+
+/// Runs a future to completion on a small runtime of its own (tests are synchronous: they
+/// also run the `stevedore` binary).
+pub fn block_on<T>(future: impl Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(future)
+}
 
 /// A throwaway `redis-server`, killed when dropped.
 pub struct TestRedis {
@@ -148,6 +163,28 @@ pub fn summary_worker(summary: &Value, role: &str, id: u64) -> Value {
         .unwrap_or_else(|| panic!("no {role} {id} in {summary}"))
 }
 
+/// The `stevedore` binary under test: `STEVEDORE_BIN` when set, otherwise the one cargo built
+/// beside the running test (`target/<profile>/stevedore`; cargo builds a package's binaries
+/// before it runs the package's integration tests).
+pub fn stevedore_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("STEVEDORE_BIN") {
+        return PathBuf::from(path);
+    }
+    let test = std::env::current_exe().expect("the running test's path");
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/stevedore
+    let bin = test
+        .parent()
+        .and_then(Path::parent)
+        .map(|profile| profile.join(format!("stevedore{}", std::env::consts::EXE_SUFFIX)))
+        .expect("tests run from target/<profile>/deps");
+    assert!(
+        bin.exists(),
+        "no stevedore binary at {} (run the tests with cargo test, which builds it, or set STEVEDORE_BIN)",
+        bin.display()
+    );
+    bin
+}
+
 /// A job written to a temporary directory.
 pub struct Job {
     /// The directory holding the config, data, database and logs.
@@ -196,7 +233,7 @@ impl Job {
 
     /// `stevedore <args> --config job.toml`, not yet started.
     pub fn command(&self, subcommand: &str) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_stevedore"));
+        let mut command = Command::new(stevedore_bin());
         command
             .arg(subcommand)
             .arg("--config")

@@ -3,7 +3,7 @@
 //! `STEVEDORE_COSMOS_KEY` name one.
 //!
 //! The local server is the npm package `@vercel/cosmosdb-server` (pinned in
-//! `tests/support/cosmos/package-lock.json`) started by our `tests/support/cosmos/launcher.js`,
+//! `testkit/cosmos/package-lock.json`) started by our `testkit/cosmos/launcher.js`,
 //! which fixes at start-up what `azure_data_cosmos` needs (http endpoints, string partition key
 //! range ids, the batch partition key header, cross-partition queries, keep-alive) and adds
 //! switches real Cosmos DB has and the stock server lacks: throttling (429 with
@@ -28,7 +28,7 @@ use azure_data_cosmos::{
 };
 use serde_json::Value;
 
-use super::PATIENCE;
+use crate::{PATIENCE, block_on};
 
 /// The well-known Cosmos DB emulator key. The local server ignores auth, but the SDK signs
 /// every request with a key, so it needs one that is valid base64.
@@ -398,7 +398,7 @@ impl Drop for CosmosTarget {
             self.database.clone(),
         );
         let cleanup = std::thread::spawn(move || {
-            super::mssql::block_on(async {
+            block_on(async {
                 let client = account_client(&endpoint, &key, |builder| builder).await;
                 if let Err(error) = client.database_client(database.as_str()).delete(None).await
                     && !error.status().is_not_found()
@@ -420,20 +420,20 @@ fn unique_database(test: &str) -> String {
     format!("{test}_{}_{}", std::process::id(), nanos % 1_000_000_007)
 }
 
-/// `tests/support/cosmos`: the launcher and its npm package.
+/// `testkit/cosmos`: the launcher and its npm package.
 fn cosmos_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/cosmos")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("cosmos")
 }
 
-/// Runs `npm ci` in `tests/support/cosmos` unless `node_modules` already holds what
+/// Runs `npm ci` in `testkit/cosmos` unless `node_modules` already holds what
 /// `package-lock.json` pins. Once per process; across processes (test binaries run one after
-/// the other, but a developer may run several) an exclusive lock on a file in cargo's target
-/// directory serialises the check and the install.
+/// the other, but a developer may run several) an exclusive lock on a file beside
+/// `node_modules` serialises the check and the install.
 fn ensure_npm_installed() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
         let dir = cosmos_dir();
-        let lock_path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cosmos-npm-ci.lock");
+        let lock_path = dir.join(".npm-ci.lock");
         let lock = File::create(&lock_path)
             .unwrap_or_else(|e| panic!("creating {}: {e}", lock_path.display()));
         lock.lock()
