@@ -5,13 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use azure_data_cosmos::feed::FeedScope;
 use azure_data_cosmos::models::{ContainerProperties, ThroughputProperties};
 use azure_data_cosmos::options::CreateContainerOptions;
-use futures::TryStreamExt;
 use serde_json::{Value, json};
 use testkit::block_on;
-use testkit::cosmos::CosmosTarget;
+use testkit::cosmos::{CosmosTarget, read_all};
 use testkit::{Job, TestRedis, kill, queue_bodies, wait_for_rows, worker_pid};
 
 const KEY_PATH: &str = "/customerId";
@@ -83,7 +81,7 @@ fn write_orders(job: &Job, files: u64, per_file: u64) {
     }
 }
 
-/// Every document of the container, by id.
+/// Every document of the container, by id, read page by page.
 fn documents(target: &CosmosTarget) -> BTreeMap<String, Value> {
     block_on(async {
         let client = target.client().await;
@@ -92,16 +90,7 @@ fn documents(target: &CosmosTarget) -> BTreeMap<String, Value> {
             .container_client("orders", None)
             .await
             .expect("the container exists");
-        let all: Vec<Value> = container
-            .query_items::<Value>("SELECT * FROM c", FeedScope::full_container(), None)
-            .await
-            .expect("query starts")
-            .try_collect()
-            .await
-            .expect("query pages");
-        all.into_iter()
-            .map(|d| (d["id"].as_str().expect("string ids").to_string(), d))
-            .collect()
+        read_all(&container).await
     })
 }
 

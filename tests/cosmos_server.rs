@@ -3,6 +3,7 @@
 //! `STEVEDORE_COSMOS_ENDPOINT` and `STEVEDORE_COSMOS_KEY` are set. They prove the server and
 //! the SDK settings the sink will use work together; they do not test stevedore code.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use azure_data_cosmos::clients::ContainerClient;
@@ -13,14 +14,15 @@ use azure_data_cosmos::fault_injection::{
 use azure_data_cosmos::feed::FeedScope;
 use azure_data_cosmos::models::PartitionKeyValue;
 use azure_data_cosmos::options::{
-    ItemWriteOptions, OperationOptionsBuilder, ThrottlingRetryOptionsBuilder,
+    ItemWriteOptions, MaxItemCountHint, OperationOptionsBuilder, QueryOptions,
+    ThrottlingRetryOptionsBuilder,
 };
 use azure_data_cosmos::{PartitionKey, Query, TransactionalBatch};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 
 use testkit::block_on;
-use testkit::cosmos::{CosmosTarget, ThrottleCounts};
+use testkit::cosmos::{CosmosTarget, READ_PAGE_ITEMS, ThrottleCounts, read_all};
 
 /// Partition key path of every test container.
 const PARTITION_KEY_PATH: &str = "/customerId";
@@ -45,19 +47,60 @@ fn id_of(document: &Value) -> &str {
     document["id"].as_str().expect("id is a string")
 }
 
-/// Every document a query returns, all pages.
+/// Every document a query returns, all pages of at most [`READ_PAGE_ITEMS`].
 async fn query(
     container: &ContainerClient,
     query: impl Into<Query>,
     scope: FeedScope,
 ) -> Vec<Value> {
+    query_pages(container, query, scope, Some(READ_PAGE_ITEMS))
+        .await
+        .concat()
+}
+
+/// The pages of a query, each of at most `page_items` documents (`None`: as many as the server
+/// puts in a page).
+async fn query_pages(
+    container: &ContainerClient,
+    query: impl Into<Query>,
+    scope: FeedScope,
+    page_items: Option<u32>,
+) -> Vec<Vec<Value>> {
+    let mut options = QueryOptions::default();
+    if let Some(items) = page_items.and_then(NonZeroU32::new) {
+        options = options.with_max_item_count(MaxItemCountHint::Limit(items));
+    }
     container
-        .query_items::<Value>(query, scope, None)
+        .query_items::<Value>(query, scope, Some(options))
         .await
         .expect("query starts")
+        .into_pages()
+        .map_ok(|page| page.into_items())
         .try_collect()
         .await
         .expect("query pages")
+}
+
+/// Writes orders `0..count` (with a few `lines` each, for joins) in transactional batches.
+async fn write_orders(container: &ContainerClient, count: u32) {
+    for customer in 0..5 {
+        let numbers: Vec<u32> = (0..count).filter(|n| n % 5 == customer).collect();
+        for chunk in numbers.chunks(100) {
+            let mut batch = TransactionalBatch::new(format!("customer-{customer}"));
+            for &n in chunk {
+                let mut document = order(n);
+                document["lines"] = (0..n % 4)
+                    .map(|line| json!({"sku": line, "n": n}))
+                    .collect();
+                batch = batch.upsert_item(document, None).expect("serialisable");
+            }
+            let response = container
+                .execute_transactional_batch(batch, None)
+                .await
+                .expect("batch");
+            assert_eq!(u16::from(response.status().status_code()), 200);
+        }
+    }
 }
 
 /// Reads a document back, or `None` when there is none.
@@ -318,6 +361,130 @@ fn cosmos_queries_within_a_partition_and_across_partitions() {
             assert_eq!(amounts, [15, 16, 17, 18, 19], "{}", target.label());
         });
     }
+}
+
+/// Reading a query page by page gives what reading it whole gives: no document twice, none
+/// left out, in the same order where the query orders. (The local server answers a
+/// continuation from the query's kept result; this holds it to the stock server's answers.)
+#[test]
+fn cosmos_query_pages_hold_what_the_whole_result_holds() {
+    for target in CosmosTarget::all("cosmos_query_pages") {
+        block_on(async {
+            let client = target.client().await;
+            let container = target
+                .create_container(&client, "orders", PARTITION_KEY_PATH)
+                .await;
+            write_orders(&container, 600).await;
+            let ordered = "SELECT * FROM c ORDER BY c.amount DESC";
+            for (sql, scope) in [
+                ("SELECT * FROM c", FeedScope::full_container()),
+                ("SELECT * FROM c", FeedScope::partition("customer-2")),
+                (ordered, FeedScope::full_container()),
+                (
+                    "SELECT c.id, l.sku FROM c JOIN l IN c.lines",
+                    FeedScope::full_container(),
+                ),
+                (
+                    "SELECT VALUE c.amount FROM c WHERE c.amount >= 250",
+                    FeedScope::partition("customer-0"),
+                ),
+            ] {
+                let whole = query_pages(&container, sql, scope.clone(), None)
+                    .await
+                    .concat();
+                let pages = query_pages(&container, sql, scope, Some(7)).await;
+                let label = format!("{}: {sql}", target.label());
+                assert!(whole.len() > 7, "{label}: {} rows", whole.len());
+                assert!(pages.iter().all(|page| page.len() <= 7), "{label}");
+                let mut paged = pages.concat();
+                let mut whole = whole;
+                if sql != ordered {
+                    let key = |row: &Value| row.to_string();
+                    paged.sort_by_key(key);
+                    whole.sort_by_key(key);
+                }
+                assert_eq!(paged, whole, "{label}");
+            }
+        });
+    }
+}
+
+/// A document deleted between two pages of a query is not in the later pages, and every other
+/// document is read exactly once (the local server keeps no stale result past a change).
+#[test]
+fn cosmos_query_pages_follow_changes_between_pages() {
+    for target in CosmosTarget::all("cosmos_query_changes") {
+        block_on(async {
+            let client = target.client().await;
+            let container = target
+                .create_container(&client, "orders", PARTITION_KEY_PATH)
+                .await;
+            write_orders(&container, 2500).await;
+            let options = QueryOptions::default()
+                .with_max_item_count(MaxItemCountHint::Limit(NonZeroU32::new(1000).unwrap()));
+            let mut pages = container
+                .query_items::<Value>(
+                    "SELECT * FROM c",
+                    FeedScope::full_container(),
+                    Some(options),
+                )
+                .await
+                .expect("query starts")
+                .into_pages();
+            let first = pages
+                .try_next()
+                .await
+                .expect("first page")
+                .expect("a first page")
+                .into_items();
+            let seen: Vec<&str> = first.iter().map(id_of).collect();
+            let doomed = (0..2500)
+                .map(order)
+                .find(|o| !seen.contains(&id_of(o)))
+                .expect("an order not read yet");
+            container
+                .delete_item(customer_of(&doomed), id_of(&doomed), None)
+                .await
+                .expect("delete");
+            let rest: Vec<Vec<Value>> = pages
+                .map_ok(|page| page.into_items())
+                .try_collect()
+                .await
+                .expect("the later pages");
+            let mut ids: Vec<String> = first
+                .iter()
+                .chain(rest.iter().flatten())
+                .map(|d| id_of(d).to_string())
+                .collect();
+            ids.sort();
+            let mut expected: Vec<String> = (0..2500)
+                .map(|n| format!("order-{n}"))
+                .filter(|id| id != id_of(&doomed))
+                .collect();
+            expected.sort();
+            assert_eq!(ids, expected, "{}", target.label());
+        });
+    }
+}
+
+/// A container of 100,000 documents reads back whole, page by page, in bounded pages.
+#[test]
+fn cosmos_reads_back_a_hundred_thousand_documents() {
+    let target = CosmosTarget::test_server("cosmos_read_back_100k");
+    block_on(async {
+        let client = target.client().await;
+        let container = target
+            .create_container(&client, "orders", PARTITION_KEY_PATH)
+            .await;
+        write_orders(&container, 100_000).await;
+        let all = read_all(&container).await;
+        assert_eq!(all.len(), 100_000);
+        for n in [0, 1, 49_999, 99_999] {
+            let document = &all[&format!("order-{n}")];
+            assert_eq!(document["amount"], n, "{document}");
+            assert_eq!(document["customerId"], format!("customer-{}", n % 5));
+        }
+    });
 }
 
 #[test]

@@ -11,21 +11,27 @@
 //! ignores auth and is single-threaded. The first test that needs it runs `npm ci` in that
 //! folder, once, under a file lock, so parallel tests and test binaries do not race.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{OnceLock, mpsc};
+use std::time::Duration;
 
 use azure_data_cosmos::clients::{ContainerClient, DatabaseClient};
+use azure_data_cosmos::feed::FeedScope;
 use azure_data_cosmos::models::ContainerProperties;
 use azure_data_cosmos::options::{
-    BinaryEncodingOptions, ConnectionPoolOptions, ServerCertificateValidation,
+    BinaryEncodingOptions, ConnectionPoolOptions, MaxItemCountHint, QueryOptions,
+    ServerCertificateValidation,
 };
 use azure_data_cosmos::{
     AccountReference, CosmosClient, CosmosClientBuilder, CosmosRuntime, RoutingStrategy,
 };
+use futures::TryStreamExt;
 use serde_json::Value;
 
 use crate::{PATIENCE, block_on};
@@ -198,12 +204,47 @@ impl Drop for CosmosServer {
     }
 }
 
+/// How long a test's client waits for one request to the local server: the SDK's longest
+/// (its default of 6 s is for Cosmos DB's latency; the local server is one single-threaded
+/// process that may share a busy core with the whole suite).
+pub const LOCAL_REQUEST_TIMEOUT: Duration = Duration::from_secs(65);
+
+/// Documents a read-back asks for per page. Bounded, so that no one response has to carry a
+/// whole container, whatever its size (Cosmos DB itself ends a page at 4 MB).
+pub const READ_PAGE_ITEMS: u32 = 1000;
+
+/// Every document of `container`, by id: `SELECT * FROM c` across partitions, page by page,
+/// [`READ_PAGE_ITEMS`] documents a page at most.
+pub async fn read_all(container: &ContainerClient) -> BTreeMap<String, Value> {
+    let page = NonZeroU32::new(READ_PAGE_ITEMS).expect("a page holds documents");
+    let options = QueryOptions::default().with_max_item_count(MaxItemCountHint::Limit(page));
+    let documents: Vec<Value> = container
+        .query_items::<Value>(
+            "SELECT * FROM c",
+            FeedScope::full_container(),
+            Some(options),
+        )
+        .await
+        .expect("the read-back query starts")
+        .try_collect()
+        .await
+        .expect("every page of the read-back query arrives");
+    let count = documents.len();
+    let by_id: BTreeMap<String, Value> = documents
+        .into_iter()
+        .map(|d| (d["id"].as_str().expect("string ids").to_string(), d))
+        .collect();
+    assert_eq!(by_id.len(), count, "the read-back saw a document twice");
+    by_id
+}
+
 /// A client for a local Cosmos DB emulator or test server at `endpoint`, configured through the
 /// SDK's options API rather than environment variables:
 /// - server certificate validation `RequiredUnlessEmulator` (a self-signed certificate is
 ///   accepted only on loopback; plain `http://` is accepted there anyway),
 /// - HTTP/2 off (the server speaks HTTP/1.1 only; this also turns Gateway V2 off),
-/// - binary encoding off (the server speaks JSON only).
+/// - binary encoding off (the server speaks JSON only),
+/// - requests wait up to [`LOCAL_REQUEST_TIMEOUT`].
 ///
 /// Routing takes the account's own region order (an empty preferred list).
 pub async fn emulator_client(
@@ -214,6 +255,7 @@ pub async fn emulator_client(
     let pool = ConnectionPoolOptions::builder()
         .with_server_certificate_validation(ServerCertificateValidation::RequiredUnlessEmulator)
         .with_is_http2_allowed(false)
+        .with_max_dataplane_request_timeout(LOCAL_REQUEST_TIMEOUT)
         .build()
         .expect("valid connection pool options");
     let runtime = CosmosRuntime::builder()
