@@ -47,7 +47,7 @@ fn supervisor_restarts_a_killed_consumer_and_every_record_lands_once() {
     let job = generator_job(&redis, "killed", 100_000, "");
     let run = job.spawn_run();
     wait_for_rows(&job);
-    let pid = worker_pid(&redis, "killed", "consumer-1").expect("consumer-1 beats");
+    let pid = worker_pid(&redis, "killed", "consumer-1");
     let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
         .unwrap()
         .replace('\0', " ");
@@ -161,7 +161,12 @@ fn supervisor_sigint_stops_resumably_and_the_next_run_finishes_the_job() {
 #[test]
 fn supervisor_fails_the_run_when_a_worker_crash_loops() {
     let redis = TestRedis::start();
-    let job = generator_job(&redis, "looping", 1_000, "max_restarts = 2");
+    let job = generator_job(
+        &redis,
+        "looping",
+        1_000,
+        "max_restarts = 2\n        restart_window = \"1h\"",
+    );
     job.write(
         "out.db/keep",
         "a directory where the database file should be",
@@ -242,7 +247,7 @@ fn supervisor_restarts_a_killed_producer_which_resumes_its_item_exactly_once() {
     let job = generator_job(&redis, "producerkill", 150_000, "");
     let run = job.spawn_run();
     wait_for_rows(&job);
-    let pid = worker_pid(&redis, "producerkill", "producer-1").expect("producer-1 beats");
+    let pid = worker_pid(&redis, "producerkill", "producer-1");
     kill(pid, "KILL");
 
     let result = job.finish(run);

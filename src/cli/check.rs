@@ -76,8 +76,15 @@ async fn check_redis(redis: &RedisConfig) -> Result<String, String> {
         RedisConfig::External { url } => {
             let shown = redact_url(url);
             let client = redis::Client::open(url.as_str()).map_err(|e| format!("{shown}: {e}"))?;
+            // The 5 s below is the one limit: the client's own (1 s to connect, 0.5 s a reply)
+            // would call a busy but healthy Redis unreachable.
+            let patient = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(None)
+                .set_response_timeout(None);
             let ping = async {
-                let mut connection = client.get_multiplexed_async_connection().await?;
+                let mut connection = client
+                    .get_multiplexed_async_connection_with_config(&patient)
+                    .await?;
                 redis::cmd("PING")
                     .query_async::<String>(&mut connection)
                     .await

@@ -13,6 +13,7 @@ pub mod mssql;
 pub mod tds;
 
 use std::future::Future;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -90,11 +91,15 @@ impl TestRedis {
         Some(connection)
     }
 
-    /// Runs a command and returns its reply.
+    /// Runs a command and returns its reply, waiting for the server as long as [`PATIENCE`].
     pub fn query<T: redis::FromRedisValue>(&self, command: &mut redis::Cmd) -> T {
+        let port = self.port;
+        let mut connection = redis::Client::open(self.url())
+            .and_then(|client| client.get_connection_with_timeout(PATIENCE))
+            .unwrap_or_else(|e| panic!("connecting to the test redis on port {port}: {e}"));
         command
-            .query(&mut self.connection().expect("redis is up"))
-            .expect("redis command")
+            .query(&mut connection)
+            .unwrap_or_else(|e| panic!("the test redis on port {port} refused a command: {e}"))
     }
 }
 
@@ -185,6 +190,23 @@ pub fn stevedore_bin() -> PathBuf {
     bin
 }
 
+/// How long a test lets one `stevedore run` go on before it kills it and fails: far above the
+/// longest run of the suite on a slow machine, so that a hung run fails with its logs instead
+/// of hanging the suite.
+pub const RUN_PATIENCE: Duration = Duration::from_secs(15 * 60);
+
+/// Reads a child's pipe to the end on a thread of its own, so the child never blocks on a full
+/// pipe while the test waits for it.
+fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
+    })
+}
+
 /// A job written to a temporary directory.
 pub struct Job {
     /// The directory holding the config, data, database and logs.
@@ -243,17 +265,10 @@ impl Job {
         command
     }
 
-    /// Runs `stevedore run` to the end.
+    /// Runs `stevedore run` to the end (at most [`RUN_PATIENCE`]).
     pub fn run(&self) -> RunResult {
-        let summary_path = self.path("summary.json");
-        let _ = std::fs::remove_file(&summary_path);
-        let output = self
-            .command("run")
-            .arg("--summary-json")
-            .arg(&summary_path)
-            .output()
-            .expect("stevedore runs");
-        RunResult::new(output, &summary_path)
+        let child = self.spawn_run();
+        self.finish(child)
     }
 
     /// Starts `stevedore run` in the background.
@@ -263,25 +278,71 @@ impl Job {
         self.command("run")
             .arg("--summary-json")
             .arg(&summary_path)
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("stevedore starts")
     }
 
-    /// Waits for a background run and collects its result.
-    pub fn finish(&self, child: Child) -> RunResult {
-        RunResult::new(
-            child.wait_with_output().expect("stevedore finishes"),
-            &self.path("summary.json"),
-        )
+    /// Waits for a background run (at most [`RUN_PATIENCE`]) and collects its result. A run
+    /// still going then is killed, and the test fails with its workers' last log lines.
+    pub fn finish(&self, mut child: Child) -> RunResult {
+        let stdout = drain(child.stdout.take());
+        let stderr = drain(child.stderr.take());
+        let deadline = Instant::now() + RUN_PATIENCE;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("waiting for stevedore") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "stevedore run did not finish within {RUN_PATIENCE:?}; killed it\n{}",
+                    self.worker_log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let output = Output {
+            status,
+            stdout: stdout.join().expect("reading stdout"),
+            stderr: stderr.join().expect("reading stderr"),
+        };
+        let mut result = RunResult::new(output, &self.path("summary.json"));
+        result.worker_log_tail = self.worker_log_tail();
+        result
     }
 
     /// Every worker log of every run of the job (`<data_dir>/logs/<run>/<role>-<id>.log`, with
     /// `data_dir = "{dir}/var"`), one after another.
     pub fn worker_logs(&self) -> String {
+        self.worker_log_paths()
+            .iter()
+            .filter_map(|path| std::fs::read_to_string(path).ok())
+            .collect()
+    }
+
+    /// The last lines of each worker log, headed by its path: what a failed run's message shows.
+    pub fn worker_log_tail(&self) -> String {
+        const LINES: usize = 20;
+        let mut tail = String::new();
+        for path in self.worker_log_paths() {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            tail.push_str(&format!("--- {} (last {LINES} lines)\n", path.display()));
+            for line in &lines[lines.len().saturating_sub(LINES)..] {
+                tail.push_str(line);
+                tail.push('\n');
+            }
+        }
+        tail
+    }
+
+    fn worker_log_paths(&self) -> Vec<PathBuf> {
         let Ok(runs) = std::fs::read_dir(self.path("var/logs")) else {
-            return String::new();
+            return Vec::new();
         };
         let mut paths: Vec<PathBuf> = runs
             .flatten()
@@ -293,9 +354,6 @@ impl Job {
             .collect();
         paths.sort();
         paths
-            .iter()
-            .filter_map(|path| std::fs::read_to_string(path).ok())
-            .collect()
     }
 
     /// Rows of a SQLite table, each as `id -> row` in JSON, from the job's database.
@@ -354,6 +412,9 @@ pub struct RunResult {
     pub stderr: String,
     /// The `--summary-json` document, if written.
     pub summary: Value,
+    /// The last lines of each worker log (runs through [`Job`] only), shown when the exit code
+    /// is not the expected one: a sink's timeouts and retries are only there.
+    pub worker_log_tail: String,
 }
 
 impl RunResult {
@@ -372,6 +433,7 @@ impl RunResult {
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
             summary,
+            worker_log_tail: String::new(),
         }
     }
 
@@ -379,8 +441,8 @@ impl RunResult {
     pub fn expect_code(&self, expected: i32) -> &RunResult {
         assert_eq!(
             self.code, expected,
-            "unexpected exit code\nstdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
+            "unexpected exit code\nstdout:\n{}\nstderr:\n{}\nworker logs:\n{}",
+            self.stdout, self.stderr, self.worker_log_tail
         );
         self
     }
@@ -403,8 +465,31 @@ pub fn queue_bodies(redis: &TestRedis, queue: &str) -> Vec<Value> {
         .collect()
 }
 
-/// The pid of a worker (e.g. `consumer-1`) of the job's current run, from its heartbeat.
-pub fn worker_pid(redis: &TestRedis, job: &str, worker: &str) -> Option<u32> {
+/// The pid of a worker (e.g. `consumer-1`) of the job's current run: waits until the worker's
+/// heartbeat names a process that is alive and is that worker.
+pub fn worker_pid(redis: &TestRedis, job: &str, worker: &str) -> u32 {
+    let (role, id) = worker
+        .split_once('-')
+        .expect("a worker name is <role>-<id>");
+    let argv = format!("worker {role} --id {id}");
+    let mut pid = 0;
+    wait_until(
+        &format!("{worker} of job {job} beats from a live process"),
+        || {
+            let Some(beating) = heartbeat_pid(redis, job, worker) else {
+                return false;
+            };
+            pid = beating;
+            std::fs::read(format!("/proc/{beating}/cmdline"))
+                .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+                .is_ok_and(|cmdline| cmdline.contains(&argv))
+        },
+    );
+    pid
+}
+
+/// The pid in a worker's last heartbeat of the job's current run, if it has one.
+fn heartbeat_pid(redis: &TestRedis, job: &str, worker: &str) -> Option<u32> {
     let run: Option<String> =
         redis.query(redis::cmd("GET").arg(format!("stevedore:{job}:current_run")));
     let beat: Option<String> = redis.query(

@@ -44,6 +44,11 @@ use crate::throttle::{AdaptiveRate, ChargeBudget};
 /// Attempts of one request before the unit is given back (each after the SDK's own retries).
 const REQUEST_ATTEMPTS: u32 = 6;
 
+/// How long one request to an emulator may take: the SDK's longest. Its default of 6 s is
+/// Cosmos DB's latency; a local emulator is one process on a machine that may be busy, and a
+/// request cut off there is sent again into the same queue of work.
+const EMULATOR_REQUEST_TIMEOUT: Duration = Duration::from_secs(65);
+
 /// The `cosmos` sink.
 pub struct CosmosSink {
     name: String,
@@ -137,6 +142,7 @@ impl CosmosSink {
                     ServerCertificateValidation::RequiredUnlessEmulator,
                 )
                 .with_is_http2_allowed(false)
+                .with_max_dataplane_request_timeout(EMULATOR_REQUEST_TIMEOUT)
                 .build()
                 .map_err(|e| self.fatal(format!("emulator settings: {e}")))?;
             let runtime = CosmosRuntime::builder()
