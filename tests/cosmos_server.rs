@@ -3,7 +3,6 @@
 //! `STEVEDORE_COSMOS_ENDPOINT` and `STEVEDORE_COSMOS_KEY` are set. They prove the server and
 //! the SDK settings the sink will use work together; they do not test stevedore code.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use azure_data_cosmos::clients::ContainerClient;
@@ -14,15 +13,14 @@ use azure_data_cosmos::fault_injection::{
 use azure_data_cosmos::feed::FeedScope;
 use azure_data_cosmos::models::PartitionKeyValue;
 use azure_data_cosmos::options::{
-    ItemWriteOptions, MaxItemCountHint, OperationOptionsBuilder, QueryOptions,
-    ThrottlingRetryOptionsBuilder,
+    ItemWriteOptions, OperationOptionsBuilder, QueryOptions, ThrottlingRetryOptionsBuilder,
 };
 use azure_data_cosmos::{PartitionKey, Query, TransactionalBatch};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 
 use testkit::block_on;
-use testkit::cosmos::{CosmosTarget, READ_PAGE_ITEMS, ThrottleCounts, read_all};
+use testkit::cosmos::{CosmosTarget, READ_PAGE_ITEMS, ThrottleCounts, pages_of, read_all};
 
 /// Partition key path of every test container.
 const PARTITION_KEY_PATH: &str = "/customerId";
@@ -66,10 +64,7 @@ async fn query_pages(
     scope: FeedScope,
     page_items: Option<u32>,
 ) -> Vec<Vec<Value>> {
-    let mut options = QueryOptions::default();
-    if let Some(items) = page_items.and_then(NonZeroU32::new) {
-        options = options.with_max_item_count(MaxItemCountHint::Limit(items));
-    }
+    let options = page_items.map_or_else(QueryOptions::default, pages_of);
     container
         .query_items::<Value>(query, scope, Some(options))
         .await
@@ -420,13 +415,11 @@ fn cosmos_query_pages_follow_changes_between_pages() {
                 .create_container(&client, "orders", PARTITION_KEY_PATH)
                 .await;
             write_orders(&container, 2500).await;
-            let options = QueryOptions::default()
-                .with_max_item_count(MaxItemCountHint::Limit(NonZeroU32::new(1000).unwrap()));
             let mut pages = container
                 .query_items::<Value>(
                     "SELECT * FROM c",
                     FeedScope::full_container(),
-                    Some(options),
+                    Some(pages_of(1000)),
                 )
                 .await
                 .expect("query starts")

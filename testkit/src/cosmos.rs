@@ -213,16 +213,20 @@ pub const LOCAL_REQUEST_TIMEOUT: Duration = Duration::from_secs(65);
 /// whole container, whatever its size (Cosmos DB itself ends a page at 4 MB).
 pub const READ_PAGE_ITEMS: u32 = 1000;
 
+/// Query options that ask for pages of at most `items` documents.
+pub fn pages_of(items: u32) -> QueryOptions {
+    let items = NonZeroU32::new(items).expect("a page holds documents");
+    QueryOptions::default().with_max_item_count(MaxItemCountHint::Limit(items))
+}
+
 /// Every document of `container`, by id: `SELECT * FROM c` across partitions, page by page,
 /// [`READ_PAGE_ITEMS`] documents a page at most.
 pub async fn read_all(container: &ContainerClient) -> BTreeMap<String, Value> {
-    let page = NonZeroU32::new(READ_PAGE_ITEMS).expect("a page holds documents");
-    let options = QueryOptions::default().with_max_item_count(MaxItemCountHint::Limit(page));
     let documents: Vec<Value> = container
         .query_items::<Value>(
             "SELECT * FROM c",
             FeedScope::full_container(),
-            Some(options),
+            Some(pages_of(READ_PAGE_ITEMS)),
         )
         .await
         .expect("the read-back query starts")
