@@ -290,3 +290,114 @@ fn sqlite_unit_failing_every_attempt_is_dead_lettered_whole_after_max_receives()
         "two real attempts each, the third delivery dead-letters"
     );
 }
+
+/// Consumers keep every unit they hold hidden, waiting for its turn or being written, however
+/// long that takes: here another program holds the database for three visibility timeouts, so
+/// every unit in a consumer's hands outlives its visibility timeout several times over. No unit
+/// is attempted twice and every record lands once.
+#[test]
+fn queue_units_stay_hidden_while_their_writes_outlast_the_visibility_timeout() {
+    let redis = TestRedis::start();
+    let job = Job::new(&format!(
+        r#"
+        [job]
+        name = "slowwrites"
+        data_dir = "{{dir}}/var"
+        [redis]
+        url = "{url}"
+        [workers]
+        producers = 1
+        consumers = 2
+        [queue]
+        unit_records = 100
+        visibility_timeout = "2s"
+        [[source]]
+        name = "synthetic"
+        kind = "generator"
+        count = 20000
+        seed = 5
+        [[sink]]
+        name = "local"
+        kind = "sqlite"
+        path = "{{dir}}/out.db"
+        table = "orders"
+        busy_timeout = "120s"
+        "#,
+        url = redis.url()
+    ));
+    let run = job.spawn_run();
+    let holder = rusqlite::Connection::open(job.path("out.db")).unwrap();
+    holder.busy_timeout(testkit::PATIENCE).unwrap();
+    testkit::wait_until("the sink has created its table", || {
+        holder
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'orders'",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .is_ok_and(|tables| tables == 1)
+    });
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    assert!(
+        job.sqlite_count("out.db", "orders") < 20_000,
+        "the database is taken while the run is under way"
+    );
+    // The stimulus, not a synchronisation: writes stay blocked for three visibility timeouts.
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let held = received_units_visible_now(&redis, "slowwrites-local");
+    holder.execute_batch("COMMIT").unwrap();
+    assert!(
+        held.0 > 0,
+        "consumers hold units while the database is taken"
+    );
+    assert!(
+        held.1.is_empty(),
+        "every unit a consumer holds stays hidden; visible again: {:?}",
+        held.1
+    );
+
+    let result = job.finish(run);
+    result.expect_code(0);
+    assert_eq!(result.summary["sinks"]["local"]["written"], 20_000);
+    assert_eq!(job.sqlite_count("out.db", "orders"), 20_000);
+    let attempts: Vec<u64> = redis.query(redis::cmd("HVALS").arg(format!(
+        "stevedore:slowwrites:run:{}:attempts:local",
+        result.summary["run"].as_str().unwrap()
+    )));
+    assert_eq!(attempts.len(), 200, "every unit was attempted");
+    assert!(
+        attempts.iter().all(|&n| n == 1),
+        "no unit became visible and was attempted again: {attempts:?}"
+    );
+}
+
+/// How many units of an RSMQ queue have been received at least once, and which of those are
+/// visible at this moment (by Redis' clock): a consumer's unit that is visible again can be
+/// received by another consumer while the first is still writing it.
+fn received_units_visible_now(redis: &TestRedis, queue: &str) -> (usize, Vec<String>) {
+    let scores: Vec<(String, u64)> = redis.query(
+        redis::cmd("ZRANGE")
+            .arg(format!("rsmq:{queue}"))
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES"),
+    );
+    let (seconds, micros): (u64, u64) = redis.query(&mut redis::cmd("TIME"));
+    let now_ms = seconds * 1000 + micros / 1000;
+    let mut received = 0;
+    let mut visible = Vec::new();
+    for (id, visible_at) in scores {
+        let receives: Option<u64> = redis.query(
+            redis::cmd("HGET")
+                .arg(format!("rsmq:{queue}:Q"))
+                .arg(format!("{id}:rc")),
+        );
+        if receives.unwrap_or(0) > 0 {
+            received += 1;
+            if visible_at <= now_ms {
+                visible.push(id);
+            }
+        }
+    }
+    (received, visible)
+}

@@ -31,8 +31,8 @@ use crate::unit::DataUnit;
 /// How long an idle consumer waits before polling an empty queue again, at most.
 const MAX_IDLE_WAIT: Duration = Duration::from_millis(100);
 
-/// Units received per call (at least the sink's concurrency); the ones waiting their turn are
-/// kept hidden, and released at once on shutdown.
+/// Units received per call (at least the sink's concurrency); they are kept hidden until each
+/// is done, and the ones still waiting their turn are released at once on shutdown.
 const PREFETCH: u32 = 4;
 
 /// Attempts at a transient sink error within one delivery before the unit is released.
@@ -87,54 +87,48 @@ async fn consume_sink(context: WorkerContext, config: SinkConfig) -> Result<Fini
             continue;
         }
         idle = Duration::from_millis(5);
-        let waiting = Arc::new(Mutex::new(
-            deliveries
-                .iter()
-                .map(|d| d.message_id.clone())
-                .collect::<Vec<_>>(),
-        ));
+        let hidden = HiddenUnits::new(deliveries.iter().map(|d| d.message_id.clone()));
         let keeper = keep_hidden(
             context.queues.clone(),
             queues.units.clone(),
-            waiting.clone(),
+            hidden.clone(),
             visibility,
         );
-        for delivery in deliveries {
+        let mut deliveries = deliveries.into_iter();
+        while let Some(delivery) = deliveries.next() {
             let permit = tokio::select! {
                 permit = permits.clone().acquire_owned() => Some(permit.expect("never closed")),
                 _ = shutdown.wait() => None,
             };
             let Some(permit) = permit else {
-                keeper.abort();
-                let unstarted = std::mem::take(&mut *waiting.lock().expect("not poisoned"));
-                for message_id in unstarted {
+                // The units not started yet are given back at once; the keeper goes on for
+                // the ones being written until they are done.
+                for unstarted in std::iter::once(delivery).chain(deliveries) {
+                    hidden.done(&unstarted.message_id);
                     context
                         .queues
-                        .extend(&queues.units, &message_id, Duration::ZERO)
+                        .extend(&queues.units, &unstarted.message_id, Duration::ZERO)
                         .await?;
                 }
                 return finish_running(running).await;
             };
-            waiting
-                .lock()
-                .expect("not poisoned")
-                .retain(|id| *id != delivery.message_id);
-            let (context, config, queues, sink) = (
+            let (context, config, queues, sink, hidden) = (
                 context.clone(),
                 config.clone(),
                 queues.clone(),
                 sink.clone(),
+                hidden.clone(),
             );
             running.spawn(async move {
                 let _permit = permit;
-                handle(&context, &config, &queues, sink.as_ref(), delivery).await
+                let kept = hidden.until_done(&delivery.message_id);
+                handle(&context, &config, &queues, sink.as_ref(), delivery, &kept).await
             });
             if let Err(error) = collect_finished(&mut running) {
                 keeper.abort();
                 return Err(error);
             }
         }
-        keeper.abort();
     }
 }
 
@@ -157,18 +151,74 @@ async fn finish_running(
     Ok(Finish::Interrupted)
 }
 
-/// Keeps the listed units hidden, extending them every half visibility timeout, until aborted.
-/// The unit being written is in the list too until its turn, then handled by [`handle`].
+/// The units of one received batch that are not done yet: waiting for their turn or being
+/// written. One keeper extends them all until the last is done, so a unit has no moment
+/// between waiting and being written, or between being written and being acknowledged, in
+/// which it could become visible to another consumer.
+#[derive(Clone)]
+struct HiddenUnits(Arc<Mutex<Vec<String>>>);
+
+impl HiddenUnits {
+    fn new(ids: impl Iterator<Item = String>) -> HiddenUnits {
+        HiddenUnits(Arc::new(Mutex::new(ids.collect())))
+    }
+
+    fn current(&self) -> Vec<String> {
+        self.0.lock().expect("not poisoned").clone()
+    }
+
+    /// The keeper leaves `id` alone from now on.
+    fn done(&self, id: &str) {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .retain(|kept| kept != id);
+    }
+
+    /// A guard for one unit: kept hidden until [`KeptHidden::done`] or until it is dropped.
+    fn until_done(&self, id: &str) -> KeptHidden {
+        KeptHidden {
+            units: self.clone(),
+            id: id.to_string(),
+        }
+    }
+}
+
+/// One unit's place in its batch's [`HiddenUnits`].
+struct KeptHidden {
+    units: HiddenUnits,
+    id: String,
+}
+
+impl KeptHidden {
+    /// Called right before the unit's last queue operation (acknowledge, release, dead-letter),
+    /// so the keeper does not extend a unit that is gone.
+    fn done(&self) {
+        self.units.done(&self.id);
+    }
+}
+
+impl Drop for KeptHidden {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
+/// Keeps the batch's units hidden, extending them every half visibility timeout, until every
+/// one is done (or the keeper is aborted).
 fn keep_hidden(
     queues: Queues,
     queue: String,
-    ids: Arc<Mutex<Vec<String>>>,
+    units: HiddenUnits,
     visibility: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(visibility / 2).await;
-            let current = ids.lock().expect("not poisoned").clone();
+            let current = units.current();
+            if current.is_empty() {
+                return;
+            }
             for message_id in current {
                 if let Err(error) = queues.extend(&queue, &message_id, visibility).await {
                     tracing::warn!(%error, "could not extend a unit's visibility");
@@ -184,12 +234,14 @@ async fn handle(
     queues: &SinkQueues,
     sink: &dyn Sink,
     delivery: Delivery,
+    kept: &KeptHidden,
 ) -> Result<(), WorkerError> {
     let unit = match DataUnit::decode(&delivery.body) {
         Ok(unit) => unit,
         Err(error) => {
             let id = DataUnit::peek_id(&delivery.body).unwrap_or_else(|| "?".into());
             tracing::error!(sink = %config.name, unit = %id, %error, "undecodable unit moved to the dead-letter queue");
+            kept.done();
             context
                 .queues
                 .move_message(&queues.units, &delivery.message_id, &queues.dead)
@@ -201,6 +253,7 @@ async fn handle(
     let _entered = span.enter();
     let Some(attempt) = context.state.begin_attempt(&config.name, &unit.id).await? else {
         tracing::debug!("already recorded; acknowledging");
+        kept.done();
         return Ok(context
             .queues
             .ack(&queues.units, &delivery.message_id)
@@ -211,6 +264,7 @@ async fn handle(
             attempts = attempt - 1,
             "unit failed every attempt; moving it whole to the dead-letter queue"
         );
+        kept.done();
         context
             .queues
             .move_message(&queues.units, &delivery.message_id, &queues.dead)
@@ -218,23 +272,13 @@ async fn handle(
         return Ok(());
     }
     let batch = map_unit(config, &unit);
-    let outcome = {
-        let current = Arc::new(Mutex::new(vec![delivery.message_id.clone()]));
-        let keeper = keep_hidden(
-            context.queues.clone(),
-            queues.units.clone(),
-            current,
-            context.config.queue.visibility_timeout,
-        );
-        let outcome = write_with_retries(sink, Arc::new(batch)).await;
-        keeper.abort();
-        outcome
-    };
+    let outcome = write_with_retries(sink, Arc::new(batch)).await;
     let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(error) if error.is_transient() => {
             let retry_in = Duration::from_secs(1 << attempt.min(5));
             tracing::warn!(%error, attempt, ?retry_in, "write failed; releasing the unit for a later attempt");
+            kept.done();
             context
                 .queues
                 .extend(&queues.units, &delivery.message_id, retry_in)
@@ -267,6 +311,7 @@ async fn handle(
             fresh,
         )
         .await?;
+    kept.done();
     context
         .queues
         .ack(&queues.units, &delivery.message_id)
