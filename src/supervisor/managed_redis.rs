@@ -91,10 +91,12 @@ impl ManagedRedis {
         }
     }
 
+    /// Waits until the server answers, and is this process (not another Redis that took the
+    /// port between our choosing it and the server binding it).
     async fn wait_ready(&mut self) -> Result<(), SupervisorError> {
         let client =
             redis::Client::open(self.url()).map_err(|e| SupervisorError::Redis(e.to_string()))?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + READY_PATIENCE;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(SupervisorError::Redis(format!(
@@ -102,22 +104,43 @@ impl ManagedRedis {
                     self.dir.join("redis.log").display()
                 )));
             }
-            if let Ok(mut connection) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut connection)
-                    .await
-                    .is_ok()
-            {
-                return Ok(());
-            }
+            let last = match server_pid(&client).await {
+                Ok(pid) if Some(pid) == self.child.id() => return Ok(()),
+                Ok(pid) => {
+                    return Err(SupervisorError::Redis(format!(
+                        "port {} is served by another redis-server (pid {pid}), not ours",
+                        self.port
+                    )));
+                }
+                Err(error) => error.to_string(),
+            };
             if tokio::time::Instant::now() > deadline {
-                return Err(SupervisorError::Redis(
-                    "redis-server did not answer within 30 s".into(),
-                ));
+                return Err(SupervisorError::Redis(format!(
+                    "redis-server on port {} did not answer within {} s (last: {last}); see {}",
+                    self.port,
+                    READY_PATIENCE.as_secs(),
+                    self.dir.join("redis.log").display()
+                )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// How long a starting `redis-server` may take to answer (it normally takes milliseconds).
+const READY_PATIENCE: Duration = Duration::from_secs(60);
+
+/// The process id the server at `client` reports (`INFO server`).
+async fn server_pid(client: &redis::Client) -> redis::RedisResult<u32> {
+    let mut connection = client.get_multiplexed_async_connection().await?;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut connection)
+        .await?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("process_id:"))
+        .and_then(|pid| pid.trim().parse().ok())
+        .ok_or_else(|| (redis::ErrorKind::Parse, "no process_id in INFO server").into())
 }
 
 fn spawn(bin: &Path, dir: &Path, port: u16) -> Result<Child, SupervisorError> {

@@ -56,16 +56,29 @@ impl TestRedis {
 
     fn launch(aof: bool) -> TestRedis {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let child = spawn_redis(port, dir.path(), aof);
-        let redis = TestRedis {
-            child,
-            port,
-            aof,
-            dir,
-        };
-        wait_until("redis answers PING", || redis.connection().is_some());
-        redis
+        let mut tries = 0;
+        loop {
+            // Another test may take the free port before this server binds it: then start
+            // again on another one.
+            let port = free_port();
+            let mut child = spawn_redis(port, dir.path(), aof);
+            match wait_for_own_server(&mut child, port) {
+                Ok(()) => {
+                    return TestRedis {
+                        child,
+                        port,
+                        aof,
+                        dir,
+                    };
+                }
+                Err(why) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    tries += 1;
+                    assert!(tries < 5, "could not start a test redis-server: {why}");
+                }
+            }
+        }
     }
 
     /// Kills the server (SIGKILL) and starts it again on the same port and data directory.
@@ -73,7 +86,9 @@ impl TestRedis {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.child = spawn_redis(self.port, self.dir.path(), self.aof);
-        wait_until("redis answers PING again", || self.connection().is_some());
+        if let Err(why) = wait_for_own_server(&mut self.child, self.port) {
+            panic!("the test redis-server did not come back: {why}");
+        }
     }
 
     /// Its URL.
@@ -108,6 +123,46 @@ impl Drop for TestRedis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits (up to [`PATIENCE`]) until the redis-server `child` answers on `port` as itself
+/// (`INFO server` names its pid). Fails when it exits first or another server answers there.
+fn wait_for_own_server(child: &mut Child, port: u16) -> Result<(), String> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            return Err(format!(
+                "redis-server on port {port} exited at start ({status})"
+            ));
+        }
+        if let Some(pid) = server_pid(port) {
+            return if pid == child.id() {
+                Ok(())
+            } else {
+                Err(format!("port {port} is another redis-server's (pid {pid})"))
+            };
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting until redis-server answers on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The process id of the Redis server answering on `port`, if one answers.
+fn server_pid(port: u16) -> Option<u32> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).ok()?;
+    let mut connection = client
+        .get_connection_with_timeout(Duration::from_secs(1))
+        .ok()?;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query(&mut connection)
+        .ok()?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("process_id:"))
+        .and_then(|pid| pid.trim().parse().ok())
 }
 
 fn spawn_redis(port: u16, dir: &Path, aof: bool) -> Child {
