@@ -96,16 +96,6 @@ impl TestRedis {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
-    /// A synchronous connection, if it answers.
-    pub fn connection(&self) -> Option<redis::Connection> {
-        let client = redis::Client::open(self.url()).ok()?;
-        let mut connection = client
-            .get_connection_with_timeout(Duration::from_secs(1))
-            .ok()?;
-        redis::cmd("PING").query::<String>(&mut connection).ok()?;
-        Some(connection)
-    }
-
     /// Runs a command and returns its reply, waiting for the server as long as [`PATIENCE`].
     pub fn query<T: redis::FromRedisValue>(&self, command: &mut redis::Cmd) -> T {
         let port = self.port;
