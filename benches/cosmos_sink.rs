@@ -40,7 +40,7 @@ use azure_data_cosmos::clients::ContainerClient;
 use azure_data_cosmos::models::ContainerProperties;
 use common::{consumer_path, encode_units, median, setting};
 use serde_json::Value;
-use stevedore::config::{JobConfig, SinkConfig};
+use stevedore::config::SinkConfig;
 use stevedore::sink;
 use stevedore::source::generated_record;
 use testkit::cosmos::CosmosServer;
@@ -129,7 +129,7 @@ fn sink_config(server: &CosmosServer, container: &str, concurrency: usize) -> Si
         server.endpoint(),
         server.key()
     );
-    let config = JobConfig::parse(&text, Path::new("bench.toml"), &|_| None).expect("config");
+    let config = stevedore::job::parse(&text, Path::new("bench.toml"), &|_| None).expect("config");
     config.sinks[0].clone()
 }
 

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::Value;
-use stevedore::config::JobConfig;
 use stevedore::sink;
 use stevedore::source::generated_record;
 use stevedore::unit::DataUnit;
@@ -79,7 +78,7 @@ fn sink_config(
         "#,
         server.connection_string()
     );
-    let config = JobConfig::parse(&text, Path::new("bench.toml"), &|_| None).expect("config");
+    let config = stevedore::job::parse(&text, Path::new("bench.toml"), &|_| None).expect("config");
     config.sinks[0].clone()
 }
 

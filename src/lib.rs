@@ -9,12 +9,21 @@
 //! encodes, [`queue`] carries, [`mapping`] shapes, [`sink`] writes; [`worker`] holds the two
 //! loops that run in worker processes, [`supervisor`] starts and watches them, and
 //! [`run_state`] is what they share in Redis.
+//!
+//! Sources and sinks are plugins: each kind is one file or folder that reads its own settings
+//! (through [`settings`]) and registers in one line (`source::KINDS`, `sink::KINDS`); [`job`]
+//! hands those kinds to [`config`], which never names one, and [`plan`] turns a loaded job into
+//! work items and prepared sinks.
 
 pub mod cli;
 pub mod config;
+pub mod job;
 pub mod mapping;
+pub mod plan;
 pub mod queue;
+pub mod retry;
 pub mod run_state;
+pub mod settings;
 pub mod sink;
 pub mod source;
 pub mod supervisor;

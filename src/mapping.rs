@@ -11,7 +11,7 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess,
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::config::Problems;
+use crate::settings::Problems;
 
 /// A mapped record: column names with their values, ready for a sink. The rows of a mapped
 /// sink share one list of names; a passthrough row owns its record's field names.
@@ -251,7 +251,7 @@ impl Mapping {
         let mut columns = Vec::with_capacity(table.len());
         for (column, spec) in table {
             let at = format!("{path}.{column}");
-            crate::config::check_identifier(column, &at, problems);
+            crate::settings::check_identifier(column, &at, problems);
             match spec {
                 toml::Value::String(from) => columns.push(ColumnMap::plain(column, from)),
                 toml::Value::Table(spec) => {

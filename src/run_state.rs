@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::queue::{LinkError, RedisLink};
+use crate::source::WorkItem;
 
 /// Returns the item the producer already holds (it was restarted mid-item), else pops the next
 /// pending item into the producer's slot of the held hash, atomically, so an item is never in
@@ -75,31 +76,6 @@ static DELETE_IF_EQUAL: LazyLock<redis::Script> = LazyLock::new(|| {
         return 0",
     )
 });
-
-/// One piece of source work handed to one producer: a file, or a range of generated records.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorkItem {
-    /// The source's name.
-    pub source: String,
-    /// Position of this item among its source's items; part of unit ids.
-    pub index: u64,
-    /// A file path, or `generator`.
-    pub origin: String,
-    /// For generated records: the half-open range of record numbers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub range: Option<(u64, u64)>,
-}
-
-impl WorkItem {
-    /// A stable key for per-item hashes.
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.source, self.index)
-    }
-
-    fn encode(&self) -> String {
-        serde_json::to_string(self).expect("work items always serialize")
-    }
-}
 
 /// What [`RunState::plan`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]

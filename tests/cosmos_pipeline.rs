@@ -294,6 +294,43 @@ fn cosmos_pipeline_throttled_job_completes_with_every_document_once() {
     );
 }
 
+/// The retry bound written in `src/retry.rs`, counted: a unit that Cosmos DB throttles forever
+/// causes `max_receives` deliveries x 3 write attempts x 1 request in flight x (1 + SDK
+/// retries) requests, not one more, and then goes whole to the dead-letter queue.
+#[test]
+fn cosmos_pipeline_a_unit_throttled_forever_costs_the_documented_number_of_requests() {
+    let target = CosmosTarget::test_server("cosmos_pipeline_retry_bound");
+    let server = target.server().expect("the test server");
+    let redis = TestRedis::start();
+    let job = job(
+        "cosmosbound",
+        &redis,
+        &target,
+        "max_concurrency = 1\n        throttle_retries = 2",
+        "",
+    );
+    write_orders(&job, 1, 1);
+    block_on(async {
+        let client = target.client().await;
+        target.create_container(&client, "orders", KEY_PATH).await;
+    });
+    server.throttle(1.0, 1);
+    let result = job.run();
+    let counts = server.throttle_counts();
+    server.throttle(0.0, 0);
+    result.expect_code(3);
+    let (max_receives, write_attempts, in_flight, sdk_retries) = (4, 3, 1, 2);
+    assert_eq!(
+        counts.throttled,
+        max_receives * write_attempts * in_flight * (1 + sdk_retries),
+        "{counts:?}"
+    );
+    assert_eq!(counts.served, 0, "{counts:?}");
+    assert_eq!(result.summary["sinks"]["documents"]["written"], 0);
+    assert_eq!(result.summary["sinks"]["documents"]["dead_lettered"], 1);
+    assert_eq!(queue_bodies(&redis, "cosmosbound-documents-dlq").len(), 1);
+}
+
 /// The real-account part of the throttling test: a container at Cosmos DB's minimum of 400 RU/s
 /// and two consumers allowed 200 requests/s each (batches of a few documents cost tens of RU),
 /// so the account itself throttles (the local server's switch does not exist there), while the

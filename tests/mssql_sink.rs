@@ -6,7 +6,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use stevedore::config::JobConfig;
 use stevedore::mapping::Row;
 use stevedore::sink::{self, Batch, Sink};
 use testkit::block_on;
@@ -33,7 +32,7 @@ fn sink_for(target: &MssqlTarget, table: &str, extra: &str, map: &str) -> Arc<dy
         "#,
         connection = target.connection_string(),
     );
-    let config = JobConfig::parse(&text, Path::new("test.toml"), &|_| None)
+    let config = stevedore::job::parse(&text, Path::new("test.toml"), &|_| None)
         .unwrap_or_else(|e| panic!("config: {e}"));
     sink::from_config(&config.sinks[0])
 }

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stevedore::queue::{Delivery, Queues, RedisLink, SinkQueues};
-use stevedore::run_state::{Planned, RunState, WorkItem};
+use stevedore::run_state::{Planned, RunState};
+use stevedore::source::WorkItem;
 use testkit::TestRedis;
 
 /// Receives at most one unit, through the batched receive the consumers use.

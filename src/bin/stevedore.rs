@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 
 use clap::Parser;
 use stevedore::cli::{self, Cli, Command};
+use stevedore::worker::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 fn main() {
@@ -26,15 +27,9 @@ fn main() {
             Command::Run {
                 config,
                 summary_json,
-            } => cli::run(config, summary_json.as_deref(), &cli.log_format).await,
+            } => cli::run(config, summary_json.as_deref(), cli.log_format).await,
             Command::Check { config } => cli::check(config).await,
-            Command::Worker {
-                role,
-                id,
-                config,
-                run,
-                redis,
-            } => cli::worker(*role, *id, config, run, redis).await,
+            Command::Worker { args, redis } => cli::worker(args, redis).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
@@ -65,7 +60,7 @@ fn init_logging(cli: &Cli) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    if cli.log_format == "json" {
+    if cli.log_format == LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();

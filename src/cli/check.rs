@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use super::{EXIT_CONFIG, load_config};
 use crate::config::RedisConfig;
+use crate::plan::plan_sources;
 use crate::queue::redact_url;
-use crate::supervisor::plan_sources;
 
 /// Checks the job in `config_path`; returns 0 when everything is reachable, else 2.
 pub async fn check(config_path: &Path) -> i32 {

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::worker::Role;
+use crate::worker::{LogFormat, WorkerArgs};
 
 pub use check::check;
 pub use run::run;
@@ -29,8 +29,8 @@ pub const EXIT_FAILED: i32 = 1;
 #[command(name = "stevedore", version, about)]
 pub struct Cli {
     /// Log format: `text` for people, `json` for log collectors.
-    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -57,17 +57,9 @@ pub enum Command {
     /// Internal: one worker process, started by the supervisor.
     #[command(hide = true)]
     Worker {
-        /// Producer or consumer.
-        role: Role,
-        /// Number within the role, from 1.
-        #[arg(long)]
-        id: u32,
-        /// The job config.
-        #[arg(long)]
-        config: PathBuf,
-        /// The run id.
-        #[arg(long)]
-        run: String,
+        /// Which worker, of which run, of which job.
+        #[command(flatten)]
+        args: WorkerArgs,
         /// The Redis URL (set by the supervisor in the environment, never on the command line).
         #[arg(long, env = "STEVEDORE_REDIS_URL", hide_env_values = true)]
         redis: String,
@@ -76,11 +68,37 @@ pub enum Command {
 
 /// Loads a config, printing every problem; `None` means exit 2.
 fn load_config(path: &std::path::Path) -> Option<crate::config::JobConfig> {
-    match crate::config::JobConfig::load(path) {
+    match crate::job::load(path) {
         Ok(config) => Some(config),
         Err(error) => {
             eprintln!("stevedore: {error}");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::{LogFormat, Role};
+
+    #[test]
+    fn supervisor_worker_command_line_parses_back_to_the_same_worker() {
+        let args = WorkerArgs {
+            role: Role::Consumer,
+            id: 2,
+            config: PathBuf::from("/var/job dir/config.toml"),
+            run: "20261128T000000Z-abcd".to_string(),
+        };
+        let mut argv = vec![std::ffi::OsString::from("stevedore")];
+        argv.extend(args.command_line(LogFormat::Json));
+        argv.extend(["--redis".into(), "redis://127.0.0.1:1/0".into()]);
+        let cli = Cli::try_parse_from(argv).expect("the supervisor's command line parses");
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let Command::Worker { args: parsed, .. } = cli.command else {
+            panic!("a worker command")
+        };
+        assert_eq!(parsed, args);
+        assert_eq!(parsed.name(), "consumer-2");
     }
 }

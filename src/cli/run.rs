@@ -4,15 +4,16 @@ use std::path::Path;
 
 use super::{EXIT_CONFIG, EXIT_FAILED, load_config};
 use crate::supervisor::{self, RunOptions};
+use crate::worker::LogFormat;
 
 /// Runs the job in `config_path` once; returns the exit code.
-pub async fn run(config_path: &Path, summary_json: Option<&Path>, log_format: &str) -> i32 {
+pub async fn run(config_path: &Path, summary_json: Option<&Path>, log_format: LogFormat) -> i32 {
     let Some(config) = load_config(config_path) else {
         return EXIT_CONFIG;
     };
     let options = RunOptions {
         config_path: config_path.to_path_buf(),
-        log_format: log_format.to_string(),
+        log_format,
     };
     let summary = match supervisor::run_once(config, options).await {
         Ok(summary) => summary,

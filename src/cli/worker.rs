@@ -1,15 +1,15 @@
 //! `stevedore worker`: the hidden subcommand the supervisor starts for each worker process.
 
-use std::path::Path;
-
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::{EXIT_CONFIG, EXIT_FAILED, load_config};
-use crate::worker::{self, EXIT_INTERRUPTED, Finish, Role, WorkerContext};
+use crate::worker::{self, EXIT_INTERRUPTED, Finish, Role, WorkerArgs, WorkerContext};
 
 /// Runs one worker until its work is done or it is asked to stop; returns the exit code.
-pub async fn worker(role: Role, id: u32, config_path: &Path, run: &str, redis_url: &str) -> i32 {
-    let Some(config) = load_config(config_path) else {
+pub async fn worker(args: &WorkerArgs, redis_url: &str) -> i32 {
+    let WorkerArgs { role, id, run, .. } = args;
+    let (role, id, run) = (*role, *id, run.as_str());
+    let Some(config) = load_config(&args.config) else {
         return EXIT_CONFIG;
     };
     let (trigger, shutdown) = worker::shutdown::channel();
@@ -20,7 +20,7 @@ pub async fn worker(role: Role, id: u32, config_path: &Path, run: &str, redis_ur
             return EXIT_FAILED;
         }
     };
-    let name = format!("{}-{id}", role.as_str());
+    let name = args.name();
     tracing::info!(worker = %name, pid = std::process::id(), run, "worker started");
     tokio::spawn(listen_for_signals(trigger.clone()));
     let beating = tokio::spawn(worker::heartbeat(

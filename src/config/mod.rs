@@ -10,14 +10,15 @@ mod interpolate;
 mod raw;
 mod validate;
 
-use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::mapping::Mapping;
+use crate::settings::{KindSettings, Section, settings_of};
 
+pub use crate::settings::{Problem, Problems, Secret};
 pub use interpolate::interpolate;
-pub(crate) use validate::check_identifier;
 
 /// A whole, validated job: what `stevedore run` and its workers act on.
 #[derive(Debug, Clone)]
@@ -100,37 +101,17 @@ pub struct QueueConfig {
 pub struct SourceConfig {
     /// Unique source name; part of unit ids.
     pub name: String,
-    /// What to read.
-    pub kind: SourceKind,
+    /// The kind's name, as written in `kind = "..."`.
+    pub kind: &'static str,
+    /// The kind's own settings, read and checked by the kind at load.
+    pub settings: Arc<dyn KindSettings>,
 }
 
-/// The kinds of source and their settings.
-#[derive(Debug, Clone)]
-pub enum SourceKind {
-    /// Files matched by a glob; each file is one work item, streamed.
-    Files {
-        /// The glob pattern, e.g. `data/orders-*.jsonl`.
-        path: String,
-        /// How each file is parsed.
-        format: FileFormat,
-    },
-    /// Deterministic synthetic records for demos and benchmarks.
-    Generator {
-        /// How many records.
-        count: u64,
-        /// Seed of the record contents.
-        seed: u64,
-    },
-}
-
-/// File formats the `files` source reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FileFormat {
-    /// One JSON object per line.
-    Jsonl,
-    /// Comma-separated with a header row; values are strings.
-    Csv,
+impl SourceConfig {
+    /// The settings as the kind's own type (for the kind that read them).
+    pub fn settings<T: KindSettings>(&self) -> &T {
+        settings_of(self.settings.as_ref())
+    }
 }
 
 /// One `[[sink]]`.
@@ -138,187 +119,48 @@ pub enum FileFormat {
 pub struct SinkConfig {
     /// Unique sink name; names its queue and dead-letter queue.
     pub name: String,
-    /// Where and how to write.
-    pub kind: SinkKind,
+    /// The kind's name, as written in `kind = "..."`.
+    pub kind: &'static str,
     /// Field mapping applied to every record before it is written.
     pub map: Mapping,
+    /// The kind's own settings, read and checked by the kind at load.
+    pub settings: Arc<dyn KindSettings>,
 }
 
-/// The kinds of sink and their settings.
-#[derive(Debug, Clone)]
-pub enum SinkKind {
-    /// An embedded SQLite database file.
-    Sqlite(SqliteSinkConfig),
-    /// A SQL Server or Azure SQL table, written by bulk load.
-    Mssql(MssqlSinkConfig),
-    /// An Azure Cosmos DB (NoSQL API) container, written by idempotent upserts.
-    Cosmos(CosmosSinkConfig),
-    /// Accepts and counts; measures the pipeline itself.
-    Blackhole,
+impl SinkConfig {
+    /// The settings as the kind's own type (for the kind that read them).
+    pub fn settings<T: KindSettings>(&self) -> &T {
+        settings_of(self.settings.as_ref())
+    }
 }
 
-impl SinkKind {
+/// How a source kind reads its `[[source]]` table (without `name` and `kind`).
+#[derive(Clone, Copy)]
+pub struct SourceReader {
     /// The kind's name, as written in `kind = "..."`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            SinkKind::Sqlite(_) => "sqlite",
-            SinkKind::Mssql(_) => "mssql",
-            SinkKind::Cosmos(_) => "cosmos",
-            SinkKind::Blackhole => "blackhole",
-        }
-    }
+    pub name: &'static str,
+    /// Reads and checks the kind's settings; `None` after recording why not.
+    pub read: fn(&mut Section<'_>) -> Option<Arc<dyn KindSettings>>,
 }
 
-/// Settings of the `sqlite` sink.
-#[derive(Debug, Clone)]
-pub struct SqliteSinkConfig {
-    /// Database file; created with its parent directory if missing.
-    pub path: PathBuf,
-    /// Target table; created if missing.
-    pub table: String,
-    /// Append rows, or replace rows by key.
-    pub mode: WriteMode,
-    /// Key columns for upsert mode.
-    pub key: Vec<String>,
-    /// How long a write waits for another writer's lock before it counts as a failed attempt.
-    pub busy_timeout: Duration,
+/// How a sink kind reads its `[[sink]]` table (without `name`, `kind` and `map`), knowing the
+/// sink's mapping.
+#[derive(Clone, Copy)]
+pub struct SinkReader {
+    /// The kind's name, as written in `kind = "..."`.
+    pub name: &'static str,
+    /// Reads and checks the kind's settings against the mapping; `None` after recording why.
+    pub read: fn(&mut Section<'_>, &Mapping) -> Option<Arc<dyn KindSettings>>,
 }
 
-/// Settings of the `mssql` sink.
-#[derive(Debug, Clone)]
-pub struct MssqlSinkConfig {
-    /// ADO.NET connection string; holds a password, so it is never printed.
-    pub connection: Secret,
-    /// Target table, `name` or `schema.name`.
-    pub table: String,
-    /// Append rows, or replace rows by key.
-    pub mode: WriteMode,
-    /// Key columns for upsert mode.
-    pub key: Vec<String>,
-    /// Connections per consumer process.
-    pub pool_size: usize,
-    /// Units written at once per consumer process.
-    pub max_concurrency: usize,
-    /// Units started per second per consumer process, if limited.
-    pub max_units_per_second: Option<f64>,
-    /// Rows per bulk load; a larger unit is loaded in several, in one transaction.
-    pub batch_rows: usize,
-    /// How long connecting (TCP, login) may take.
-    pub connect_timeout: Duration,
-    /// How long a write waits for a free pooled connection.
-    pub pool_timeout: Duration,
-}
-
-/// Settings of the `cosmos` sink.
-#[derive(Debug, Clone)]
-pub struct CosmosSinkConfig {
-    /// Account endpoint, `https://account.documents.azure.com:443/`.
-    pub endpoint: String,
-    /// Account key; never printed.
-    pub key: Secret,
-    /// Database name.
-    pub database: String,
-    /// Container name.
-    pub container: String,
-    /// Partition key path, `/customerId` (nested: `/a/b`).
-    pub partition_key: String,
-    /// Document id template over the document's fields, `{order_id}` or `{region}-{id}`.
-    pub id: String,
-    /// Create the database and container (with `partition_key`) when they are missing.
-    pub create_if_missing: bool,
-    /// Requests in flight per consumer process.
-    pub max_concurrency: usize,
-    /// Requests started per second per consumer process; lowered while Cosmos throttles.
-    pub max_requests_per_second: f64,
-    /// Request units per second per consumer process, by the charge Cosmos reports; 0 is off.
-    pub max_ru_per_second: f64,
-    /// Retries of a throttled request inside the SDK (its `ThrottlingRetryOptions`).
-    pub throttle_retries: u32,
-    /// The most the SDK waits in all for one throttled request's retries.
-    pub throttle_max_wait: Duration,
-    /// A local emulator: accept its self-signed certificate (loopback only), HTTP/1.1, JSON.
-    pub emulator: bool,
-}
-
-/// A value that must never be printed: `Debug` shows `***`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The value itself, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-/// How a sink applies rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WriteMode {
-    /// Insert every row; a unit applied twice is caught by the ledger.
-    Append,
-    /// Replace rows with the same key.
-    Upsert,
-}
-
-/// One problem found in a config, at a field path like `sink[1].map.amount.type`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// Where: the field path inside the config.
-    pub path: String,
-    /// What is wrong, for a person.
-    pub message: String,
-}
-
-/// Every problem found so far; loading continues past each one.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Problems(Vec<Problem>);
-
-impl Problems {
-    /// Records a problem at `path`.
-    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem {
-            path: path.into(),
-            message: message.into(),
-        });
-    }
-
-    /// True when nothing was found.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// The problems, in the order found.
-    pub fn iter(&self) -> impl Iterator<Item = &Problem> {
-        self.0.iter()
-    }
-}
-
-impl fmt::Display for Problems {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (index, problem) in self.0.iter().enumerate() {
-            if index > 0 {
-                writeln!(f)?;
-            }
-            if problem.path.is_empty() {
-                write!(f, "  - {}", problem.message)?;
-            } else {
-                write!(f, "  - {}: {}", problem.path, problem.message)?;
-            }
-        }
-        Ok(())
-    }
+/// The kinds a job file may name. Given by the layer that knows them (`crate::job`), so this
+/// module reads `[[source]]` and `[[sink]]` tables without naming any kind.
+#[derive(Clone)]
+pub struct Kinds {
+    /// Source kinds, in the order error messages list them.
+    pub sources: Vec<SourceReader>,
+    /// Sink kinds, in the order error messages list them.
+    pub sinks: Vec<SinkReader>,
 }
 
 /// Why a config could not be loaded.
@@ -341,7 +183,7 @@ pub enum ConfigError {
         message: String,
     },
     /// The file parsed but some values are wrong.
-    #[error("config {file} has {count} problem(s):\n{problems}", count = problems.0.len())]
+    #[error("config {file} has {count} problem(s):\n{problems}", count = problems.len())]
     Invalid {
         /// The config file.
         file: PathBuf,
@@ -351,13 +193,14 @@ pub enum ConfigError {
 }
 
 impl JobConfig {
-    /// Loads, interpolates and validates the config at `file` using the process environment.
-    pub fn load(file: &Path) -> Result<JobConfig, ConfigError> {
+    /// Loads, interpolates and validates the config at `file` using the process environment,
+    /// reading sources and sinks of the given `kinds`.
+    pub fn load(file: &Path, kinds: &Kinds) -> Result<JobConfig, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
             file: file.to_path_buf(),
             source,
         })?;
-        Self::parse(&text, file, &|name| std::env::var(name).ok())
+        Self::parse(&text, file, &|name| std::env::var(name).ok(), kinds)
     }
 
     /// Parses config `text` (named `file` in errors) with variables from `env`.
@@ -365,6 +208,7 @@ impl JobConfig {
         text: &str,
         file: &Path,
         env: &dyn Fn(&str) -> Option<String>,
+        kinds: &Kinds,
     ) -> Result<JobConfig, ConfigError> {
         let mut tree: toml::Value = toml::from_str::<toml::Table>(text)
             .map(toml::Value::Table)
@@ -374,7 +218,7 @@ impl JobConfig {
             })?;
         let mut problems = Problems::default();
         interpolate(&mut tree, "", env, &mut problems);
-        let config = raw::read(tree, text, &mut problems);
+        let config = raw::read(tree, text, kinds, &mut problems);
         match config {
             Some(config) if problems.is_empty() => Ok(config),
             _ => Err(ConfigError::Invalid {
@@ -389,14 +233,12 @@ impl JobConfig {
     pub fn plan_basis(&self) -> String {
         let mut basis = format!("unit_records={}", self.queue.unit_records);
         for source in &self.sources {
-            match &source.kind {
-                SourceKind::Files { path, format } => {
-                    basis.push_str(&format!("; {} files {path} {format:?}", source.name))
-                }
-                SourceKind::Generator { count, seed } => {
-                    basis.push_str(&format!("; {} generator {count} {seed}", source.name))
-                }
-            }
+            basis.push_str(&format!(
+                "; {} {} {}",
+                source.name,
+                source.kind,
+                source.settings.basis()
+            ));
         }
         basis
     }
@@ -406,6 +248,3 @@ impl JobConfig {
         self.sinks.iter().find(|sink| sink.name == name)
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -10,11 +10,10 @@ use serde::de::DeserializeOwned;
 
 use super::validate;
 use super::{
-    CosmosSinkConfig, FileFormat, JobConfig, JobSection, MssqlSinkConfig, Problems, QueueConfig,
-    RedisConfig, Secret, SinkConfig, SinkKind, SourceConfig, SourceKind, SqliteSinkConfig,
-    WorkersConfig, WriteMode,
+    JobConfig, JobSection, Kinds, QueueConfig, RedisConfig, SinkConfig, SourceConfig, WorkersConfig,
 };
 use crate::mapping::Mapping;
+use crate::settings::{Problems, Section, join, parse_duration, read_value};
 
 #[derive(Deserialize)]
 struct RawJob {
@@ -47,76 +46,15 @@ struct RawQueue {
     compress_above: Option<usize>,
 }
 
-#[derive(Deserialize)]
-struct RawFiles {
-    path: String,
-    format: FileFormat,
-}
-
-#[derive(Deserialize)]
-struct RawGenerator {
-    count: u64,
-    #[serde(default)]
-    seed: u64,
-}
-
-#[derive(Deserialize)]
-struct RawSqlite {
-    path: PathBuf,
-    table: String,
-    #[serde(default = "append")]
-    mode: WriteMode,
-    #[serde(default)]
-    key: Vec<String>,
-    busy_timeout: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct RawMssql {
-    connection: String,
-    table: String,
-    #[serde(default = "append")]
-    mode: WriteMode,
-    #[serde(default)]
-    key: Vec<String>,
-    pool_size: Option<usize>,
-    max_concurrency: Option<usize>,
-    max_units_per_second: Option<f64>,
-    batch_rows: Option<usize>,
-    connect_timeout: Option<String>,
-    pool_timeout: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct RawCosmos {
-    endpoint: String,
-    key: String,
-    database: String,
-    container: String,
-    partition_key: String,
-    id: String,
-    #[serde(default)]
-    create_if_missing: bool,
-    max_concurrency: Option<usize>,
-    max_requests_per_second: Option<f64>,
-    max_ru_per_second: Option<f64>,
-    throttle_retries: Option<u32>,
-    throttle_max_wait: Option<String>,
-    #[serde(default)]
-    emulator: bool,
-}
-
-#[derive(Deserialize)]
-struct RawBlackhole {}
-
-fn append() -> WriteMode {
-    WriteMode::Append
-}
-
 const SECTIONS: &[&str] = &["job", "redis", "workers", "queue", "source", "sink"];
 
 /// Reads the whole tree; returns `None` when a required part could not be read at all.
-pub(super) fn read(tree: toml::Value, text: &str, problems: &mut Problems) -> Option<JobConfig> {
+pub(super) fn read(
+    tree: toml::Value,
+    text: &str,
+    kinds: &Kinds,
+    problems: &mut Problems,
+) -> Option<JobConfig> {
     let toml::Value::Table(mut root) = tree else {
         return None;
     };
@@ -138,8 +76,12 @@ pub(super) fn read(tree: toml::Value, text: &str, problems: &mut Problems) -> Op
     let redis = optional_section::<RawRedis>(&mut root, "redis", problems);
     let workers = optional_section::<RawWorkers>(&mut root, "workers", problems);
     let queue = optional_section::<RawQueue>(&mut root, "queue", problems);
-    let sources = read_array(&mut root, "source", problems, read_source);
-    let sinks = read_array(&mut root, "sink", problems, read_sink);
+    let sources = read_array(&mut root, "source", problems, |table, path, problems| {
+        read_source(table, path, kinds, problems)
+    });
+    let sinks = read_array(&mut root, "sink", problems, |table, path, problems| {
+        read_sink(table, path, kinds, problems)
+    });
 
     let job = job.map(|job| JobSection {
         data_dir: job
@@ -196,28 +138,7 @@ fn section<T: DeserializeOwned>(
     path: &str,
     problems: &mut Problems,
 ) -> Option<T> {
-    let mut unknown = Vec::new();
-    let result = {
-        let mut record_unknown = |field: serde_ignored::Path| unknown.push(field.to_string());
-        let ignored = serde_ignored::Deserializer::new(value, &mut record_unknown);
-        serde_path_to_error::deserialize::<_, T>(ignored)
-    };
-    for field in unknown {
-        problems.push(join(path, &field), "unknown key");
-    }
-    match result {
-        Ok(value) => Some(value),
-        Err(error) => {
-            let inner = error.path().to_string();
-            let at = if inner == "." {
-                path.to_string()
-            } else {
-                join(path, &inner)
-            };
-            problems.push(at, error.into_inner().to_string());
-            None
-        }
-    }
+    read_value(value, path, problems)
 }
 
 fn optional_section<T: DeserializeOwned + Default>(
@@ -235,7 +156,7 @@ fn read_array<T>(
     root: &mut toml::Table,
     name: &str,
     problems: &mut Problems,
-    read_one: fn(toml::Table, &str, &mut Problems) -> Option<T>,
+    mut read_one: impl FnMut(toml::Table, &str, &mut Problems) -> Option<T>,
 ) -> Vec<T> {
     match root.remove(name) {
         None => Vec::new(),
@@ -289,6 +210,7 @@ fn take_string(
 fn read_source(
     mut table: toml::Table,
     path: &str,
+    kinds: &Kinds,
     problems: &mut Problems,
 ) -> Option<SourceConfig> {
     let name = take_string(&mut table, "name", path, problems);
@@ -297,33 +219,28 @@ fn read_source(
         Some(name) => format!("{path} ({name})"),
         None => path.to_string(),
     };
-    let rest = toml::Value::Table(table);
-    let kind = match kind.as_str() {
-        "files" => section::<RawFiles>(rest, path, problems).map(|files| SourceKind::Files {
-            path: files.path,
-            format: files.format,
-        }),
-        "generator" => {
-            section::<RawGenerator>(rest, path, problems).map(|generator| SourceKind::Generator {
-                count: generator.count,
-                seed: generator.seed,
-            })
-        }
-        other => {
-            problems.push(
-                join(path, "kind"),
-                format!("unknown source kind `{other}` (expected files or generator)"),
-            );
-            None
-        }
+    let Some(reader) = kinds.sources.iter().find(|reader| reader.name == kind) else {
+        let known: Vec<&str> = kinds.sources.iter().map(|reader| reader.name).collect();
+        problems.push(
+            join(path, "kind"),
+            format!("unknown source kind `{kind}` (expected {})", one_of(&known)),
+        );
+        return None;
     };
+    let settings = (reader.read)(&mut Section::new(table, path, problems));
     Some(SourceConfig {
         name: name?,
-        kind: kind?,
+        kind: reader.name,
+        settings: settings?,
     })
 }
 
-fn read_sink(mut table: toml::Table, path: &str, problems: &mut Problems) -> Option<SinkConfig> {
+fn read_sink(
+    mut table: toml::Table,
+    path: &str,
+    kinds: &Kinds,
+    problems: &mut Problems,
+) -> Option<SinkConfig> {
     let name = take_string(&mut table, "name", path, problems);
     let kind = take_string(&mut table, "kind", path, problems)?;
     let path = &match &name {
@@ -341,86 +258,36 @@ fn read_sink(mut table: toml::Table, path: &str, problems: &mut Problems) -> Opt
             None
         }
     };
-    let rest = toml::Value::Table(table);
-    let kind = match kind.as_str() {
-        "sqlite" => section::<RawSqlite>(rest, path, problems).map(|sqlite| {
-            let busy_timeout = duration(
-                sqlite.busy_timeout,
-                "60s",
-                &join(path, "busy_timeout"),
-                problems,
-            );
-            SinkKind::Sqlite(SqliteSinkConfig {
-                path: sqlite.path,
-                table: sqlite.table,
-                mode: sqlite.mode,
-                key: sqlite.key,
-                busy_timeout,
-            })
-        }),
-        "mssql" => section::<RawMssql>(rest, path, problems).map(|mssql| {
-            let max_concurrency = mssql.max_concurrency.unwrap_or(4);
-            SinkKind::Mssql(MssqlSinkConfig {
-                connection: Secret::new(mssql.connection),
-                table: mssql.table,
-                mode: mssql.mode,
-                key: mssql.key,
-                pool_size: mssql.pool_size.unwrap_or(max_concurrency),
-                max_concurrency,
-                max_units_per_second: mssql.max_units_per_second,
-                batch_rows: mssql.batch_rows.unwrap_or(5000),
-                connect_timeout: duration(
-                    mssql.connect_timeout,
-                    "15s",
-                    &join(path, "connect_timeout"),
-                    problems,
-                ),
-                pool_timeout: duration(
-                    mssql.pool_timeout,
-                    "60s",
-                    &join(path, "pool_timeout"),
-                    problems,
-                ),
-            })
-        }),
-        "cosmos" => section::<RawCosmos>(rest, path, problems).map(|cosmos| {
-            SinkKind::Cosmos(CosmosSinkConfig {
-                endpoint: cosmos.endpoint,
-                key: Secret::new(cosmos.key),
-                database: cosmos.database,
-                container: cosmos.container,
-                partition_key: cosmos.partition_key,
-                id: cosmos.id,
-                create_if_missing: cosmos.create_if_missing,
-                max_concurrency: cosmos.max_concurrency.unwrap_or(16),
-                max_requests_per_second: cosmos.max_requests_per_second.unwrap_or(1000.0),
-                max_ru_per_second: cosmos.max_ru_per_second.unwrap_or(0.0),
-                throttle_retries: cosmos.throttle_retries.unwrap_or(9),
-                throttle_max_wait: duration(
-                    cosmos.throttle_max_wait,
-                    "30s",
-                    &join(path, "throttle_max_wait"),
-                    problems,
-                ),
-                emulator: cosmos.emulator,
-            })
-        }),
-        "blackhole" => section::<RawBlackhole>(rest, path, problems).map(|_| SinkKind::Blackhole),
-        other => {
-            problems.push(
-                join(path, "kind"),
-                format!(
-                    "unknown sink kind `{other}` (expected sqlite, mssql, cosmos or blackhole)"
-                ),
-            );
-            None
-        }
+    let Some(reader) = kinds.sinks.iter().find(|reader| reader.name == kind) else {
+        let known: Vec<&str> = kinds.sinks.iter().map(|reader| reader.name).collect();
+        problems.push(
+            join(path, "kind"),
+            format!("unknown sink kind `{kind}` (expected {})", one_of(&known)),
+        );
+        return None;
     };
+    let mut section = Section::new(table, path, problems);
+    // Without a readable mapping the kind still reads its settings, against a passthrough one,
+    // so that its own problems are reported in the same round.
+    let settings = (reader.read)(
+        &mut section,
+        map.as_ref().unwrap_or(&Mapping::passthrough()),
+    );
     Some(SinkConfig {
         name: name?,
-        kind: kind?,
+        kind: reader.name,
         map: map?,
+        settings: settings?,
     })
+}
+
+/// `a`, `a or b`, `a, b or c`.
+fn one_of(names: &[&str]) -> String {
+    match names {
+        [] => "none".to_string(),
+        [one] => one.to_string(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+    }
 }
 
 fn read_redis(redis: RawRedis, problems: &mut Problems) -> RedisConfig {
@@ -449,25 +316,5 @@ fn read_redis(redis: RawRedis, problems: &mut Problems) -> RedisConfig {
 }
 
 fn duration(value: Option<String>, default: &str, path: &str, problems: &mut Problems) -> Duration {
-    let text = value.as_deref().unwrap_or(default);
-    match humantime::parse_duration(text) {
-        Ok(duration) => duration,
-        Err(error) => {
-            problems.push(
-                path,
-                format!(
-                    "invalid duration `{text}` ({error}); write e.g. \"30s\", \"5m\", \"1h 30m\""
-                ),
-            );
-            Duration::ZERO
-        }
-    }
-}
-
-fn join(path: &str, field: &str) -> String {
-    match (path.is_empty(), field.starts_with('[')) {
-        (true, _) => field.to_string(),
-        (false, true) => format!("{path}{field}"),
-        (false, false) => format!("{path}.{field}"),
-    }
+    parse_duration(value.as_deref(), default, path, problems)
 }

@@ -14,6 +14,8 @@ use redis::{AsyncConnectionConfig, ErrorKind, RedisError, ServerErrorKind};
 use rsmq_async::{Rsmq, RsmqError};
 use tokio::sync::Mutex;
 
+use crate::retry;
+
 /// The RSMQ namespace stevedore's queues live in (RSMQ's own default, so Node producers can share them).
 pub const RSMQ_NAMESPACE: &str = "rsmq";
 
@@ -191,15 +193,10 @@ impl RedisLink {
 const IMPATIENT_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn backoff(patience: Patience) -> ExponentialBuilder {
-    let retries = match patience {
-        Patience::Patient => 40,
-        Patience::Impatient => 0,
-    };
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_secs(2))
-        .with_max_times(retries)
-        .with_jitter()
+    match patience {
+        Patience::Patient => retry::REDIS_RECONNECT.backoff(),
+        Patience::Impatient => retry::REDIS_RECONNECT.once().backoff(),
+    }
 }
 
 fn timed_out() -> RsmqError {

@@ -5,7 +5,32 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Batch, Sink, SinkError, WriteOutcome};
+use super::{Batch, Sink, SinkError, SinkKind, WriteOutcome};
+use crate::config::SinkConfig;
+use crate::mapping::Mapping;
+use crate::settings::{KindSettings, Section};
+
+/// The `blackhole` kind: no settings.
+pub const KIND: SinkKind = SinkKind {
+    name: "blackhole",
+    read,
+    build,
+};
+
+/// `kind = "blackhole"` takes no settings; any key is reported as unknown.
+#[derive(Debug, serde::Deserialize)]
+struct BlackholeSettings {}
+
+impl KindSettings for BlackholeSettings {}
+
+fn read(section: &mut Section<'_>, _map: &Mapping) -> Option<Arc<dyn KindSettings>> {
+    let settings: BlackholeSettings = section.read()?;
+    Some(Arc::new(settings))
+}
+
+fn build(_config: &SinkConfig) -> Arc<dyn Sink> {
+    Arc::new(BlackholeSink)
+}
 
 /// The `blackhole` sink.
 pub struct BlackholeSink;

@@ -9,20 +9,50 @@
 mod blackhole;
 pub mod cosmos;
 pub mod mssql;
-mod sqlite;
+pub mod sqlite;
+mod write_mode;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{SinkConfig, SinkKind};
-use crate::mapping::Row;
+use crate::config::{SinkConfig, SinkReader};
+use crate::mapping::{Mapping, Row};
+use crate::settings::{KindSettings, Secret, Section};
 
 pub use blackhole::BlackholeSink;
 pub use cosmos::CosmosSink;
 pub use mssql::MssqlSink;
 pub use sqlite::SqliteSink;
+pub use write_mode::WriteMode;
+
+/// Every sink kind this build knows: adding a kind is its folder plus one line here.
+pub const KINDS: &[SinkKind] = &[sqlite::KIND, mssql::KIND, cosmos::KIND, blackhole::KIND];
+
+/// One kind of sink: how its `[[sink]]` table is read and how its writer is built.
+pub struct SinkKind {
+    /// The kind's name, as written in `kind = "..."`.
+    pub name: &'static str,
+    /// Reads and checks the kind's settings, knowing the sink's mapping; `None` after
+    /// recording every problem found.
+    pub read: fn(&mut Section<'_>, &Mapping) -> Option<Arc<dyn KindSettings>>,
+    /// Builds the writer of sink `config` (connecting lazily). Cannot fail: everything that
+    /// could be wrong in the settings was found when they were read.
+    pub build: fn(&SinkConfig) -> Arc<dyn Sink>,
+}
+
+/// How the job file reads every registered sink kind.
+pub fn readers() -> Vec<SinkReader> {
+    KINDS
+        .iter()
+        .map(|kind| SinkReader {
+            name: kind.name,
+            read: kind.read,
+        })
+        .collect()
+}
 
 /// An entry of a unit that did not land, and why. `index` counts the unit's records first,
 /// then its rejected lines: index `records.len() + i` is reject `i`.
@@ -56,16 +86,19 @@ pub struct WriteOutcome {
     pub failures: Vec<Failure>,
 }
 
-/// Why a sink could not write or check.
+/// Why a sink could not write or check. A sink only classifies; the consumer decides when to
+/// try again ([`crate::retry`]).
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    /// Worth retrying later: busy database, lost connection, timeout.
+    /// Worth retrying later: busy database, lost connection, timeout, throttling.
     #[error("sink `{sink}`: {message}")]
     Transient {
         /// The sink's name.
         sink: String,
         /// What happened.
         message: String,
+        /// How long the server asked to wait before the next try, if it said.
+        retry_after: Option<Duration>,
     },
     /// Retrying will not help: wrong table, missing columns, no permission.
     #[error("sink `{sink}`: {message}")]
@@ -78,9 +111,74 @@ pub enum SinkError {
 }
 
 impl SinkError {
+    /// A transient error of sink `sink`.
+    pub fn transient(sink: &str, message: impl Into<String>) -> SinkError {
+        SinkError::Transient {
+            sink: sink.to_string(),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A fatal error of sink `sink`.
+    pub fn fatal(sink: &str, message: impl Into<String>) -> SinkError {
+        SinkError::Fatal {
+            sink: sink.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// The same error, with the wait the server asked for (transient errors only).
+    pub fn after(self, wait: Option<Duration>) -> SinkError {
+        match self {
+            SinkError::Transient { sink, message, .. } => SinkError::Transient {
+                sink,
+                message,
+                retry_after: wait,
+            },
+            fatal => fatal,
+        }
+    }
+
     /// True when the write may succeed if tried again.
     pub fn is_transient(&self) -> bool {
         matches!(self, SinkError::Transient { .. })
+    }
+
+    /// The wait the server asked for before the next try, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SinkError::Transient { retry_after, .. } => *retry_after,
+            SinkError::Fatal { .. } => None,
+        }
+    }
+}
+
+/// Makes one sink's errors: each names the sink, and no message carries the sink's secret.
+/// Shared by the kinds that hold one (a password, an account key).
+#[derive(Debug, Clone)]
+pub struct SinkErrors {
+    sink: String,
+    secret: Secret,
+}
+
+impl SinkErrors {
+    /// Errors of sink `sink`, with `secret` hidden in every message.
+    pub fn new(sink: &str, secret: Secret) -> SinkErrors {
+        SinkErrors {
+            sink: sink.to_string(),
+            secret,
+        }
+    }
+
+    /// A transient error: worth trying again.
+    pub fn transient(&self, message: &str) -> SinkError {
+        SinkError::transient(&self.sink, self.secret.hide_in(message))
+    }
+
+    /// A fatal error: retrying cannot help.
+    pub fn fatal(&self, message: &str) -> SinkError {
+        SinkError::fatal(&self.sink, self.secret.hide_in(message))
     }
 }
 
@@ -108,18 +206,9 @@ pub trait Sink: Send + Sync {
 
 /// Builds the sink a config describes (connecting lazily).
 pub fn from_config(config: &SinkConfig) -> Arc<dyn Sink> {
-    match &config.kind {
-        SinkKind::Sqlite(sqlite) => Arc::new(SqliteSink::new(
-            &config.name,
-            sqlite.clone(),
-            config.map.clone(),
-        )),
-        SinkKind::Mssql(mssql) => Arc::new(MssqlSink::new(
-            &config.name,
-            mssql.clone(),
-            config.map.clone(),
-        )),
-        SinkKind::Cosmos(cosmos) => Arc::new(CosmosSink::new(&config.name, cosmos.clone())),
-        SinkKind::Blackhole => Arc::new(BlackholeSink),
-    }
+    let kind = KINDS
+        .iter()
+        .find(|kind| kind.name == config.kind)
+        .expect("a sink config names a registered kind: only they can be read");
+    (kind.build)(config)
 }

@@ -4,13 +4,60 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::{Entries, Entry, Source, SourceError};
-use crate::config::FileFormat;
-use crate::run_state::WorkItem;
+use super::{Entries, Entry, Source, SourceError, SourceKind, WorkItem};
+use crate::config::SourceConfig;
+use crate::settings::{KindSettings, Section};
 use crate::unit::Reject;
+
+/// The `files` kind.
+pub const KIND: SourceKind = SourceKind {
+    name: "files",
+    read,
+    build,
+};
+
+/// Settings of the `files` source.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct FilesConfig {
+    /// The glob pattern, e.g. `data/orders-*.jsonl`.
+    pub path: String,
+    /// How each file is parsed.
+    pub format: FileFormat,
+}
+
+impl KindSettings for FilesConfig {
+    fn basis(&self) -> String {
+        format!("{} {:?}", self.path, self.format)
+    }
+}
+
+/// File formats the `files` source reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    /// One JSON object per line.
+    Jsonl,
+    /// Comma-separated with a header row; values are strings.
+    Csv,
+}
+
+/// Reads `[[source]] kind = "files"`: a glob that parses, and a format.
+fn read(section: &mut Section<'_>) -> Option<Arc<dyn KindSettings>> {
+    let config: FilesConfig = section.read()?;
+    if let Err(error) = glob::Pattern::new(&config.path) {
+        section.problem("path", format!("not a valid glob: {error}"));
+    }
+    Some(Arc::new(config))
+}
+
+fn build(config: &SourceConfig) -> Box<dyn Source> {
+    let files: &FilesConfig = config.settings();
+    Box::new(FilesSource::new(&config.name, &files.path, files.format))
+}
 
 /// The `files` source.
 pub struct FilesSource {

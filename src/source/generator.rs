@@ -1,10 +1,50 @@
 //! Deterministic synthetic records: the same `count` and `seed` always give the same records,
 //! each with a unique integer `id` (1..=count). For demos, tests and benchmarks.
 
+use std::sync::Arc;
+
 use serde_json::{Value, json};
 
-use super::{Entries, Entry, Source, SourceError};
-use crate::run_state::WorkItem;
+use super::{Entries, Entry, Source, SourceError, SourceKind, WorkItem};
+use crate::config::SourceConfig;
+use crate::settings::{KindSettings, Section};
+
+/// The `generator` kind.
+pub const KIND: SourceKind = SourceKind {
+    name: "generator",
+    read,
+    build,
+};
+
+/// Settings of the `generator` source.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct GeneratorConfig {
+    /// How many records.
+    pub count: u64,
+    /// Seed of the record contents.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+impl KindSettings for GeneratorConfig {
+    fn basis(&self) -> String {
+        format!("{} {}", self.count, self.seed)
+    }
+}
+
+fn read(section: &mut Section<'_>) -> Option<Arc<dyn KindSettings>> {
+    let config: GeneratorConfig = section.read()?;
+    Some(Arc::new(config))
+}
+
+fn build(config: &SourceConfig) -> Box<dyn Source> {
+    let generator: &GeneratorConfig = config.settings();
+    Box::new(GeneratorSource::new(
+        &config.name,
+        generator.count,
+        generator.seed,
+    ))
+}
 
 /// Units per generator work item: large enough to amortise a claim, small enough to balance.
 const UNITS_PER_ITEM: u64 = 50;

@@ -4,14 +4,67 @@
 mod files;
 mod generator;
 
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{SourceConfig, SourceKind};
-use crate::run_state::WorkItem;
+use crate::config::{SourceConfig, SourceReader};
+use crate::settings::{KindSettings, Section};
 use crate::unit::Reject;
 
-pub use files::FilesSource;
-pub use generator::{GeneratorSource, record as generated_record};
+pub use files::{FileFormat, FilesConfig, FilesSource};
+pub use generator::{GeneratorConfig, GeneratorSource, record as generated_record};
+
+/// Every source kind this build knows: adding a kind is its file plus one line here.
+pub const KINDS: &[SourceKind] = &[files::KIND, generator::KIND];
+
+/// One kind of source: how its `[[source]]` table is read and how its reader is built.
+pub struct SourceKind {
+    /// The kind's name, as written in `kind = "..."`.
+    pub name: &'static str,
+    /// Reads and checks the kind's settings; `None` after recording every problem found.
+    pub read: fn(&mut Section<'_>) -> Option<Arc<dyn KindSettings>>,
+    /// Builds the reader of source `config`. Cannot fail: the settings were checked when read.
+    pub build: fn(&SourceConfig) -> Box<dyn Source>,
+}
+
+/// How the job file reads every registered source kind.
+pub fn readers() -> Vec<SourceReader> {
+    KINDS
+        .iter()
+        .map(|kind| SourceReader {
+            name: kind.name,
+            read: kind.read,
+        })
+        .collect()
+}
+
+/// One piece of source work handed to one producer: a file, or a range of generated records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkItem {
+    /// The source's name.
+    pub source: String,
+    /// Position of this item among its source's items; part of unit ids.
+    pub index: u64,
+    /// A file path, or `generator`.
+    pub origin: String,
+    /// For generated records: the half-open range of record numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<(u64, u64)>,
+}
+
+impl WorkItem {
+    /// A stable key for per-item hashes.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.source, self.index)
+    }
+
+    /// The item as stored in Redis.
+    pub(crate) fn encode(&self) -> String {
+        serde_json::to_string(self).expect("work items always serialize")
+    }
+}
 
 /// One thing read from a source: a record, or input that could not become one.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,12 +127,9 @@ pub trait Source: Send + Sync {
 
 /// Builds the source a config describes.
 pub fn from_config(config: &SourceConfig) -> Box<dyn Source> {
-    match &config.kind {
-        SourceKind::Files { path, format } => {
-            Box::new(FilesSource::new(&config.name, path, *format))
-        }
-        SourceKind::Generator { count, seed } => {
-            Box::new(GeneratorSource::new(&config.name, *count, *seed))
-        }
-    }
+    let kind = KINDS
+        .iter()
+        .find(|kind| kind.name == config.kind)
+        .expect("a source config names a registered kind: only they can be read");
+    (kind.build)(config)
 }

@@ -21,12 +21,14 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{JobConfig, RedisConfig};
+use crate::plan;
 use crate::queue::{LinkError, Patience, Queues, RedisLink, SinkQueues};
-use crate::run_state::{Planned, RunState, WorkItem, new_run_id, now_ms};
+use crate::run_state::{Planned, RunState, new_run_id, now_ms};
 use crate::sink::SinkError;
-use crate::source::{self, SourceError};
+use crate::source::SourceError;
+use crate::source::WorkItem;
 use crate::unit::DataUnit;
-use crate::worker::{EXIT_INTERRUPTED, Role};
+use crate::worker::{EXIT_INTERRUPTED, LogFormat, Role};
 
 pub use lock::{JobLock, LOCK_TTL, LockError};
 pub use managed_redis::{ManagedRedis, free_port};
@@ -77,26 +79,8 @@ impl SupervisorError {
 pub struct RunOptions {
     /// The config file, passed on to workers.
     pub config_path: PathBuf,
-    /// Worker log format, `text` or `json`.
-    pub log_format: String,
-}
-
-/// Readies every sink's target before any worker starts: a table that does not fit the
-/// mapping stops the run here, once, with the sink's own words.
-pub async fn prepare_sinks(config: &JobConfig) -> Result<(), SinkError> {
-    for sink in &config.sinks {
-        crate::sink::from_config(sink).prepare().await?;
-    }
-    Ok(())
-}
-
-/// Lists every source's work items, before anything starts.
-pub fn plan_sources(config: &JobConfig) -> Result<Vec<WorkItem>, SourceError> {
-    let mut items = Vec::new();
-    for source_config in &config.sources {
-        items.extend(source::from_config(source_config).plan(config.queue.unit_records)?);
-    }
-    Ok(items)
+    /// How workers log.
+    pub log_format: LogFormat,
 }
 
 /// The signal streams, registered before anything starts so none is missed. SIGINT, SIGTERM
@@ -155,8 +139,8 @@ struct Invocation<'a> {
 pub async fn run_once(config: JobConfig, options: RunOptions) -> Result<Summary, SupervisorError> {
     let started = Instant::now();
     let mut signals = Signals::listen()?;
-    let items = plan_sources(&config)?;
-    prepare_sinks(&config).await?;
+    let items = plan::plan_sources(&config)?;
+    plan::prepare_sinks(&config).await?;
     let mut managed = match &config.redis {
         RedisConfig::Managed {
             data_dir,
@@ -252,7 +236,7 @@ async fn supervise(
         run: state.run_id().to_string(),
         redis_url: redis_url.to_string(),
         log_dir: log_dir.clone(),
-        log_format: options.log_format.clone(),
+        log_format: options.log_format,
     };
     tracing::info!(
         run = state.run_id(),
@@ -551,7 +535,7 @@ async fn summarize(
         sinks.insert(
             sink.name.clone(),
             summary::SinkSummary {
-                kind: sink.kind.name().to_string(),
+                kind: sink.kind.to_string(),
                 written,
                 dead_lettered,
                 dead_letter_queue,

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
-use crate::worker::Role;
+use crate::retry;
+use crate::worker::{LogFormat, Role, WorkerArgs, worker_name};
 
 /// The environment variable that hands workers the Redis URL: unlike an argument, it does
 /// not show a password to everyone who runs `ps`.
@@ -26,8 +27,8 @@ pub struct Launcher {
     pub redis_url: String,
     /// Where worker logs go.
     pub log_dir: PathBuf,
-    /// `text` or `json`.
-    pub log_format: String,
+    /// How workers log.
+    pub log_format: LogFormat,
 }
 
 impl Launcher {
@@ -37,20 +38,15 @@ impl Launcher {
             .create(true)
             .append(true)
             .open(self.log_path(role, id))?;
+        let args = WorkerArgs {
+            role,
+            id,
+            config: self.config_path.clone(),
+            run: self.run.clone(),
+        };
         let mut command = Command::new(&self.exe);
         command
-            .arg("worker")
-            .arg(role.as_str())
-            .args([
-                "--id",
-                &id.to_string(),
-                "--run",
-                &self.run,
-                "--log-format",
-                &self.log_format,
-            ])
-            .arg("--config")
-            .arg(&self.config_path)
+            .args(args.command_line(self.log_format))
             .env(REDIS_URL_ENV, &self.redis_url)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -61,7 +57,7 @@ impl Launcher {
 
     /// The log file of worker `role` number `id`.
     pub fn log_path(&self, role: Role, id: u32) -> PathBuf {
-        self.log_dir.join(format!("{}-{id}.log", role.as_str()))
+        self.log_dir.join(format!("{}.log", worker_name(role, id)))
     }
 }
 
@@ -130,7 +126,7 @@ impl WorkerProcess {
 
     /// `producer-1`, `consumer-2`: the name in logs and heartbeats.
     pub fn name(&self) -> String {
-        format!("{}-{}", self.role.as_str(), self.id)
+        worker_name(self.role, self.id)
     }
 
     /// Schedules a restart with exponential backoff. Returns false when the worker restarted
@@ -147,9 +143,9 @@ impl WorkerProcess {
         if self.recent_restarts.len() >= max_restarts as usize {
             return false;
         }
-        let backoff = Duration::from_millis(100) * 2u32.pow(self.recent_restarts.len() as u32);
+        let backoff = retry::WORKER_RESTART.wait(self.recent_restarts.len() as u32 + 1);
         self.recent_restarts.push_back(now);
-        self.state = State::Waiting(now + backoff.min(Duration::from_secs(10)));
+        self.state = State::Waiting(now + backoff);
         true
     }
 

@@ -23,7 +23,10 @@ use tokio::task::JoinSet;
 
 use super::{Finish, WorkerContext, WorkerError};
 use crate::config::SinkConfig;
+use backon::Retryable;
+
 use crate::queue::{Delivery, Queues, SinkQueues};
+use crate::retry;
 use crate::run_state::now_ms;
 use crate::sink::{self, Batch, Failure, Sink, WriteOutcome};
 use crate::unit::DataUnit;
@@ -34,9 +37,6 @@ const MAX_IDLE_WAIT: Duration = Duration::from_millis(100);
 /// Units received per call (at least the sink's concurrency); they are kept hidden until each
 /// is done, and the ones still waiting their turn are released at once on shutdown.
 const PREFETCH: u32 = 4;
-
-/// Attempts at a transient sink error within one delivery before the unit is released.
-const WRITE_ATTEMPTS: u32 = 3;
 
 /// Runs consumer `context.id`: one task per sink, until every queue is drained or shutdown.
 pub async fn run_consumer(context: WorkerContext) -> Result<Finish, WorkerError> {
@@ -276,7 +276,9 @@ async fn handle(
     let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(error) if error.is_transient() => {
-            let retry_in = Duration::from_secs(1 << attempt.min(5));
+            let planned = retry::REDELIVERY.wait(attempt.try_into().unwrap_or(u32::MAX));
+            let retry_in =
+                retry::honour_hint(error.retry_after(), Some(planned)).unwrap_or(planned);
             tracing::warn!(%error, attempt, ?retry_in, "write failed; releasing the unit for a later attempt");
             kept.done();
             context
@@ -348,21 +350,18 @@ pub fn map_unit(config: &SinkConfig, unit: &DataUnit) -> Batch {
     }
 }
 
+/// Writes a unit with the one retry policy ([`retry::SINK_WRITE`]): transient errors are
+/// tried again, after the server's retry-after when it gave one and that is longer.
 async fn write_with_retries(
     sink: &dyn Sink,
     batch: Arc<Batch>,
 ) -> Result<WriteOutcome, sink::SinkError> {
-    let mut attempt = 1;
-    loop {
-        match sink.write(batch.clone()).await {
-            Err(error) if error.is_transient() && attempt < WRITE_ATTEMPTS => {
-                tracing::warn!(%error, attempt, "transient write error; retrying");
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-                attempt += 1;
-            }
-            result => return result,
-        }
-    }
+    (|| sink.write(batch.clone()))
+        .retry(retry::SINK_WRITE.backoff())
+        .when(sink::SinkError::is_transient)
+        .adjust(|error, planned| retry::honour_hint(error.retry_after(), planned))
+        .notify(|error, wait| tracing::warn!(%error, ?wait, "transient write error; retrying"))
+        .await
 }
 
 /// The dead-letter message for one failed entry of a unit: where it came from, why it failed,

@@ -5,6 +5,8 @@ mod consumer;
 mod producer;
 pub mod shutdown;
 
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +43,76 @@ impl Role {
             Role::Producer => "producer",
             Role::Consumer => "consumer",
         }
+    }
+}
+
+/// The name of worker `id` of `role` in logs, heartbeats and log file names: `consumer-2`.
+pub fn worker_name(role: Role, id: u32) -> String {
+    format!("{}-{id}", role.as_str())
+}
+
+/// How processes log: for people, or one JSON object per line for log collectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// `text` or `json`, as written on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// The command line of one worker process (`stevedore worker ...`): the supervisor builds it
+/// with [`WorkerArgs::command_line`], the binary parses it with clap, so the two cannot drift.
+/// The Redis URL is not part of it: it travels in the environment, out of `ps`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct WorkerArgs {
+    /// Producer or consumer.
+    pub role: Role,
+    /// Number within the role, from 1.
+    #[arg(long)]
+    pub id: u32,
+    /// The job config.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The run id.
+    #[arg(long)]
+    pub run: String,
+}
+
+impl WorkerArgs {
+    /// The worker's name, e.g. `consumer-2`.
+    pub fn name(&self) -> String {
+        worker_name(self.role, self.id)
+    }
+
+    /// The arguments after the binary: `--log-format F worker ROLE --id N --run R --config C`.
+    pub fn command_line(&self, log_format: LogFormat) -> Vec<OsString> {
+        let mut args: Vec<OsString> = [
+            "--log-format",
+            log_format.as_str(),
+            "worker",
+            self.role.as_str(),
+            "--id",
+            &self.id.to_string(),
+            "--run",
+            &self.run,
+            "--config",
+        ]
+        .into_iter()
+        .map(OsString::from)
+        .collect();
+        args.push(self.config.clone().into_os_string());
+        args
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::{Finish, WorkerContext, WorkerError};
 use crate::queue::SinkQueues;
-use crate::run_state::WorkItem;
+use crate::source::WorkItem;
 use crate::source::{self, Entry, SourceError};
 use crate::unit::{DataUnit, record, unit_id};
 

@@ -10,11 +10,15 @@
 //!   the SDK's own retries too) and climbs back while it does not; `max_ru_per_second` adds a
 //!   budget of request units by the charge each response reports.
 //! - A document Cosmos DB refuses (400, 409, 413) fails alone and is dead-lettered with the
-//!   status and message; throttling, timeouts and unavailability (429, 408, 410, 449, 503) are
-//!   retried, then the unit is released for redelivery.
+//!   status and message; throttling (after the SDK's own retries), timeouts and unavailability
+//!   (429, 408, 410, 449, 503) end the write with a transient error carrying the server's
+//!   retry-after. The consumer retries the unit ([`crate::retry`]); the retry sends only the
+//!   requests that did not land ([`landed`]).
 
+mod config;
 pub mod document;
 mod errors;
+mod landed;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,14 +39,25 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::{OnceCell, Semaphore};
 
-use self::document::{Document, IdTemplate, KeyValue, PartitionKeyPath, Request, Shape};
+pub use self::config::CosmosSinkConfig;
+use self::document::{Document, KeyValue, Request};
 use self::errors::{Class, classify, describe};
-use super::{Batch, Failure, Sink, SinkError, WriteOutcome};
-use crate::config::CosmosSinkConfig;
+use self::landed::Landed;
+use super::{Batch, Failure, Sink, SinkError, SinkErrors, SinkKind, WriteOutcome};
+use crate::config::SinkConfig;
 use crate::throttle::{AdaptiveRate, ChargeBudget};
 
-/// Attempts of one request before the unit is given back (each after the SDK's own retries).
-const REQUEST_ATTEMPTS: u32 = 6;
+/// The `cosmos` kind.
+pub const KIND: SinkKind = SinkKind {
+    name: "cosmos",
+    read: config::read,
+    build,
+};
+
+fn build(config: &SinkConfig) -> Arc<dyn Sink> {
+    let settings: &CosmosSinkConfig = config.settings();
+    Arc::new(CosmosSink::new(&config.name, settings.clone()))
+}
 
 /// How long one request to an emulator may take: the SDK's longest. Its default of 6 s is
 /// Cosmos DB's latency; a local emulator is one process on a machine that may be busy, and a
@@ -52,9 +67,11 @@ const EMULATOR_REQUEST_TIMEOUT: Duration = Duration::from_secs(65);
 /// The `cosmos` sink.
 pub struct CosmosSink {
     name: String,
+    errors: SinkErrors,
     config: CosmosSinkConfig,
-    shape: Shape,
     container: OnceCell<ContainerClient>,
+    /// What failed attempts of units landed, so their retries send only the rest.
+    landed: Landed,
     in_flight: Semaphore,
     /// Units being written right now.
     writing: AtomicUsize,
@@ -63,46 +80,27 @@ pub struct CosmosSink {
 }
 
 impl CosmosSink {
-    /// A sink for `config`; the id template and key path were validated with the config.
+    /// A sink for `config`, whose id template and key path were parsed with the config.
     pub fn new(name: &str, config: CosmosSinkConfig) -> CosmosSink {
-        let shape = Shape {
-            id: IdTemplate::parse(&config.id).expect("validated id template"),
-            key: PartitionKeyPath::parse(&config.partition_key).expect("validated key path"),
-        };
         CosmosSink {
             name: name.to_string(),
+            errors: SinkErrors::new(name, config.key.clone()),
             in_flight: Semaphore::new(config.max_concurrency.max(1)),
             writing: AtomicUsize::new(0),
             rate: AdaptiveRate::new(config.max_requests_per_second),
             budget: ChargeBudget::per_second(config.max_ru_per_second),
             container: OnceCell::new(),
-            shape,
+            landed: Landed::default(),
             config,
         }
     }
 
     fn transient(&self, message: String) -> SinkError {
-        SinkError::Transient {
-            sink: self.name.clone(),
-            message: self.redact(message),
-        }
+        self.errors.transient(&message)
     }
 
     fn fatal(&self, message: String) -> SinkError {
-        SinkError::Fatal {
-            sink: self.name.clone(),
-            message: self.redact(message),
-        }
-    }
-
-    /// The account key never leaves the process, whatever an error message carries.
-    fn redact(&self, message: String) -> String {
-        let key = self.config.key.expose();
-        if key.is_empty() {
-            message
-        } else {
-            message.replace(key, "***")
-        }
+        self.errors.fatal(&message)
     }
 
     fn where_to(&self) -> String {
@@ -192,12 +190,12 @@ impl CosmosSink {
             .iter()
             .map(|p| p.to_string())
             .collect();
-        if paths != [self.shape.key.as_str()] {
+        if paths != [self.config.shape.key.as_str()] {
             return Err(self.fatal(format!(
                 "container {} is partitioned on {}, but partition_key is `{}`",
                 self.where_to(),
                 paths.join(", "),
-                self.shape.key.as_str()
+                self.config.shape.key.as_str()
             )));
         }
         Ok((container, paths.join(", ")))
@@ -230,8 +228,9 @@ impl CosmosSink {
             .await
     }
 
-    /// Sends one request until it is done: every document landed or failed alone. A request
-    /// that keeps failing transiently fails the unit (which is released and comes again).
+    /// Sends one request until every document landed or failed alone. A request that fails
+    /// transiently (after the SDK's own retries of a throttled one) fails the write at once,
+    /// with the server's retry-after: the consumer owns the retries ([`crate::retry`]).
     async fn send(
         &self,
         container: &ContainerClient,
@@ -239,7 +238,6 @@ impl CosmosSink {
     ) -> Result<Vec<Failure>, SinkError> {
         let mut failures = Vec::new();
         let mut pending = vec![request];
-        let mut attempt = 0;
         while let Some(request) = pending.pop() {
             let outcome = {
                 let _permit = self
@@ -269,16 +267,9 @@ impl CosmosSink {
                     pending.extend(documents.into_iter().map(Request::Single));
                 }
                 Sent::Again { why, wait } => {
-                    attempt += 1;
-                    if attempt >= REQUEST_ATTEMPTS {
-                        return Err(self.transient(format!(
-                            "writing to {} failed {attempt} times: {why}",
-                            self.where_to()
-                        )));
-                    }
-                    tracing::debug!(%why, attempt, "retrying a Cosmos DB request");
-                    tokio::time::sleep(wait.unwrap_or(backoff(attempt))).await;
-                    pending.push(request);
+                    return Err(self
+                        .transient(format!("writing to {}: {why}", self.where_to()))
+                        .after(wait));
                 }
                 Sent::Stop(error) => return Err(error),
             }
@@ -477,10 +468,6 @@ fn retry_after(error: &CosmosError) -> Option<Duration> {
         .map(Duration::from_millis)
 }
 
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(100 * 2u64.pow(attempt.min(6)))
-}
-
 fn partition_key(value: &KeyValue) -> PartitionKey {
     match value {
         KeyValue::String(text) => PartitionKey::from(text.clone()),
@@ -511,24 +498,43 @@ impl Sink for CosmosSink {
 
     async fn write(&self, batch: Arc<Batch>) -> Result<WriteOutcome, SinkError> {
         let container = self.container().await?;
-        let (requests, mut failures) = self.shape.requests(&batch);
+        let (requests, mut failures) = self.config.shape.requests(&batch);
         let rows = batch.rows.len() as u64;
         let _writing = Writing::enter(&self.writing);
-        let mut requests = requests.into_iter();
+        let mut landed = self.landed.take(&batch.unit_id);
+        let mut requests = requests
+            .into_iter()
+            .enumerate()
+            .filter(|(index, _)| !landed.contains_key(index))
+            .collect::<Vec<_>>()
+            .into_iter();
         let mut sends = FuturesUnordered::new();
+        let mut failed: Option<SinkError> = None;
         loop {
-            // Re-read at every completion: a unit widens when others finish.
-            while sends.len() < self.requests_per_unit() {
-                let Some(request) = requests.next() else {
+            // Re-read at every completion: a unit widens when others finish. After a failure
+            // no request starts; the ones in flight finish and count as landed.
+            while failed.is_none() && sends.len() < self.requests_per_unit() {
+                let Some((index, request)) = requests.next() else {
                     break;
                 };
-                sends.push(self.send(container, request));
+                sends.push(async move { (index, self.send(container, request).await) });
             }
             match sends.next().await {
-                Some(result) => failures.extend(result?),
+                Some((index, Ok(refused))) => {
+                    landed.insert(index, refused);
+                }
+                Some((_, Err(error))) if !error.is_transient() => return Err(error),
+                Some((_, Err(error))) => {
+                    failed.get_or_insert(error);
+                }
                 None => break,
             }
         }
+        if let Some(error) = failed {
+            self.landed.keep(&batch.unit_id, landed);
+            return Err(error);
+        }
+        failures.extend(landed.into_values().flatten());
         let refused_rows = failures.len() as u64;
         failures.extend(batch.failures.iter().cloned());
         failures.sort_by_key(|f| f.index);

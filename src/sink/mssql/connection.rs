@@ -14,7 +14,7 @@ use tiberius::{Client, Config};
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
-use crate::config::Secret;
+use crate::settings::Secret;
 
 /// A connected tiberius client over plain tokio TCP (TLS inside, when negotiated).
 pub type Connection = Client<Compat<TcpStream>>;
@@ -31,6 +31,16 @@ pub struct ConnectionSettings {
     config: Config,
     /// `host:port/database as user`, never the password.
     pub description: String,
+    /// The password, to be hidden in every message.
+    password: Secret,
+}
+
+impl std::fmt::Debug for ConnectionSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionSettings")
+            .field("description", &self.description)
+            .finish()
+    }
 }
 
 /// Why a connection string cannot be used.
@@ -56,7 +66,13 @@ impl ConnectionSettings {
         Ok(ConnectionSettings {
             config,
             description,
+            password: password_of(text),
         })
+    }
+
+    /// The password, to hide in messages.
+    pub fn password(&self) -> &Secret {
+        &self.password
     }
 
     /// Connects once: TCP, pre-login, TLS as configured, login. Follows an Azure SQL
@@ -140,10 +156,12 @@ fn ado_value(text: &str, keys: &[&str]) -> Option<String> {
 
 /// `message` with the connection string's password replaced by `***`.
 pub fn redact(message: &str, connection: &str) -> String {
-    match ado_value(connection, &["password", "pwd"]).filter(|p| !p.is_empty()) {
-        Some(password) => message.replace(&password, "***"),
-        None => message.to_string(),
-    }
+    password_of(connection).hide_in(message)
+}
+
+/// The password of an ADO.NET string (empty when it has none).
+fn password_of(connection: &str) -> Secret {
+    Secret::new(ado_value(connection, &["password", "pwd"]).unwrap_or_default())
 }
 
 #[cfg(test)]

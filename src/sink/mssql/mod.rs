@@ -9,6 +9,7 @@
 //! - **errors**: which server errors are retried, isolated or fatal.
 //! - **sql**: every statement the sink sends.
 
+mod config;
 mod connection;
 mod encode;
 mod errors;
@@ -22,13 +23,30 @@ use async_trait::async_trait;
 use deadpool::managed::{Object, PoolError};
 use tokio::sync::OnceCell;
 
-use super::{Batch, Sink, SinkError, WriteOutcome};
-use crate::config::{MssqlSinkConfig, WriteMode};
+use super::{Batch, Sink, SinkError, SinkErrors, SinkKind, WriteMode, WriteOutcome};
+use crate::config::SinkConfig;
 use crate::mapping::Mapping;
 use crate::throttle::RateLimit;
 
+pub use config::MssqlSinkConfig;
 use connection::{Connection, ConnectionPool, TdsManager};
 pub use connection::{ConnectionSettings, ConnectionStringError};
+
+/// The `mssql` kind.
+pub const KIND: SinkKind = SinkKind {
+    name: "mssql",
+    read: config::read,
+    build,
+};
+
+fn build(config: &SinkConfig) -> Arc<dyn Sink> {
+    let settings: &MssqlSinkConfig = config.settings();
+    Arc::new(MssqlSink::new(
+        &config.name,
+        settings.clone(),
+        config.map.clone(),
+    ))
+}
 use errors::{ErrorClass, classify, describe};
 use schema::Target;
 use sql::TableName;
@@ -36,12 +54,11 @@ use write::run;
 
 /// The `mssql` sink of one consumer process.
 pub struct MssqlSink {
-    name: String,
+    errors: SinkErrors,
     config: MssqlSinkConfig,
     table: TableName,
     columns: Vec<String>,
-    settings: Option<ConnectionSettings>,
-    pool: Option<ConnectionPool>,
+    pool: ConnectionPool,
     plan: OnceCell<Arc<write::Plan>>,
     rate: Option<RateLimit>,
 }
@@ -49,25 +66,21 @@ pub struct MssqlSink {
 impl MssqlSink {
     /// A sink named `name` writing rows shaped by `mapping` as `config` says. Connects lazily.
     pub fn new(name: &str, config: MssqlSinkConfig, mapping: Mapping) -> MssqlSink {
-        let settings = ConnectionSettings::parse(&config.connection).ok();
-        let pool = settings.clone().map(|settings| {
-            connection::pool(
-                settings,
-                config.pool_size,
-                config.pool_timeout,
-                config.connect_timeout,
-            )
-        });
+        let pool = connection::pool(
+            config.connection.clone(),
+            config.pool_size,
+            config.pool_timeout,
+            config.connect_timeout,
+        );
         let columns = mapping
             .columns()
             .map(|columns| columns.iter().map(|c| c.column.clone()).collect())
             .unwrap_or_default();
         MssqlSink {
-            name: name.to_string(),
+            errors: SinkErrors::new(name, config.connection.password().clone()),
             table: TableName::parse(&config.table),
             rate: config.max_units_per_second.and_then(RateLimit::per_second),
             columns,
-            settings,
             pool,
             plan: OnceCell::new(),
             config,
@@ -75,21 +88,11 @@ impl MssqlSink {
     }
 
     fn transient(&self, message: String) -> SinkError {
-        SinkError::Transient {
-            sink: self.name.clone(),
-            message: self.redact(message),
-        }
+        self.errors.transient(&message)
     }
 
     fn fatal(&self, message: String) -> SinkError {
-        SinkError::Fatal {
-            sink: self.name.clone(),
-            message: self.redact(message),
-        }
-    }
-
-    fn redact(&self, message: String) -> String {
-        connection::redact(&message, self.config.connection.expose())
+        self.errors.fatal(&message)
     }
 
     /// Turns a tiberius error met while doing `what` into a sink error of the right kind.
@@ -102,16 +105,11 @@ impl MssqlSink {
     }
 
     fn where_to(&self) -> String {
-        self.settings
-            .as_ref()
-            .map_or_else(|| "?".to_string(), |s| s.description.clone())
+        self.config.connection.description.clone()
     }
 
     async fn connection(&self) -> Result<Object<TdsManager>, SinkError> {
-        let pool = self.pool.as_ref().ok_or_else(|| {
-            self.fatal("the connection string cannot be parsed (see `stevedore check`)".into())
-        })?;
-        pool.get().await.map_err(|error| match error {
+        self.pool.get().await.map_err(|error| match error {
             PoolError::Backend(error) => {
                 self.server_error(&format!("cannot connect to {}", self.where_to()), &error)
             }

@@ -18,9 +18,29 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use serde_json::Value;
 
-use super::{Batch, Failure, Sink, SinkError, WriteOutcome};
-use crate::config::{SqliteSinkConfig, WriteMode};
+use super::{Batch, Failure, Sink, SinkError, SinkKind, WriteMode, WriteOutcome};
+use crate::config::SinkConfig;
 use crate::mapping::{Cast, Mapping, Row};
+
+mod config;
+
+pub use config::SqliteSinkConfig;
+
+/// The `sqlite` kind.
+pub const KIND: SinkKind = SinkKind {
+    name: "sqlite",
+    read: config::read,
+    build,
+};
+
+fn build(config: &SinkConfig) -> Arc<dyn Sink> {
+    let settings: &SqliteSinkConfig = config.settings();
+    Arc::new(SqliteSink::new(
+        &config.name,
+        settings.clone(),
+        config.map.clone(),
+    ))
+}
 
 const LEDGER: &str = "stevedore_applied";
 
@@ -61,9 +81,11 @@ impl SqliteSink {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
         {
-            std::fs::create_dir_all(parent).map_err(|error| SinkError::Fatal {
-                sink: self.name.clone(),
-                message: format!("cannot create directory {}: {error}", parent.display()),
+            std::fs::create_dir_all(parent).map_err(|error| {
+                SinkError::fatal(
+                    &self.name,
+                    format!("cannot create directory {}: {error}", parent.display()),
+                )
             })?;
         }
         let connection = Connection::open(&self.config.path).map_err(|e| self.error(e))?;
@@ -94,10 +116,7 @@ impl SqliteSink {
             work(&mut connection, &writer)
         })
         .await
-        .map_err(|error| SinkError::Fatal {
-            sink: self.name.clone(),
-            message: format!("writer thread failed: {error}"),
-        })?;
+        .map_err(|error| SinkError::fatal(&self.name, format!("writer thread failed: {error}")))?;
         result.map_err(|e| self.error(e))
     }
 }
@@ -132,14 +151,14 @@ impl Sink for SqliteSink {
             .cloned()
             .collect();
         if !missing.is_empty() {
-            return Err(SinkError::Fatal {
-                sink: name,
-                message: format!(
+            return Err(SinkError::fatal(
+                &name,
+                format!(
                     "table {table} in {} has no column(s) {}",
                     self.config.path.display(),
                     missing.join(", ")
                 ),
-            });
+            ));
         }
         Ok(format!(
             "sqlite {}: table {table} has {} column(s)",
@@ -398,14 +417,8 @@ fn classify(sink: &str, path: &Path, error: rusqlite::Error) -> SinkError {
         if matches!(e.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::SystemIoFailure | ErrorCode::DiskFull | ErrorCode::OutOfMemory));
     let message = format!("{}: {error}", path.display());
     match transient {
-        true => SinkError::Transient {
-            sink: sink.to_string(),
-            message,
-        },
-        false => SinkError::Fatal {
-            sink: sink.to_string(),
-            message,
-        },
+        true => SinkError::transient(sink, message),
+        false => SinkError::fatal(sink, message),
     }
 }
 

@@ -1,0 +1,297 @@
+//! What every part of a job file is read with: problems at field paths, the reader that turns
+//! one table into a typed struct, the shared checks, and secrets.
+//!
+//! This module sits below `config`, `mapping` and every source and sink kind, and imports none
+//! of them: `config` reads the job's own sections and hands each `[[source]]` and `[[sink]]`
+//! table to its kind as a [`Section`]; the kind reads and checks its own settings and returns
+//! them as [`KindSettings`]. So `config` never names a kind, and a kind never names `config`.
+
+use std::any::Any;
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+/// One problem found in a config, at a field path like `sink[1].map.amount.type`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where: the field path inside the config.
+    pub path: String,
+    /// What is wrong, for a person.
+    pub message: String,
+}
+
+/// Every problem found so far; loading continues past each one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Problems(Vec<Problem>);
+
+impl Problems {
+    /// Records a problem at `path`.
+    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// True when nothing was found.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// How many problems were found.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The problems, in the order found.
+    pub fn iter(&self) -> impl Iterator<Item = &Problem> {
+        self.0.iter()
+    }
+}
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, problem) in self.0.iter().enumerate() {
+            if index > 0 {
+                writeln!(f)?;
+            }
+            if problem.path.is_empty() {
+                write!(f, "  - {}", problem.message)?;
+            } else {
+                write!(f, "  - {}: {}", problem.path, problem.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One table of settings with its place in the file: `[[sink]]` number 1 named `orders` is
+/// `sink[1] (orders)`. A kind reads its own fields from it and reports problems under it.
+pub struct Section<'a> {
+    table: toml::Table,
+    path: &'a str,
+    problems: &'a mut Problems,
+}
+
+impl<'a> Section<'a> {
+    /// The table at `path`, reporting into `problems`.
+    pub fn new(table: toml::Table, path: &'a str, problems: &'a mut Problems) -> Section<'a> {
+        Section {
+            table,
+            path,
+            problems,
+        }
+    }
+
+    /// The section's path, e.g. `sink[0] (orders)`.
+    pub fn path(&self) -> &str {
+        self.path
+    }
+
+    /// The path of one of the section's fields, e.g. `sink[0] (orders).table`.
+    pub fn field(&self, name: &str) -> String {
+        join(self.path, name)
+    }
+
+    /// Records a problem with field `name` (the section itself when empty).
+    pub fn problem(&mut self, name: &str, message: impl Into<String>) {
+        let path = if name.is_empty() {
+            self.path.to_string()
+        } else {
+            self.field(name)
+        };
+        self.problems.push(path, message);
+    }
+
+    /// Where problems go, for checks shared with other modules.
+    pub fn problems(&mut self) -> &mut Problems {
+        self.problems
+    }
+
+    /// Removes and returns a field before the rest is read as a struct.
+    pub fn take(&mut self, name: &str) -> Option<toml::Value> {
+        self.table.remove(name)
+    }
+
+    /// Reads the remaining fields into `T`: every unknown key and the first type error are
+    /// recorded with their full paths; `None` when the fields do not make a `T`.
+    pub fn read<T: DeserializeOwned>(&mut self) -> Option<T> {
+        let table = std::mem::take(&mut self.table);
+        read_value(toml::Value::Table(table), self.path, self.problems)
+    }
+
+    /// A duration written as `"30s"`, `"5m"`, `"1h 30m"`; `default` when absent.
+    pub fn duration(&mut self, value: Option<&str>, default: &str, name: &str) -> Duration {
+        let path = self.field(name);
+        parse_duration(value, default, &path, self.problems)
+    }
+}
+
+/// Deserializes `value` (at `path`) into `T`, recording unknown keys and the first type error.
+pub fn read_value<T: DeserializeOwned>(
+    value: toml::Value,
+    path: &str,
+    problems: &mut Problems,
+) -> Option<T> {
+    let mut unknown = Vec::new();
+    let result = {
+        let mut record_unknown = |field: serde_ignored::Path| unknown.push(field.to_string());
+        let ignored = serde_ignored::Deserializer::new(value, &mut record_unknown);
+        serde_path_to_error::deserialize::<_, T>(ignored)
+    };
+    for field in unknown {
+        problems.push(join(path, &field), "unknown key");
+    }
+    match result {
+        Ok(value) => Some(value),
+        Err(error) => {
+            let inner = error.path().to_string();
+            let at = if inner == "." {
+                path.to_string()
+            } else {
+                join(path, &inner)
+            };
+            problems.push(at, error.into_inner().to_string());
+            None
+        }
+    }
+}
+
+/// Parses a human duration at `path`, `default` when `value` is absent; a bad one is a problem
+/// (and zero, so reading goes on).
+pub fn parse_duration(
+    value: Option<&str>,
+    default: &str,
+    path: &str,
+    problems: &mut Problems,
+) -> Duration {
+    let text = value.unwrap_or(default);
+    match humantime::parse_duration(text) {
+        Ok(duration) => duration,
+        Err(error) => {
+            problems.push(
+                path,
+                format!(
+                    "invalid duration `{text}` ({error}); write e.g. \"30s\", \"5m\", \"1h 30m\""
+                ),
+            );
+            Duration::ZERO
+        }
+    }
+}
+
+/// `path.field`, or `path[3]` for an index.
+pub fn join(path: &str, field: &str) -> String {
+    match (path.is_empty(), field.starts_with('[')) {
+        (true, _) => field.to_string(),
+        (false, true) => format!("{path}{field}"),
+        (false, false) => format!("{path}.{field}"),
+    }
+}
+
+/// Job, source and sink names appear in queue names and unit ids.
+pub fn check_name(name: &str, path: &str, problems: &mut Problems) {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid {
+        problems.push(
+            path,
+            format!("`{name}` is not a valid name (1-64 letters, digits, `-` or `_`)"),
+        );
+    }
+}
+
+/// Table and column names are spliced into SQL, so they must be plain identifiers.
+pub fn check_identifier(name: &str, path: &str, problems: &mut Problems) {
+    let mut chars = name.chars();
+    let valid = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 128;
+    if !valid {
+        problems.push(path, format!("`{name}` is not a valid identifier (letters, digits and `_`, not starting with a digit)"));
+    }
+}
+
+/// A source or sink kind's own settings, read and checked once when the job is loaded. The
+/// job keeps them behind this trait; the kind that read them gets its own type back with
+/// [`settings_of`] when it builds its reader or writer.
+pub trait KindSettings: Any + fmt::Debug + Send + Sync {
+    /// For sources: what the source's unit ids depend on (a run resumes only under the same
+    /// basis), e.g. `files data/*.jsonl Jsonl`.
+    fn basis(&self) -> String {
+        String::new()
+    }
+
+    /// For sinks that must not share a target: what only one sink of the job may write.
+    fn exclusive_target(&self) -> Option<ExclusiveTarget> {
+        None
+    }
+}
+
+/// What only one sink may write (a table of a database file), and what to say when two do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExclusiveTarget {
+    /// The settings field that names the target, e.g. `table`.
+    pub field: &'static str,
+    /// The target's identity; two sinks with the same identity clash.
+    pub identity: String,
+    /// The problem reported on the second sink.
+    pub clash: &'static str,
+}
+
+/// The settings a kind read, as its own type. Only the kind that read them asks, so a
+/// mismatch is a registration bug, not bad input.
+pub fn settings_of<T: KindSettings>(settings: &dyn KindSettings) -> &T {
+    let any: &dyn Any = settings;
+    any.downcast_ref::<T>()
+        .expect("a kind builds only from the settings it read itself")
+}
+
+/// A value that must never be printed: `Debug` shows `***`, and [`Secret::hide_in`] removes
+/// it from any message before the message is logged or returned.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// `text` with every occurrence of the secret replaced by `***`.
+    pub fn hide_in(&self, text: &str) -> String {
+        if self.0.is_empty() {
+            text.to_string()
+        } else {
+            text.replace(&self.0, "***")
+        }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_secret_is_hidden_in_debug_and_messages() {
+        let secret = Secret::new("p@ss");
+        assert_eq!(format!("{secret:?}"), "Secret(***)");
+        assert_eq!(secret.hide_in("login p@ss failed"), "login *** failed");
+        assert_eq!(Secret::new("").hide_in("as is"), "as is");
+    }
+}

@@ -1,0 +1,65 @@
+//! `kind = "sqlite"`: its settings, their defaults, and the checks made once at load.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::super::write_mode::{WriteMode, check_keys};
+use crate::mapping::Mapping;
+use crate::settings::{ExclusiveTarget, KindSettings, Section, check_identifier};
+
+/// Settings of the `sqlite` sink.
+#[derive(Debug, Clone)]
+pub struct SqliteSinkConfig {
+    /// Database file; created with its parent directory if missing.
+    pub path: PathBuf,
+    /// Target table; created if missing.
+    pub table: String,
+    /// Append rows, or replace rows by key.
+    pub mode: WriteMode,
+    /// Key columns for upsert mode.
+    pub key: Vec<String>,
+    /// How long a write waits for another writer's lock before it counts as a failed attempt.
+    pub busy_timeout: Duration,
+}
+
+impl KindSettings for SqliteSinkConfig {
+    /// Two sinks writing one table of one file would each keep their own ledger of it.
+    fn exclusive_target(&self) -> Option<ExclusiveTarget> {
+        Some(ExclusiveTarget {
+            field: "table",
+            identity: format!("{}\n{}", self.path.display(), self.table.to_lowercase()),
+            clash: "another sqlite sink writes this table of this file",
+        })
+    }
+}
+
+/// The table as written.
+#[derive(Deserialize)]
+struct Raw {
+    path: PathBuf,
+    table: String,
+    #[serde(default = "WriteMode::append")]
+    mode: WriteMode,
+    #[serde(default)]
+    key: Vec<String>,
+    busy_timeout: Option<String>,
+}
+
+/// Reads `[[sink]] kind = "sqlite"`.
+pub(super) fn read(section: &mut Section<'_>, map: &Mapping) -> Option<Arc<dyn KindSettings>> {
+    let raw: Raw = section.read()?;
+    let busy_timeout = section.duration(raw.busy_timeout.as_deref(), "60s", "busy_timeout");
+    let table_path = section.field("table");
+    check_identifier(&raw.table, &table_path, section.problems());
+    check_keys(raw.mode, &raw.key, map, section);
+    Some(Arc::new(SqliteSinkConfig {
+        path: raw.path,
+        table: raw.table,
+        mode: raw.mode,
+        key: raw.key,
+        busy_timeout,
+    }))
+}

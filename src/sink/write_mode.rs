@@ -1,0 +1,42 @@
+//! How table sinks apply rows, and the key columns upsert needs: shared by `sqlite` and `mssql`.
+
+use crate::mapping::Mapping;
+use crate::settings::{Section, check_identifier};
+
+/// How a sink applies rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteMode {
+    /// Insert every row; a unit applied twice is caught by the ledger.
+    Append,
+    /// Replace rows with the same key.
+    Upsert,
+}
+
+impl WriteMode {
+    /// The default, for `#[serde(default = ...)]`.
+    pub fn append() -> WriteMode {
+        WriteMode::Append
+    }
+}
+
+/// Upsert needs key columns that the mapping writes; append takes none.
+pub fn check_keys(mode: WriteMode, key: &[String], map: &Mapping, section: &mut Section<'_>) {
+    match mode {
+        WriteMode::Upsert if key.is_empty() => section.problem(
+            "key",
+            "upsert mode needs the key columns, e.g. key = [\"id\"]",
+        ),
+        WriteMode::Append if !key.is_empty() => {
+            section.problem("key", "key applies only to mode = \"upsert\"")
+        }
+        _ => {}
+    }
+    let path = section.field("key");
+    for column in key {
+        check_identifier(column, &path, section.problems());
+        if !map.is_passthrough() && !map.has_column(column) {
+            section.problem("key", format!("key column `{column}` is not in [sink.map]"));
+        }
+    }
+}
