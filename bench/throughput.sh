@@ -35,7 +35,8 @@ run=$!
 declare -A peak
 while kill -0 "$run" 2>/dev/null; do
   for pid in $(pgrep -P "$run" -f "stevedore worker" || true); do
-    name=$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | awk '{print $3"-"$5}')
+    # The worker may exit between pgrep and here: then there is nothing to read.
+    name=$({ tr '\0' ' ' < "/proc/$pid/cmdline"; } 2>/dev/null | awk '{print $3"-"$5}' || true)
     kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
     [ -n "$name" ] && [ "${kb:-0}" -gt "${peak[$name]:-0}" ] && peak[$name]=$kb
   done

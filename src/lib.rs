@@ -15,18 +15,21 @@
 //! hands those kinds to [`config`], which never names one, and [`plan`] turns a loaded job into
 //! work items and prepared sinks.
 
+#![warn(unreachable_pub)]
+
 pub mod cli;
+pub(crate) mod clock;
 pub mod config;
 pub mod job;
 pub mod mapping;
-pub mod plan;
+pub(crate) mod plan;
 pub mod queue;
-pub mod retry;
+pub(crate) mod retry;
 pub mod run_state;
 pub mod settings;
 pub mod sink;
 pub mod source;
-pub mod supervisor;
-pub mod throttle;
+pub(crate) mod supervisor;
+pub(crate) mod throttle;
 pub mod unit;
 pub mod worker;

@@ -7,7 +7,7 @@ use crate::source::{self, SourceError, WorkItem};
 
 /// Readies every sink's target before any worker starts: a table that does not fit the
 /// mapping stops the run here, once, with the sink's own words.
-pub async fn prepare_sinks(config: &JobConfig) -> Result<(), SinkError> {
+pub(crate) async fn prepare_sinks(config: &JobConfig) -> Result<(), SinkError> {
     for sink in &config.sinks {
         sink::from_config(sink).prepare().await?;
     }
@@ -15,7 +15,7 @@ pub async fn prepare_sinks(config: &JobConfig) -> Result<(), SinkError> {
 }
 
 /// Lists every source's work items, before anything starts.
-pub fn plan_sources(config: &JobConfig) -> Result<Vec<WorkItem>, SourceError> {
+pub(crate) fn plan_sources(config: &JobConfig) -> Result<Vec<WorkItem>, SourceError> {
     let mut items = Vec::new();
     for source_config in &config.sources {
         items.extend(source::from_config(source_config).plan(config.queue.unit_records)?);

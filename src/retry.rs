@@ -27,7 +27,7 @@ use backon::ExponentialBuilder;
 
 /// An exponential backoff: `first`, then doubling up to `cap`, for `retries` retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Policy {
+pub(crate) struct Policy {
     /// The wait before the first retry.
     pub first: Duration,
     /// No wait is longer than this.
@@ -38,7 +38,7 @@ pub struct Policy {
 
 /// A sink write within one delivery: 3 attempts, 200 ms then 400 ms apart (longer when the
 /// server asks). Then the unit goes back to the queue ([`REDELIVERY`]).
-pub const SINK_WRITE: Policy = Policy {
+pub(crate) const SINK_WRITE: Policy = Policy {
     first: Duration::from_millis(200),
     cap: Duration::from_secs(2),
     retries: 2,
@@ -46,7 +46,7 @@ pub const SINK_WRITE: Policy = Policy {
 
 /// A unit whose write failed transiently is hidden this long before its next delivery: 2 s
 /// after its first attempt, doubling to 32 s. The count is `max_receives`, from the job.
-pub const REDELIVERY: Policy = Policy {
+pub(crate) const REDELIVERY: Policy = Policy {
     first: Duration::from_secs(2),
     cap: Duration::from_secs(32),
     retries: usize::MAX,
@@ -54,7 +54,7 @@ pub const REDELIVERY: Policy = Policy {
 
 /// A Redis call while Redis is unreachable: 40 retries from 50 ms, at most 2 s apart (about a
 /// minute in all), the client rebuilt before each.
-pub const REDIS_RECONNECT: Policy = Policy {
+pub(crate) const REDIS_RECONNECT: Policy = Policy {
     first: Duration::from_millis(50),
     cap: Duration::from_secs(2),
     retries: 40,
@@ -62,7 +62,7 @@ pub const REDIS_RECONNECT: Policy = Policy {
 
 /// A worker process that died is started again after 100 ms, doubling to 10 s while it keeps
 /// dying; the count is the job's `max_restarts` within `restart_window`.
-pub const WORKER_RESTART: Policy = Policy {
+pub(crate) const WORKER_RESTART: Policy = Policy {
     first: Duration::from_millis(100),
     cap: Duration::from_secs(10),
     retries: usize::MAX,
@@ -71,7 +71,7 @@ pub const WORKER_RESTART: Policy = Policy {
 impl Policy {
     /// The policy for backon's `Retryable::retry`, with jitter (so processes retrying the same
     /// server do not retry in step).
-    pub fn backoff(&self) -> ExponentialBuilder {
+    pub(crate) fn backoff(&self) -> ExponentialBuilder {
         ExponentialBuilder::default()
             .with_min_delay(self.first)
             .with_max_delay(self.cap)
@@ -80,7 +80,7 @@ impl Policy {
     }
 
     /// The same policy with no retries: one attempt.
-    pub fn once(&self) -> Policy {
+    pub(crate) fn once(&self) -> Policy {
         Policy {
             retries: 0,
             ..*self
@@ -89,7 +89,7 @@ impl Policy {
 
     /// The wait before retry `n` (1-based), without jitter: for retries counted across
     /// processes.
-    pub fn wait(&self, n: u32) -> Duration {
+    pub(crate) fn wait(&self, n: u32) -> Duration {
         let doublings = n.saturating_sub(1).min(31);
         self.first.saturating_mul(1 << doublings).min(self.cap)
     }
@@ -97,7 +97,7 @@ impl Policy {
 
 /// The wait a server asked for wins over the policy's when it is longer; `None` (no retry
 /// left) stays `None`. For backon's `adjust`.
-pub fn honour_hint(hint: Option<Duration>, planned: Option<Duration>) -> Option<Duration> {
+pub(crate) fn honour_hint(hint: Option<Duration>, planned: Option<Duration>) -> Option<Duration> {
     planned.map(|planned| hint.map_or(planned, |hint| hint.max(planned)))
 }
 

@@ -14,13 +14,13 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 /// Paces operations to at most `rate` per second, evenly spaced (no bursts: a database that
 /// allows 50 writes a second is kinder to 50 spread out than to 50 at once).
-pub struct RateLimit {
+pub(crate) struct RateLimit {
     limiter: DefaultDirectRateLimiter,
 }
 
 impl RateLimit {
     /// A limit of `rate` operations per second; `None` for a rate that is not positive.
-    pub fn per_second(rate: f64) -> Option<RateLimit> {
+    pub(crate) fn per_second(rate: f64) -> Option<RateLimit> {
         if !(rate.is_finite() && rate > 0.0) {
             return None;
         }
@@ -32,7 +32,7 @@ impl RateLimit {
     }
 
     /// Waits until the next operation may start.
-    pub async fn ready(&self) {
+    pub(crate) async fn ready(&self) {
         self.limiter.until_ready().await;
     }
 }
@@ -40,7 +40,7 @@ impl RateLimit {
 /// A request rate between a floor and the configured ceiling that halves when the server
 /// throttles and climbs back by a twentieth of the ceiling per calm second, so a job under a
 /// provisioned throughput settles just below it instead of storming it with retries.
-pub struct AdaptiveRate {
+pub(crate) struct AdaptiveRate {
     ceiling: f64,
     floor: f64,
     state: Mutex<Adaptation>,
@@ -60,7 +60,7 @@ const STEADY: Duration = Duration::from_secs(1);
 
 impl AdaptiveRate {
     /// Starts at `ceiling` requests per second (which must be positive).
-    pub fn new(ceiling: f64) -> AdaptiveRate {
+    pub(crate) fn new(ceiling: f64) -> AdaptiveRate {
         let floor = (ceiling / 64.0).max(0.5).min(ceiling);
         AdaptiveRate {
             ceiling,
@@ -83,7 +83,7 @@ impl AdaptiveRate {
 
     /// Waits until the next request may start: past any retry-after the server asked for, and
     /// paced at the current rate.
-    pub async fn ready(&self) {
+    pub(crate) async fn ready(&self) {
         let (limit, paused_until) = {
             let state = self.state();
             (state.limit.clone(), state.paused_until)
@@ -96,7 +96,7 @@ impl AdaptiveRate {
 
     /// The server throttled a request and asked to wait `retry_after`: halve the rate (once per
     /// steady period) and hold every request until then.
-    pub fn throttled(&self, retry_after: Option<Duration>) {
+    pub(crate) fn throttled(&self, retry_after: Option<Duration>) {
         let mut state = self.state();
         state.throttles += 1;
         let now = Instant::now();
@@ -121,7 +121,7 @@ impl AdaptiveRate {
     }
 
     /// A request went through unthrottled: after a steady period, raise the rate a step.
-    pub fn succeeded(&self) {
+    pub(crate) fn succeeded(&self) {
         let mut state = self.state();
         let now = Instant::now();
         if state.rate < self.ceiling && now.duration_since(state.changed) >= STEADY {
@@ -136,12 +136,14 @@ impl AdaptiveRate {
     }
 
     /// The current rate, requests per second.
-    pub fn current(&self) -> f64 {
+    #[cfg(test)]
+    pub(crate) fn current(&self) -> f64 {
         self.state().rate
     }
 
     /// How many throttled requests it has been told of.
-    pub fn throttles(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn throttles(&self) -> u64 {
         self.state().throttles
     }
 }
@@ -152,14 +154,14 @@ fn pace(rate: f64) -> RateLimit {
 
 /// A budget of request units per second, spent by the charge each response reports: a
 /// request that cost more makes the next ones wait longer.
-pub struct ChargeBudget {
+pub(crate) struct ChargeBudget {
     limiter: DefaultDirectRateLimiter,
     burst: u32,
 }
 
 impl ChargeBudget {
     /// `units` per second; `None` when not positive (no budget).
-    pub fn per_second(units: f64) -> Option<ChargeBudget> {
+    pub(crate) fn per_second(units: f64) -> Option<ChargeBudget> {
         if !(units.is_finite() && units > 0.0) {
             return None;
         }
@@ -172,7 +174,7 @@ impl ChargeBudget {
     }
 
     /// Waits until `charge` units have been earned back.
-    pub async fn spend(&self, charge: f64) {
+    pub(crate) async fn spend(&self, charge: f64) {
         let units = (charge.ceil() as u32).clamp(1, self.burst);
         if let Some(units) = NonZeroU32::new(units) {
             // `units` never exceeds the burst, so this only waits.

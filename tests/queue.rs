@@ -152,38 +152,41 @@ async fn queue_work_items_are_shared_without_overlap_and_resumed_by_their_holder
         .unwrap();
     assert!(!resumed);
     let items = work_items(10);
-    assert_eq!(state.plan(&items, "basis A").await.unwrap(), Planned::New);
     assert_eq!(
-        state.plan(&items, "basis A").await.unwrap(),
+        state.items().plan(&items, "basis A").await.unwrap(),
+        Planned::New
+    );
+    assert_eq!(
+        state.items().plan(&items, "basis A").await.unwrap(),
         Planned::Kept,
         "a plan is made once per run"
     );
     assert_eq!(
-        state.plan(&items[..2], "basis B").await.unwrap(),
+        state.items().plan(&items[..2], "basis B").await.unwrap(),
         Planned::Changed {
             planned_from: "basis A".into()
         },
         "a run is never re-planned from another basis"
     );
 
-    let held_by_1 = state.claim(1).await.unwrap().unwrap();
+    let held_by_1 = state.items().claim(1).await.unwrap().unwrap();
     assert_eq!(
-        state.claim(1).await.unwrap().unwrap(),
+        state.items().claim(1).await.unwrap().unwrap(),
         held_by_1,
         "a restarted producer resumes the item it held"
     );
     let mut seen = vec![held_by_1.clone()];
-    state.complete(1, &held_by_1, 5).await.unwrap();
+    state.items().complete(1, &held_by_1, 5).await.unwrap();
     for producer in [2, 3, 2, 3, 2, 3, 2, 3, 1] {
-        let item = state.claim(producer).await.unwrap().unwrap();
-        state.complete(producer, &item, 5).await.unwrap();
+        let item = state.items().claim(producer).await.unwrap().unwrap();
+        state.items().complete(producer, &item, 5).await.unwrap();
         seen.push(item);
     }
-    assert!(state.claim(2).await.unwrap().is_none());
+    assert!(state.items().claim(2).await.unwrap().is_none());
     let unique: BTreeSet<u64> = seen.iter().map(|item| item.index).collect();
     assert_eq!(unique.len(), 10, "every item handed out exactly once");
-    assert_eq!(state.unfinished_items().await.unwrap(), 0);
-    assert_eq!(state.totals(&[]).await.unwrap().read, 50);
+    assert_eq!(state.items().unfinished_items().await.unwrap(), 0);
+    assert_eq!(state.ledger().totals(&[]).await.unwrap().read, 50);
 
     // A second supervisor start finds the unfinished run and resumes it.
     let (again, resumed) = RunState::begin(link, "items", "run-2").await.unwrap();
@@ -206,15 +209,15 @@ async fn queue_held_items_of_dead_producers_are_released_on_resume() {
     let link = Arc::new(RedisLink::new(&redis.url()).unwrap());
     let (state, _) = RunState::begin(link, "release", "run-1").await.unwrap();
     let items = work_items(3);
-    state.plan(&items, "basis").await.unwrap();
-    let held = state.claim(7).await.unwrap().unwrap();
-    assert_eq!(state.release_held_items().await.unwrap(), 1);
+    state.items().plan(&items, "basis").await.unwrap();
+    let held = state.items().claim(7).await.unwrap().unwrap();
+    assert_eq!(state.items().release_held_items().await.unwrap(), 1);
     assert_eq!(
-        state.claim(1).await.unwrap().unwrap(),
+        state.items().claim(1).await.unwrap().unwrap(),
         held,
         "the released item is next in line"
     );
-    assert_eq!(state.unfinished_items().await.unwrap(), 3);
+    assert_eq!(state.items().unfinished_items().await.unwrap(), 3);
 }
 
 #[tokio::test]
@@ -223,21 +226,21 @@ async fn queue_a_stale_completion_does_not_drop_the_item_a_new_producer_holds() 
     let link = Arc::new(RedisLink::new(&redis.url()).unwrap());
     let (state, _) = RunState::begin(link, "stale", "run-1").await.unwrap();
     let items = work_items(3);
-    state.plan(&items, "basis").await.unwrap();
+    state.items().plan(&items, "basis").await.unwrap();
     // An orphaned producer-1 holds item 0; a new supervisor releases it and a new
     // producer-1 ends up holding item 1.
-    let old = state.claim(1).await.unwrap().unwrap();
-    state.release_held_items().await.unwrap();
-    assert_eq!(state.claim(2).await.unwrap().unwrap(), old);
-    let new = state.claim(1).await.unwrap().unwrap();
+    let old = state.items().claim(1).await.unwrap().unwrap();
+    state.items().release_held_items().await.unwrap();
+    assert_eq!(state.items().claim(2).await.unwrap().unwrap(), old);
+    let new = state.items().claim(1).await.unwrap().unwrap();
     assert_ne!(new, old);
     // The orphan finishes late: its count is recorded, the new holder keeps its item.
-    state.complete(1, &old, 4).await.unwrap();
+    state.items().complete(1, &old, 4).await.unwrap();
     assert_eq!(
-        state.claim(1).await.unwrap().unwrap(),
+        state.items().claim(1).await.unwrap().unwrap(),
         new,
         "producer-1 still holds its item"
     );
     // Producer 2 still holds item 0 (it redoes it harmlessly: unit ids are deterministic).
-    assert_eq!(state.unfinished_items().await.unwrap(), 3);
+    assert_eq!(state.items().unfinished_items().await.unwrap(), 3);
 }

@@ -11,10 +11,7 @@ pub async fn run(config_path: &Path, summary_json: Option<&Path>, log_format: Lo
     let Some(config) = load_config(config_path) else {
         return EXIT_CONFIG;
     };
-    let options = RunOptions {
-        config_path: config_path.to_path_buf(),
-        log_format,
-    };
+    let options = RunOptions { log_format };
     let summary = match supervisor::run_once(config, options).await {
         Ok(summary) => summary,
         Err(error) => {

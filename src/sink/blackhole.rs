@@ -11,7 +11,7 @@ use crate::mapping::Mapping;
 use crate::settings::{KindSettings, Section};
 
 /// The `blackhole` kind: no settings.
-pub const KIND: SinkKind = SinkKind {
+pub(super) const KIND: SinkKind = SinkKind {
     name: "blackhole",
     read,
     build,

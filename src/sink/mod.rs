@@ -8,8 +8,8 @@
 
 mod blackhole;
 pub mod cosmos;
-pub mod mssql;
-pub mod sqlite;
+mod mssql;
+pub(crate) mod sqlite;
 mod write_mode;
 
 use std::sync::Arc;

@@ -21,7 +21,12 @@ impl WriteMode {
 }
 
 /// Upsert needs key columns that the mapping writes; append takes none.
-pub fn check_keys(mode: WriteMode, key: &[String], map: &Mapping, section: &mut Section<'_>) {
+pub(super) fn check_keys(
+    mode: WriteMode,
+    key: &[String],
+    map: &Mapping,
+    section: &mut Section<'_>,
+) {
     match mode {
         WriteMode::Upsert if key.is_empty() => section.problem(
             "key",

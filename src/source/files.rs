@@ -14,7 +14,7 @@ use crate::settings::{KindSettings, Section};
 use crate::unit::Reject;
 
 /// The `files` kind.
-pub const KIND: SourceKind = SourceKind {
+pub(super) const KIND: SourceKind = SourceKind {
     name: "files",
     read,
     build,

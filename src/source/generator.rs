@@ -10,7 +10,7 @@ use crate::config::SourceConfig;
 use crate::settings::{KindSettings, Section};
 
 /// The `generator` kind.
-pub const KIND: SourceKind = SourceKind {
+pub(super) const KIND: SourceKind = SourceKind {
     name: "generator",
     read,
     build,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::queue::{LinkError, RedisLink};
 
 /// How long the lock outlives a holder that stopped renewing it.
-pub const LOCK_TTL: Duration = Duration::from_secs(15);
+pub(crate) const LOCK_TTL: Duration = Duration::from_secs(15);
 
 /// Extends the lock if we hold it, or takes it back if it expired and nobody else took it
 /// (Redis was unreachable for longer than the TTL): KEYS = lock; ARGV = token, TTL in ms.
@@ -37,7 +37,7 @@ static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
 });
 
 /// A held job lock.
-pub struct JobLock {
+pub(crate) struct JobLock {
     key: String,
     token: String,
     /// Grows with every acquisition of this job's lock.
@@ -46,7 +46,7 @@ pub struct JobLock {
 
 /// Why the lock could not be taken.
 #[derive(Debug, thiserror::Error)]
-pub enum LockError {
+pub(crate) enum LockError {
     /// Someone else runs the job.
     #[error(
         "job `{job}` is already running ({holder}); wait for it to finish, or for its lock to expire {ttl} s after it stops"
@@ -66,7 +66,7 @@ pub enum LockError {
 
 impl JobLock {
     /// Takes the lock of `job`, or says who has it.
-    pub async fn acquire(link: &RedisLink, job: &str) -> Result<JobLock, LockError> {
+    pub(crate) async fn acquire(link: &RedisLink, job: &str) -> Result<JobLock, LockError> {
         let key = format!("stevedore:{job}:lock");
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
@@ -74,7 +74,7 @@ impl JobLock {
         let token = format!(
             "host {host} pid {} at {}",
             std::process::id(),
-            crate::run_state::now_ms()
+            crate::clock::now_ms()
         );
         let ttl_ms = LOCK_TTL.as_millis() as u64;
         let taken: Option<String> = link
@@ -115,7 +115,7 @@ impl JobLock {
     }
 
     /// Extends (or retakes, if it expired unclaimed) the lock; false if someone else holds it.
-    pub async fn renew(&self, link: &RedisLink) -> Result<bool, LinkError> {
+    pub(crate) async fn renew(&self, link: &RedisLink) -> Result<bool, LinkError> {
         let renewed: i64 = link
             .script(
                 "renewing the job lock",
@@ -128,7 +128,7 @@ impl JobLock {
     }
 
     /// Gives the lock up, if still held.
-    pub async fn release(self, link: &RedisLink) -> Result<(), LinkError> {
+    pub(crate) async fn release(self, link: &RedisLink) -> Result<(), LinkError> {
         link.script::<i64>(
             "releasing the job lock",
             &RELEASE,

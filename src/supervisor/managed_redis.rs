@@ -11,10 +11,75 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use super::SupervisorError;
+/// Why the managed Redis could not be started or kept running.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ManagedRedisError {
+    /// A local file or process operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, e.g. `cannot create var/redis`.
+        what: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Another process holds the data directory.
+    #[error(
+        "the managed redis in {} is already in use (pid {pid}); is another stevedore running this job?",
+        dir.display()
+    )]
+    InUse {
+        /// The data directory.
+        dir: PathBuf,
+        /// The process holding it.
+        pid: i32,
+    },
+    /// The binary could not be started.
+    #[error("cannot start {} ({source}); install redis-server or set redis.server_bin", bin.display())]
+    Spawn {
+        /// The `redis-server` binary.
+        bin: PathBuf,
+        /// Why it could not start.
+        source: std::io::Error,
+    },
+    /// The server exited while starting.
+    #[error("redis-server exited during start-up ({status}); see {}", log.display())]
+    Exited {
+        /// How it exited.
+        status: std::process::ExitStatus,
+        /// Its log file.
+        log: PathBuf,
+    },
+    /// Another Redis answers on the port chosen for ours.
+    #[error("port {port} is served by another redis-server (pid {pid}), not ours")]
+    PortTaken {
+        /// The port.
+        port: u16,
+        /// The other server's pid.
+        pid: u32,
+    },
+    /// The server did not answer in time.
+    #[error(
+        "redis-server on port {port} did not answer within {} s (last: {last}); see {}",
+        READY_PATIENCE.as_secs(),
+        log.display()
+    )]
+    NotReady {
+        /// The port.
+        port: u16,
+        /// The last error seen while asking.
+        last: String,
+        /// Its log file.
+        log: PathBuf,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ManagedRedisError {
+    let what = what.into();
+    move |source| ManagedRedisError::Io { what, source }
+}
 
 /// A supervised `redis-server`.
-pub struct ManagedRedis {
+pub(crate) struct ManagedRedis {
     bin: PathBuf,
     dir: PathBuf,
     port: u16,
@@ -25,19 +90,13 @@ pub struct ManagedRedis {
 
 impl ManagedRedis {
     /// Starts `bin` with its data in `dir` and waits until it answers.
-    pub async fn start(bin: &Path, dir: &Path) -> Result<ManagedRedis, SupervisorError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| SupervisorError::Redis(format!("cannot create {}: {e}", dir.display())))?;
-        let dir = dir
-            .canonicalize()
-            .map_err(|e| SupervisorError::Redis(format!("{}: {e}", dir.display())))?;
+    pub(crate) async fn start(bin: &Path, dir: &Path) -> Result<ManagedRedis, ManagedRedisError> {
+        std::fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
+        let dir = dir.canonicalize().map_err(io(dir.display().to_string()))?;
         if let Some(pid) = live_pid(&dir.join("redis.pid")) {
-            return Err(SupervisorError::Redis(format!(
-                "the managed redis in {} is already in use (pid {pid}); is another stevedore running this job?",
-                dir.display()
-            )));
+            return Err(ManagedRedisError::InUse { dir, pid });
         }
-        let port = free_port().map_err(|e| SupervisorError::Redis(format!("no free port: {e}")))?;
+        let port = free_port().map_err(io("no free port"))?;
         let child = spawn(bin, &dir, port)?;
         let mut redis = ManagedRedis {
             bin: bin.to_path_buf(),
@@ -51,17 +110,12 @@ impl ManagedRedis {
     }
 
     /// The URL workers use.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
-    /// The server's process id.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
-    }
-
     /// Restarts the server if it has exited; true if it did.
-    pub async fn revive(&mut self) -> Result<bool, SupervisorError> {
+    pub(crate) async fn revive(&mut self) -> Result<bool, ManagedRedisError> {
         match self.child.try_wait() {
             Ok(None) => Ok(false),
             Ok(Some(status)) => {
@@ -72,14 +126,12 @@ impl ManagedRedis {
                 self.wait_ready().await?;
                 Ok(true)
             }
-            Err(error) => Err(SupervisorError::Redis(format!(
-                "cannot poll redis-server: {error}"
-            ))),
+            Err(error) => Err(io("cannot poll redis-server")(error)),
         }
     }
 
     /// Stops the server cleanly (it flushes its append-only file).
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
             super::workers::signal(pid, libc::SIGTERM);
         }
@@ -93,34 +145,32 @@ impl ManagedRedis {
 
     /// Waits until the server answers, and is this process (not another Redis that took the
     /// port between our choosing it and the server binding it).
-    async fn wait_ready(&mut self) -> Result<(), SupervisorError> {
-        let client =
-            redis::Client::open(self.url()).map_err(|e| SupervisorError::Redis(e.to_string()))?;
+    async fn wait_ready(&mut self) -> Result<(), ManagedRedisError> {
+        let client = redis::Client::open(self.url()).expect("a loopback URL with a port is valid");
         let deadline = tokio::time::Instant::now() + READY_PATIENCE;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(SupervisorError::Redis(format!(
-                    "redis-server exited during start-up ({status}); see {}",
-                    self.dir.join("redis.log").display()
-                )));
+                return Err(ManagedRedisError::Exited {
+                    status,
+                    log: self.dir.join("redis.log"),
+                });
             }
             let last = match server_pid(&client).await {
                 Ok(pid) if Some(pid) == self.child.id() => return Ok(()),
                 Ok(pid) => {
-                    return Err(SupervisorError::Redis(format!(
-                        "port {} is served by another redis-server (pid {pid}), not ours",
-                        self.port
-                    )));
+                    return Err(ManagedRedisError::PortTaken {
+                        port: self.port,
+                        pid,
+                    });
                 }
                 Err(error) => error.to_string(),
             };
             if tokio::time::Instant::now() > deadline {
-                return Err(SupervisorError::Redis(format!(
-                    "redis-server on port {} did not answer within {} s (last: {last}); see {}",
-                    self.port,
-                    READY_PATIENCE.as_secs(),
-                    self.dir.join("redis.log").display()
-                )));
+                return Err(ManagedRedisError::NotReady {
+                    port: self.port,
+                    last,
+                    log: self.dir.join("redis.log"),
+                });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -143,7 +193,7 @@ async fn server_pid(client: &redis::Client) -> redis::RedisResult<u32> {
         .ok_or_else(|| (redis::ErrorKind::Parse, "no process_id in INFO server").into())
 }
 
-fn spawn(bin: &Path, dir: &Path, port: u16) -> Result<Child, SupervisorError> {
+fn spawn(bin: &Path, dir: &Path, port: u16) -> Result<Child, ManagedRedisError> {
     let mut command = Command::new(bin);
     command
         .args([
@@ -172,11 +222,9 @@ fn spawn(bin: &Path, dir: &Path, port: u16) -> Result<Child, SupervisorError> {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     super::workers::detach_from_terminal(&mut command);
-    command.spawn().map_err(|error| {
-        SupervisorError::Redis(format!(
-            "cannot start {} ({error}); install redis-server or set redis.server_bin",
-            bin.display()
-        ))
+    command.spawn().map_err(|source| ManagedRedisError::Spawn {
+        bin: bin.to_path_buf(),
+        source,
     })
 }
 
@@ -187,7 +235,7 @@ fn live_pid(pidfile: &Path) -> Option<i32> {
 }
 
 /// A loopback port nobody listens on right now.
-pub fn free_port() -> std::io::Result<u16> {
+pub(super) fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

@@ -10,8 +10,8 @@
 mod lock;
 mod managed_redis;
 mod progress;
-pub mod summary;
-pub mod workers;
+pub(crate) mod summary;
+pub(crate) mod workers;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,19 +20,20 @@ use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::clock::now_ms;
 use crate::config::{JobConfig, RedisConfig};
 use crate::plan;
 use crate::queue::{LinkError, Patience, Queues, RedisLink, SinkQueues};
-use crate::run_state::{Planned, RunState, new_run_id, now_ms};
+use crate::run_state::{Planned, RunState, new_run_id};
 use crate::sink::SinkError;
 use crate::source::SourceError;
 use crate::source::WorkItem;
 use crate::unit::DataUnit;
-use crate::worker::{EXIT_INTERRUPTED, LogFormat, Role};
+use crate::worker::{EXIT_INTERRUPTED, LogFormat, Role, worker_name};
 
-pub use lock::{JobLock, LOCK_TTL, LockError};
-pub use managed_redis::{ManagedRedis, free_port};
-pub use summary::{Status, Summary};
+pub(crate) use lock::{JobLock, LOCK_TTL, LockError};
+pub(crate) use managed_redis::{ManagedRedis, ManagedRedisError};
+pub(crate) use summary::{Status, Summary};
 use workers::{Launcher, State, WorkerProcess, log_tail, signal as send_signal};
 
 /// How often the supervisor looks at its workers.
@@ -40,19 +41,34 @@ const TICK: Duration = Duration::from_millis(250);
 
 /// Why the supervisor could not run a job.
 #[derive(Debug, thiserror::Error)]
-pub enum SupervisorError {
+pub(crate) enum SupervisorError {
     /// A source could not be planned (e.g. its glob matches nothing): a config problem.
     #[error(transparent)]
     Plan(#[from] SourceError),
     /// The managed Redis could not be started.
     #[error("managed redis: {0}")]
-    Redis(String),
+    Redis(#[from] ManagedRedisError),
     /// Redis was unreachable.
     #[error(transparent)]
     Link(#[from] LinkError),
     /// The unfinished run cannot be resumed under the config as it is now: a config problem.
-    #[error("{0}")]
-    Changed(String),
+    #[error(
+        "the unfinished run {run} of job {job} was planned from other sources or another \
+         queue.unit_records ({planned_from}); resuming it under this config would mis-identify \
+         its units. Restore those settings to finish it (the config it last ran with is saved in \
+         {})",
+        snapshot.display()
+    )]
+    Changed {
+        /// The run that cannot be resumed.
+        run: String,
+        /// The job.
+        job: String,
+        /// The basis the run was planned from.
+        planned_from: String,
+        /// The config the run last ran with.
+        snapshot: PathBuf,
+    },
     /// Another supervisor runs the job.
     #[error(transparent)]
     Lock(#[from] LockError),
@@ -60,15 +76,28 @@ pub enum SupervisorError {
     #[error(transparent)]
     Sink(#[from] SinkError),
     /// Local files or processes failed.
-    #[error("{0}")]
-    Local(String),
+    #[error("{what}: {source}")]
+    Local {
+        /// What the supervisor was doing, e.g. `cannot write var/logs/.../job.toml`.
+        what: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
 }
 
 impl SupervisorError {
+    /// A local I/O failure while doing `what`.
+    fn local(what: impl Into<String>, source: std::io::Error) -> SupervisorError {
+        SupervisorError::Local {
+            what: what.into(),
+            source,
+        }
+    }
+
     /// True when the user's config is at fault (exit code 2).
-    pub fn is_config_error(&self) -> bool {
+    pub(crate) fn is_config_error(&self) -> bool {
         match self {
-            SupervisorError::Plan(_) | SupervisorError::Changed(_) => true,
+            SupervisorError::Plan(_) | SupervisorError::Changed { .. } => true,
             SupervisorError::Sink(error) => !error.is_transient(),
             _ => false,
         }
@@ -76,9 +105,7 @@ impl SupervisorError {
 }
 
 /// How `run` was invoked.
-pub struct RunOptions {
-    /// The config file, passed on to workers.
-    pub config_path: PathBuf,
+pub(crate) struct RunOptions {
     /// How workers log.
     pub log_format: LogFormat,
 }
@@ -105,7 +132,7 @@ impl Signals {
     fn listen() -> Result<Signals, SupervisorError> {
         let listen = |kind| {
             signal(kind)
-                .map_err(|e| SupervisorError::Local(format!("cannot listen for signals: {e}")))
+                .map_err(|source| SupervisorError::local("cannot listen for signals", source))
         };
         Ok(Signals {
             interrupts: listen(SignalKind::interrupt())?,
@@ -136,7 +163,10 @@ struct Invocation<'a> {
 }
 
 /// Runs the job once, to completion, failure or interruption.
-pub async fn run_once(config: JobConfig, options: RunOptions) -> Result<Summary, SupervisorError> {
+pub(crate) async fn run_once(
+    config: JobConfig,
+    options: RunOptions,
+) -> Result<Summary, SupervisorError> {
     let started = Instant::now();
     let mut signals = Signals::listen()?;
     let items = plan::plan_sources(&config)?;
@@ -156,6 +186,7 @@ pub async fn run_once(config: JobConfig, options: RunOptions) -> Result<Summary,
     let result = async {
         let link = Arc::new(RedisLink::new(&redis_url)?);
         let lock = JobLock::acquire(&link, &config.job.name).await?;
+        tracing::debug!(fencing_token = lock.fencing_token, "holding the job lock");
         let invocation = Invocation {
             config: &config,
             options: &options,
@@ -206,18 +237,18 @@ async fn supervise(
     let (state, resumed) = RunState::begin(link.clone(), &config.job.name, &new_run_id()).await?;
     let log_dir = config.job.data_dir.join("logs").join(state.run_id());
     let snapshot = log_dir.join("job.toml");
-    if let Planned::Changed { planned_from } = state.plan(&items, &config.plan_basis()).await? {
-        return Err(SupervisorError::Changed(format!(
-            "the unfinished run {} of job {} was planned from other sources or another queue.unit_records \
-             ({planned_from}); resuming it under this config would mis-identify its units. Restore those \
-             settings to finish it (the config it last ran with is saved in {})",
-            state.run_id(),
-            config.job.name,
-            snapshot.display()
-        )));
+    if let Planned::Changed { planned_from } =
+        state.items().plan(&items, &config.plan_basis()).await?
+    {
+        return Err(SupervisorError::Changed {
+            run: state.run_id().to_string(),
+            job: config.job.name.clone(),
+            planned_from,
+            snapshot,
+        });
     }
     if resumed {
-        let released = state.release_held_items().await?;
+        let released = state.items().release_held_items().await?;
         tracing::info!(
             run = state.run_id(),
             released,
@@ -228,10 +259,12 @@ async fn supervise(
     // goes on cannot reach a restarted worker. It holds `${VAR}`s, not their values.
     std::fs::create_dir_all(&log_dir)
         .and_then(|()| std::fs::write(&snapshot, &config.text))
-        .map_err(|e| SupervisorError::Local(format!("cannot write {}: {e}", snapshot.display())))?;
+        .map_err(|source| {
+            SupervisorError::local(format!("cannot write {}", snapshot.display()), source)
+        })?;
     let launcher = Launcher {
         exe: std::env::current_exe()
-            .map_err(|e| SupervisorError::Local(format!("cannot find this executable: {e}")))?,
+            .map_err(|source| SupervisorError::local("cannot find this executable", source))?,
         config_path: snapshot.canonicalize().unwrap_or_else(|_| snapshot.clone()),
         run: state.run_id().to_string(),
         redis_url: redis_url.to_string(),
@@ -252,7 +285,7 @@ async fn supervise(
     ] {
         for id in 1..=count {
             let child = launcher.spawn(role, id).map_err(|e| {
-                SupervisorError::Local(format!("cannot start {} {id}: {e}", role.as_str()))
+                SupervisorError::local(format!("cannot start {}", worker_name(role, id)), e)
             })?;
             workers.push(WorkerProcess::new(role, id, child));
         }
@@ -299,7 +332,7 @@ async fn supervise(
         monitor.restart_due();
         monitor.check_heartbeats().await;
         monitor.drain_when_produced().await;
-        if let Ok(progress) = ticker_state.progress().await {
+        if let Ok(progress) = ticker_state.ledger().progress().await {
             display.update(&progress, &sink_names);
         }
     }
@@ -456,7 +489,7 @@ impl Monitor<'_> {
             return;
         }
         let timeout = self.config.workers.heartbeat_timeout;
-        let Ok(beats) = self.state.heartbeats().await else {
+        let Ok(beats) = self.state.liveness().heartbeats().await else {
             self.heartbeat_grace_until = Instant::now() + timeout;
             return;
         };
@@ -494,8 +527,8 @@ impl Monitor<'_> {
         if !producers_done {
             return;
         }
-        match self.state.unfinished_items().await {
-            Ok(0) => match self.state.set_drain().await {
+        match self.state.items().unfinished_items().await {
+            Ok(0) => match self.state.liveness().set_drain().await {
                 Ok(()) => self.drained = true,
                 Err(error) => tracing::warn!(%error, "cannot set the drain flag yet"),
             },
@@ -520,7 +553,7 @@ async fn summarize(
     for sink in &config.sinks {
         count_dead_units(config, queues, state, &sink.name).await?;
     }
-    let totals = state.totals(&sink_names).await?;
+    let totals = state.ledger().totals(&sink_names).await?;
     let mut sinks = BTreeMap::new();
     for sink in &config.sinks {
         let written = totals.written.get(&sink.name).copied().unwrap_or(0);
@@ -574,7 +607,7 @@ async fn count_dead_units(
     sink: &str,
 ) -> Result<(), SupervisorError> {
     let prefix = format!("{}/{}/", config.job.name, state.run_id());
-    let written = state.written_units(sink).await?;
+    let written = state.ledger().written_units(sink).await?;
     for message in queues
         .read_all(&SinkQueues::new(&config.job.name, sink).dead)
         .await?
@@ -585,6 +618,7 @@ async fn count_dead_units(
         {
             tracing::warn!(unit = %unit.id, sink, "unit was dead-lettered whole after repeated failed deliveries");
             state
+                .ledger()
                 .record_dead_unit(sink, &unit.id, unit.input_count())
                 .await?;
         }

@@ -9,11 +9,11 @@ use super::summary::thousands;
 use crate::run_state::Progress;
 
 /// A one-line live display, or nothing.
-pub struct ProgressLine(Option<ProgressBar>);
+pub(super) struct ProgressLine(Option<ProgressBar>);
 
 impl ProgressLine {
     /// Shows progress only when stderr is a terminal.
-    pub fn new() -> ProgressLine {
+    pub(super) fn new() -> ProgressLine {
         if !std::io::stderr().is_terminal() {
             return ProgressLine(None);
         }
@@ -25,7 +25,7 @@ impl ProgressLine {
     }
 
     /// Redraws with the latest counters.
-    pub fn update(&self, progress: &Progress, sinks: &[String]) {
+    pub(super) fn update(&self, progress: &Progress, sinks: &[String]) {
         let Some(bar) = &self.0 else { return };
         let mut message = format!("read {}", thousands(progress.read));
         for sink in sinks {
@@ -41,7 +41,7 @@ impl ProgressLine {
     }
 
     /// Removes the line before the summary is printed.
-    pub fn finish(&self) {
+    pub(super) fn finish(&self) {
         if let Some(bar) = &self.0 {
             bar.finish_and_clear();
         }

@@ -8,7 +8,7 @@ use serde::Serialize;
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Status {
+pub(crate) enum Status {
     /// Every record read landed in every sink.
     Ok,
     /// Finished, but some records are in dead-letter queues.
@@ -19,7 +19,7 @@ pub enum Status {
 
 /// Per-sink results.
 #[derive(Debug, Clone, Serialize)]
-pub struct SinkSummary {
+pub(crate) struct SinkSummary {
     /// The sink kind.
     pub kind: String,
     /// Distinct records that landed.
@@ -32,7 +32,7 @@ pub struct SinkSummary {
 
 /// Per-worker results.
 #[derive(Debug, Clone, Serialize)]
-pub struct WorkerSummary {
+pub(crate) struct WorkerSummary {
     /// Producer or consumer.
     pub role: crate::worker::Role,
     /// Number within the role.
@@ -45,7 +45,7 @@ pub struct WorkerSummary {
 
 /// The whole summary.
 #[derive(Debug, Clone, Serialize)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// The job.
     pub job: String,
     /// The run id.
@@ -74,7 +74,7 @@ pub struct Summary {
 
 impl Summary {
     /// The process exit code for this outcome: 0 ok, 3 dead letters, 1 failed.
-    pub fn exit_code(&self) -> i32 {
+    pub(crate) fn exit_code(&self) -> i32 {
         match self.status {
             Status::Ok => 0,
             Status::DeadLetters => 3,
@@ -83,7 +83,7 @@ impl Summary {
     }
 
     /// The summary as a few aligned lines.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let status = match self.status {
             Status::Ok => "ok",
             Status::DeadLetters => "finished with dead letters",
@@ -140,7 +140,7 @@ impl Summary {
 }
 
 /// `1234567` as `1,234,567`.
-pub fn thousands(n: u64) -> String {
+pub(crate) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {

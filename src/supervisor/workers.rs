@@ -13,10 +13,10 @@ use crate::worker::{LogFormat, Role, WorkerArgs, worker_name};
 
 /// The environment variable that hands workers the Redis URL: unlike an argument, it does
 /// not show a password to everyone who runs `ps`.
-pub const REDIS_URL_ENV: &str = "STEVEDORE_REDIS_URL";
+pub(crate) const REDIS_URL_ENV: &str = "STEVEDORE_REDIS_URL";
 
 /// Everything needed to start a worker of this run.
-pub struct Launcher {
+pub(crate) struct Launcher {
     /// This binary.
     pub exe: PathBuf,
     /// The job config file, as the supervisor read it.
@@ -33,7 +33,7 @@ pub struct Launcher {
 
 impl Launcher {
     /// Starts worker `role` number `id`, appending its output to its log file.
-    pub fn spawn(&self, role: Role, id: u32) -> std::io::Result<Child> {
+    pub(crate) fn spawn(&self, role: Role, id: u32) -> std::io::Result<Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -56,14 +56,14 @@ impl Launcher {
     }
 
     /// The log file of worker `role` number `id`.
-    pub fn log_path(&self, role: Role, id: u32) -> PathBuf {
+    pub(crate) fn log_path(&self, role: Role, id: u32) -> PathBuf {
         self.log_dir.join(format!("{}.log", worker_name(role, id)))
     }
 }
 
 /// Puts a child in its own process group (a terminal's Ctrl-C reaches only the supervisor,
 /// which then stops children in order) and has the kernel send it SIGTERM if the supervisor dies.
-pub fn detach_from_terminal(command: &mut Command) {
+pub(crate) fn detach_from_terminal(command: &mut Command) {
     command.process_group(0);
     // SAFETY: prctl is async-signal-safe and touches only the child being set up.
     unsafe {
@@ -75,7 +75,7 @@ pub fn detach_from_terminal(command: &mut Command) {
 }
 
 /// Sends `signal` to process `pid`.
-pub fn signal(pid: u32, signal: i32) {
+pub(crate) fn signal(pid: u32, signal: i32) {
     // SAFETY: kill has no memory-safety preconditions.
     unsafe {
         libc::kill(pid as i32, signal);
@@ -83,7 +83,7 @@ pub fn signal(pid: u32, signal: i32) {
 }
 
 /// Where a worker is in its life.
-pub enum State {
+pub(crate) enum State {
     /// Running as this child.
     Running(Child),
     /// Died; to be started again at this instant.
@@ -93,7 +93,7 @@ pub enum State {
 }
 
 /// One supervised worker.
-pub struct WorkerProcess {
+pub(crate) struct WorkerProcess {
     /// Its role.
     pub role: Role,
     /// Its number within the role.
@@ -111,7 +111,7 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     /// A worker that has just been started as `child`.
-    pub fn new(role: Role, id: u32, child: Child) -> WorkerProcess {
+    pub(crate) fn new(role: Role, id: u32, child: Child) -> WorkerProcess {
         let pid = child.id().unwrap_or(0);
         WorkerProcess {
             role,
@@ -125,13 +125,13 @@ impl WorkerProcess {
     }
 
     /// `producer-1`, `consumer-2`: the name in logs and heartbeats.
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         worker_name(self.role, self.id)
     }
 
     /// Schedules a restart with exponential backoff. Returns false when the worker restarted
     /// more than `max_restarts` times within `window`: a crash loop.
-    pub fn schedule_restart(&mut self, max_restarts: u32, window: Duration) -> bool {
+    pub(crate) fn schedule_restart(&mut self, max_restarts: u32, window: Duration) -> bool {
         let now = Instant::now();
         while self
             .recent_restarts
@@ -150,7 +150,7 @@ impl WorkerProcess {
     }
 
     /// Replaces the process after a restart.
-    pub fn restarted(&mut self, child: Child) {
+    pub(crate) fn restarted(&mut self, child: Child) {
         self.pid = child.id().unwrap_or(0);
         self.started = Instant::now();
         self.restarts += 1;
@@ -158,13 +158,13 @@ impl WorkerProcess {
     }
 
     /// True once the worker finished and will not run again.
-    pub fn has_exited(&self) -> bool {
+    pub(crate) fn has_exited(&self) -> bool {
         matches!(self.state, State::Exited(_))
     }
 }
 
 /// The last `lines` lines of a log, to show why a worker failed.
-pub fn log_tail(path: &Path, lines: usize) -> String {
+pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")

@@ -25,9 +25,9 @@ use super::{Finish, WorkerContext, WorkerError};
 use crate::config::SinkConfig;
 use backon::Retryable;
 
+use crate::clock::now_ms;
 use crate::queue::{Delivery, Queues, SinkQueues};
 use crate::retry;
-use crate::run_state::now_ms;
 use crate::sink::{self, Batch, Failure, Sink, WriteOutcome};
 use crate::unit::DataUnit;
 
@@ -77,7 +77,7 @@ async fn consume_sink(context: WorkerContext, config: SinkConfig) -> Result<Fini
             .await?;
         if deliveries.is_empty() {
             if running.is_empty()
-                && context.state.draining().await?
+                && context.state.liveness().draining().await?
                 && context.queues.depth(&queues.units).await? == 0
             {
                 return Ok(Finish::Done);
@@ -251,7 +251,12 @@ async fn handle(
     };
     let span = tracing::info_span!("unit", id = %unit.id, sink = %config.name, receives = delivery.receives);
     let _entered = span.enter();
-    let Some(attempt) = context.state.begin_attempt(&config.name, &unit.id).await? else {
+    let Some(attempt) = context
+        .state
+        .ledger()
+        .begin_attempt(&config.name, &unit.id)
+        .await?
+    else {
         tracing::debug!("already recorded; acknowledging");
         kept.done();
         return Ok(context
@@ -305,6 +310,7 @@ async fn handle(
     } = outcome;
     context
         .state
+        .ledger()
         .record_unit(
             &config.name,
             &unit.id,

@@ -95,17 +95,18 @@ impl WorkerArgs {
         worker_name(self.role, self.id)
     }
 
-    /// The arguments after the binary: `--log-format F worker ROLE --id N --run R --config C`.
+    /// The arguments after the binary: `worker ROLE --id N --run R --log-format F --config C`
+    /// (role and number first, so `ps` shows which worker a process is).
     pub fn command_line(&self, log_format: LogFormat) -> Vec<OsString> {
         let mut args: Vec<OsString> = [
-            "--log-format",
-            log_format.as_str(),
             "worker",
             self.role.as_str(),
             "--id",
             &self.id.to_string(),
             "--run",
             &self.run,
+            "--log-format",
+            log_format.as_str(),
             "--config",
         ]
         .into_iter()
@@ -189,7 +190,7 @@ pub async fn heartbeat(
     let parent = std::os::unix::process::parent_id();
     let pid = std::process::id();
     while !shutdown.is_set() {
-        if let Err(error) = state.beat(&name, pid).await {
+        if let Err(error) = state.liveness().beat(&name, pid).await {
             tracing::warn!(%error, "heartbeat failed");
         }
         if std::os::unix::process::parent_id() != parent {

@@ -37,7 +37,7 @@ pub async fn run_producer(context: WorkerContext) -> Result<Finish, WorkerError>
         if context.shutdown.is_set() {
             return Ok(Finish::Interrupted);
         }
-        let Some(item) = context.state.claim(context.id).await? else {
+        let Some(item) = context.state.items().claim(context.id).await? else {
             return Ok(Finish::Done);
         };
         tracing::info!(source = %item.source, origin = %item.origin, "work item claimed");
@@ -53,7 +53,7 @@ async fn produce_item(
     queues: &[SinkQueues],
     item: &WorkItem,
 ) -> Result<Finish, WorkerError> {
-    let already_sent = context.state.checkpoint(item).await?;
+    let already_sent = context.state.items().checkpoint(item).await?;
     let (sender, mut receiver) = mpsc::channel::<Result<Cut, SourceError>>(SEND_BATCH * 2);
     let reader = spawn_reader(context, item, sender)?;
     let (mut inputs, mut batch, mut batch_inputs) = (0u64, Vec::with_capacity(SEND_BATCH), 0u64);
@@ -99,7 +99,11 @@ async fn produce_item(
         // The reader thread panicked: the item is not done, whatever was counted.
         return Err(WorkerError::Reader(error.to_string()));
     }
-    context.state.complete(context.id, item, inputs).await?;
+    context
+        .state
+        .items()
+        .complete(context.id, item, inputs)
+        .await?;
     tracing::info!(source = %item.source, origin = %item.origin, records = inputs, units = next_chunk, "work item done");
     Ok(Finish::Done)
 }
@@ -123,8 +127,12 @@ async fn flush(
     for queue in queues {
         context.queues.send_batch(&queue.units, batch).await?;
     }
-    context.state.set_checkpoint(item, next_chunk).await?;
-    context.state.add_read_progress(*inputs).await?;
+    context
+        .state
+        .items()
+        .set_checkpoint(item, next_chunk)
+        .await?;
+    context.state.items().add_read_progress(*inputs).await?;
     batch.clear();
     *inputs = 0;
     Ok(true)

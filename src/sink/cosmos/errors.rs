@@ -5,7 +5,7 @@ use azure_data_cosmos::CosmosError;
 
 /// How the sink reacts to an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
+pub(super) enum Class {
     /// 429: too many requests; slow down and retry after the time the server gave.
     Throttled,
     /// 408, 410, 449, 5xx, and the SDK's own transport failures and timeouts: retry.
@@ -17,7 +17,7 @@ pub enum Class {
 }
 
 /// The class of `error` by its HTTP status.
-pub fn classify(error: &CosmosError) -> Class {
+pub(super) fn classify(error: &CosmosError) -> Class {
     class_of(u16::from(error.status().status_code()))
 }
 
@@ -31,7 +31,7 @@ fn class_of(status: u16) -> Class {
 }
 
 /// `status/substatus: message` from the service, without the SDK's diagnostics dump.
-pub fn describe(error: &CosmosError) -> String {
+pub(super) fn describe(error: &CosmosError) -> String {
     let text = error.to_string();
     let first_line = text.lines().next().unwrap_or_default();
     let mut short: String = first_line.chars().take(300).collect();

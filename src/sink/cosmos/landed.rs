@@ -14,15 +14,15 @@ use crate::sink::Failure;
 const KEEP: usize = 256;
 
 /// Per request of a unit (its position in the unit's requests): the documents it refused.
-pub type Requests = HashMap<usize, Vec<Failure>>;
+pub(super) type Requests = HashMap<usize, Vec<Failure>>;
 
 /// The requests that landed, per unit id, for units whose last attempt failed.
 #[derive(Default)]
-pub struct Landed(Mutex<VecDeque<(String, Requests)>>);
+pub(super) struct Landed(Mutex<VecDeque<(String, Requests)>>);
 
 impl Landed {
     /// Takes what earlier attempts of `unit` landed (nothing for a first attempt).
-    pub fn take(&self, unit: &str) -> Requests {
+    pub(super) fn take(&self, unit: &str) -> Requests {
         let mut units = self
             .0
             .lock()
@@ -37,7 +37,7 @@ impl Landed {
     }
 
     /// Keeps what a failed attempt of `unit` landed, for its next attempt.
-    pub fn keep(&self, unit: &str, requests: Requests) {
+    pub(super) fn keep(&self, unit: &str, requests: Requests) {
         if requests.is_empty() {
             return;
         }

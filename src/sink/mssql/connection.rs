@@ -17,10 +17,10 @@ use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 use crate::settings::Secret;
 
 /// A connected tiberius client over plain tokio TCP (TLS inside, when negotiated).
-pub type Connection = Client<Compat<TcpStream>>;
+pub(super) type Connection = Client<Compat<TcpStream>>;
 
 /// The pool type of the sink.
-pub type ConnectionPool = Pool<TdsManager>;
+pub(super) type ConnectionPool = Pool<TdsManager>;
 
 /// How long recycling a pooled connection (its `SELECT 1` check) may take.
 const RECYCLE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -98,7 +98,7 @@ impl ConnectionSettings {
 
 /// Builds the pool of one consumer process: at most `size` connections, waits for a free one
 /// at most `wait`, gives up connecting after `connect`.
-pub fn pool(
+pub(super) fn pool(
     settings: ConnectionSettings,
     size: usize,
     wait: Duration,
@@ -115,7 +115,7 @@ pub fn pool(
 }
 
 /// Creates and checks pooled connections.
-pub struct TdsManager {
+pub(super) struct TdsManager {
     settings: ConnectionSettings,
 }
 
@@ -155,7 +155,7 @@ fn ado_value(text: &str, keys: &[&str]) -> Option<String> {
 }
 
 /// `message` with the connection string's password replaced by `***`.
-pub fn redact(message: &str, connection: &str) -> String {
+pub(super) fn redact(message: &str, connection: &str) -> String {
     password_of(connection).hide_in(message)
 }
 

@@ -19,7 +19,7 @@ use super::schema::{SqlType, TableColumn};
 
 /// Converts `value` for `column`; `Err` says why, naming the column. Text borrows from the
 /// value, so a row is not copied on its way to the wire.
-pub fn encode<'a>(value: &'a Value, column: &TableColumn) -> Result<ColumnData<'a>, String> {
+pub(super) fn encode<'a>(value: &'a Value, column: &TableColumn) -> Result<ColumnData<'a>, String> {
     let problem = |why: String| format!("column `{}` ({}): {why}", column.name, column.ty);
     if value.is_null() {
         return Ok(null(column.ty));

@@ -8,7 +8,7 @@ use tiberius::error::Error;
 
 /// How the sink reacts to an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
+pub(super) enum ErrorClass {
     /// Worth retrying: the connection broke, a deadlock, a timeout, Azure SQL throttling or
     /// failover.
     Transient,
@@ -37,7 +37,7 @@ const DATA: &[u32] = &[
 const FIRST_USER_ERROR: u32 = 50_000;
 
 /// Classifies an error from tiberius.
-pub fn classify(error: &Error) -> ErrorClass {
+pub(super) fn classify(error: &Error) -> ErrorClass {
     match error {
         Error::Server(token) => {
             let code = token.code();
@@ -55,7 +55,7 @@ pub fn classify(error: &Error) -> ErrorClass {
 }
 
 /// `SQL Server error 2627: Violation of PRIMARY KEY ...`, or tiberius's own words.
-pub fn describe(error: &Error) -> String {
+pub(super) fn describe(error: &Error) -> String {
     match error {
         Error::Server(token) => {
             format!("SQL Server error {}: {}", token.code(), token.message())

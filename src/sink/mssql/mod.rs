@@ -28,12 +28,11 @@ use crate::config::SinkConfig;
 use crate::mapping::Mapping;
 use crate::throttle::RateLimit;
 
-pub use config::MssqlSinkConfig;
+pub(super) use config::MssqlSinkConfig;
 use connection::{Connection, ConnectionPool, TdsManager};
-pub use connection::{ConnectionSettings, ConnectionStringError};
 
 /// The `mssql` kind.
-pub const KIND: SinkKind = SinkKind {
+pub(super) const KIND: SinkKind = SinkKind {
     name: "mssql",
     read: config::read,
     build,

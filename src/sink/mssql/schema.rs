@@ -11,7 +11,7 @@ use super::sql::TableName;
 
 /// A column type stevedore can load, with the limits that values are checked against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SqlType {
+pub(super) enum SqlType {
     /// `tinyint`, 0..=255.
     TinyInt,
     /// `smallint`.
@@ -80,7 +80,7 @@ impl std::fmt::Display for SqlType {
 
 /// Reads a column's wire type; `Err` names the type for a message when stevedore cannot load
 /// it.
-pub fn sql_type(ty: &TypeInfo) -> Result<SqlType, String> {
+pub(super) fn sql_type(ty: &TypeInfo) -> Result<SqlType, String> {
     // Lengths above this are the PLP `(max)` marker.
     const MAX_MARKER: usize = 0xffff;
     let sized = |len: usize, per_char: usize| (len < MAX_MARKER).then_some(len / per_char);
@@ -140,7 +140,7 @@ pub fn sql_type(ty: &TypeInfo) -> Result<SqlType, String> {
 
 /// One column of the target table.
 #[derive(Debug, Clone)]
-pub struct TableColumn {
+pub(super) struct TableColumn {
     /// Its name, as the server spells it.
     pub name: String,
     /// Its type.
@@ -151,7 +151,7 @@ pub struct TableColumn {
 
 /// The columns a mapping writes, in mapping order, with their wire metadata for bulk loads.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub(super) struct Target {
     /// The table.
     pub table: TableName,
     /// The mapped columns.
@@ -161,7 +161,7 @@ pub struct Target {
 /// Matches the mapped `columns` against the table's metadata (`all`, from `SELECT TOP 0 *`)
 /// and the columns that must be given a value (`required`: NOT NULL, no default, not identity
 /// or computed). Every problem is listed, each naming its column.
-pub fn match_columns(
+pub(super) fn match_columns(
     table: &TableName,
     all: &[MetaDataColumn<'_>],
     required: &[String],

@@ -9,17 +9,17 @@ use std::fmt;
 
 /// The ledger of applied units: one row per (sink target, unit id), written in the same
 /// transaction as the unit's rows.
-pub const LEDGER: &str = "stevedore_applied";
+pub(super) const LEDGER: &str = "stevedore_applied";
 
 /// The session's staging table for upserts.
-pub const STAGE: &str = "#stevedore_stage";
+pub(super) const STAGE: &str = "#stevedore_stage";
 
 /// The savepoint each bulk load runs under, so a refused load undoes only itself.
-pub const SAVEPOINT: &str = "stevedore_load";
+pub(super) const SAVEPOINT: &str = "stevedore_load";
 
 /// `schema.name` or `name`, from the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableName {
+pub(super) struct TableName {
     /// The schema, if given.
     pub schema: Option<String>,
     /// The table.
@@ -28,7 +28,7 @@ pub struct TableName {
 
 impl TableName {
     /// Splits a validated `schema.name` / `name`.
-    pub fn parse(text: &str) -> TableName {
+    pub(super) fn parse(text: &str) -> TableName {
         match text.split_once('.') {
             Some((schema, name)) => TableName {
                 schema: Some(schema.to_string()),
@@ -42,7 +42,7 @@ impl TableName {
     }
 
     /// As written in statements: `dbo.[orders]`.
-    pub fn quoted(&self) -> String {
+    pub(super) fn quoted(&self) -> String {
         match &self.schema {
             Some(schema) => format!("{schema}.{}", bracket(&self.name)),
             None => bracket(&self.name),
@@ -50,12 +50,12 @@ impl TableName {
     }
 
     /// The name a statement refers to the table by once it is in `FROM`: `[orders]`.
-    pub fn exposed(&self) -> String {
+    pub(super) fn exposed(&self) -> String {
         bracket(&self.name)
     }
 
     /// The ledger table in the same schema.
-    pub fn ledger(&self) -> TableName {
+    pub(super) fn ledger(&self) -> TableName {
         TableName {
             schema: self.schema.clone(),
             name: LEDGER.to_string(),
@@ -73,17 +73,17 @@ impl fmt::Display for TableName {
 }
 
 /// `[name]`.
-pub fn bracket(name: &str) -> String {
+pub(super) fn bracket(name: &str) -> String {
     format!("[{}]", name.replace(']', "]]"))
 }
 
 /// Columns that must be given a value: NOT NULL, no default, not identity, not computed.
 /// `@P1` is the table name.
-pub const REQUIRED_COLUMNS: &str = "SELECT name FROM sys.columns WHERE object_id = OBJECT_ID(@P1) \
+pub(super) const REQUIRED_COLUMNS: &str = "SELECT name FROM sys.columns WHERE object_id = OBJECT_ID(@P1) \
      AND is_nullable = 0 AND is_identity = 0 AND is_computed = 0 AND default_object_id = 0";
 
 /// Creates the ledger if it is missing. The key fits SQL Server's 900-byte index limit.
-pub fn create_ledger(ledger: &TableName) -> String {
+pub(super) fn create_ledger(ledger: &TableName) -> String {
     format!(
         "IF OBJECT_ID(N'{ledger}', N'U') IS NULL CREATE TABLE {quoted} (\
          target nvarchar(128) NOT NULL, unit_id nvarchar(300) NOT NULL, \
@@ -96,7 +96,7 @@ pub fn create_ledger(ledger: &TableName) -> String {
 }
 
 /// Looks a unit up in the ledger: `@P1` target, `@P2` unit id.
-pub fn find_applied(ledger: &TableName) -> String {
+pub(super) fn find_applied(ledger: &TableName) -> String {
     format!(
         "SELECT rows_written, failures FROM {} WHERE target = @P1 AND unit_id = @P2",
         ledger.quoted()
@@ -104,14 +104,14 @@ pub fn find_applied(ledger: &TableName) -> String {
 }
 
 /// Opens the unit's transaction. It takes no lock: the first write does.
-pub const BEGIN: &str = "BEGIN TRANSACTION";
+pub(super) const BEGIN: &str = "BEGIN TRANSACTION";
 
 /// Records the unit in the ledger and commits, in one round trip. The ledger's primary key
 /// refuses (2627) a unit applied before, or applied meanwhile by another session (which the
 /// server makes us wait for); a refused INSERT affects no row, so the transaction is left
 /// open, uncommitted, for the caller to roll back. Values are literals: a transaction ended
 /// inside `sp_executesql` would not be ours.
-pub fn record_and_commit(ledger: &TableName, entry: &LedgerEntry<'_>) -> String {
+pub(super) fn record_and_commit(ledger: &TableName, entry: &LedgerEntry<'_>) -> String {
     format!(
         "INSERT INTO {} (target, unit_id, rows_written, rows_failed, failures, applied_at) \
          VALUES ({}, {}, {}, {}, {}, {});\nIF @@ROWCOUNT = 1 COMMIT TRANSACTION",
@@ -126,7 +126,7 @@ pub fn record_and_commit(ledger: &TableName, entry: &LedgerEntry<'_>) -> String 
 }
 
 /// One ledger row.
-pub struct LedgerEntry<'a> {
+pub(super) struct LedgerEntry<'a> {
     /// The sink's table, `schema.name`.
     pub target: &'a str,
     /// The unit.
@@ -142,26 +142,26 @@ pub struct LedgerEntry<'a> {
 }
 
 /// `N'...'` with quotes doubled: the T-SQL string literal of `text`.
-pub fn literal(text: &str) -> String {
+pub(super) fn literal(text: &str) -> String {
     format!("N'{}'", text.replace('\'', "''"))
 }
 
 /// Undoes whatever is open; harmless when nothing is.
-pub const ROLLBACK_IF_OPEN: &str = "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION";
+pub(super) const ROLLBACK_IF_OPEN: &str = "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION";
 
 /// Marks the start of one bulk load.
-pub fn save_point() -> String {
+pub(super) fn save_point() -> String {
     format!("SAVE TRANSACTION {SAVEPOINT}")
 }
 
 /// Undoes one refused bulk load; the transaction stays open.
-pub fn rollback_to_save_point() -> String {
+pub(super) fn rollback_to_save_point() -> String {
     format!("ROLLBACK TRANSACTION {SAVEPOINT}")
 }
 
 /// A fresh staging table shaped like the mapped columns of the target (types and NULL-ability
 /// copied by the server).
-pub fn create_stage(target: &TableName, columns: &[String]) -> String {
+pub(super) fn create_stage(target: &TableName, columns: &[String]) -> String {
     format!(
         "DROP TABLE IF EXISTS {STAGE}; SELECT TOP 0 {} INTO {STAGE} FROM {}",
         column_list(columns),
@@ -170,7 +170,7 @@ pub fn create_stage(target: &TableName, columns: &[String]) -> String {
 }
 
 /// Replaces target rows by key from the staging table: delete the old, insert the new.
-pub fn merge_stage(target: &TableName, columns: &[String], key: &[String]) -> String {
+pub(super) fn merge_stage(target: &TableName, columns: &[String], key: &[String]) -> String {
     let matches = key
         .iter()
         .map(|k| format!("s.{} = {}.{}", bracket(k), target.exposed(), bracket(k)))
@@ -185,7 +185,7 @@ pub fn merge_stage(target: &TableName, columns: &[String], key: &[String]) -> St
 }
 
 /// `[a], [b], [c]`.
-pub fn column_list(columns: &[String]) -> String {
+pub(super) fn column_list(columns: &[String]) -> String {
     columns
         .iter()
         .map(|c| bracket(c))

@@ -33,7 +33,7 @@ use crate::sink::{Batch, Failure, WriteOutcome};
 
 /// What every unit of a sink is written with, built once per process when the table has been
 /// read: the columns and the statements that do not change from unit to unit.
-pub struct Plan {
+pub(super) struct Plan {
     target: Target,
     ledger: TableName,
     /// The ledger's `target` value for this sink's table.
@@ -55,7 +55,7 @@ struct Upsert {
 
 impl Plan {
     /// The plan for `target`, upserting by `key` if given, `batch_rows` rows per load.
-    pub fn new(target: Target, key: Option<Vec<String>>, batch_rows: usize) -> Plan {
+    pub(super) fn new(target: Target, key: Option<Vec<String>>, batch_rows: usize) -> Plan {
         let names: Vec<String> = target.columns.iter().map(|c| c.name.clone()).collect();
         let upsert = key.map(|key| Upsert {
             create_stage: sql::create_stage(&target.table, &names),
@@ -75,7 +75,7 @@ impl Plan {
 
 /// Why a unit was not written.
 #[derive(Debug)]
-pub enum WriteError {
+pub(super) enum WriteError {
     /// The server or the connection failed while doing `what`.
     Server {
         /// The step.
@@ -101,7 +101,7 @@ struct EncodedRow<'a> {
 const MAX_UNIT_ID: usize = 300;
 
 /// Writes `batch` over `connection` as `plan` says.
-pub async fn write_unit(
+pub(super) async fn write_unit(
     connection: &mut Connection,
     plan: &Plan,
     batch: &Batch,
@@ -287,7 +287,7 @@ fn ledger_entry<'a>(
         written,
         failed: failures.len(),
         failures: serde_json::to_string(failures).expect("failures serialize"),
-        applied_at: chrono::DateTime::from_timestamp_millis(crate::run_state::now_ms() as i64)
+        applied_at: chrono::DateTime::from_timestamp_millis(crate::clock::now_ms() as i64)
             .unwrap_or_default()
             .format("%Y-%m-%dT%H:%M:%S%.3f")
             .to_string(),

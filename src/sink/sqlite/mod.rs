@@ -24,10 +24,10 @@ use crate::mapping::{Cast, Mapping, Row};
 
 mod config;
 
-pub use config::SqliteSinkConfig;
+pub(crate) use config::SqliteSinkConfig;
 
 /// The `sqlite` kind.
-pub const KIND: SinkKind = SinkKind {
+pub(crate) const KIND: SinkKind = SinkKind {
     name: "sqlite",
     read: config::read,
     build,

@@ -1,0 +1,154 @@
+//! What each unit did at each sink, written idempotently (`HSET` keyed by unit id) so that a
+//! redelivered unit is never counted twice; the exact totals of a run and its live progress.
+
+use std::collections::HashMap;
+
+use super::RunState;
+use crate::queue::LinkError;
+
+/// Exact results of a run, summed from the idempotent hashes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Input records read (rejected lines included).
+    pub read: u64,
+    /// Per sink: records written.
+    pub written: HashMap<String, u64>,
+    /// Per sink: records dead-lettered.
+    pub dead: HashMap<String, u64>,
+}
+
+/// Live counters for a progress display (approximate under redelivery).
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// Records read so far.
+    pub read: u64,
+    /// Per sink: records written so far.
+    pub written: HashMap<String, u64>,
+    /// Per sink: records dead-lettered so far.
+    pub dead: HashMap<String, u64>,
+}
+
+/// The unit-ledger part of a run's state ([`RunState::ledger`]).
+pub struct UnitLedger<'a> {
+    pub(super) state: &'a RunState,
+}
+
+impl UnitLedger<'_> {
+    /// Records, idempotently, what applying `unit` to `sink` did; `fresh` adds to live progress.
+    pub async fn record_unit(
+        &self,
+        sink: &str,
+        unit: &str,
+        written: u64,
+        dead: u64,
+        fresh: bool,
+    ) -> Result<(), LinkError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset(self.state.key(&format!("written:{sink}")), unit, written)
+            .hset(self.state.key(&format!("dead:{sink}")), unit, dead);
+        if fresh {
+            let progress = self.state.key("progress");
+            pipe.hincr(&progress, format!("written:{sink}"), written)
+                .hincr(&progress, format!("dead:{sink}"), dead);
+        }
+        pipe.ignore();
+        self.state
+            .link
+            .query_pipe("recording a written unit", &pipe)
+            .await
+    }
+
+    /// Records that a whole unit of `records` inputs went to `sink`'s dead-letter queue.
+    pub async fn record_dead_unit(
+        &self,
+        sink: &str,
+        unit: &str,
+        records: u64,
+    ) -> Result<(), LinkError> {
+        self.state
+            .link
+            .query(
+                "recording a dead unit",
+                &redis::Cmd::hset(self.state.key(&format!("dead:{sink}")), unit, records),
+            )
+            .await
+    }
+
+    /// Starts a write attempt of `unit` on `sink`, in one round trip: `None` when the unit was
+    /// already fully handled (only its acknowledgement is missing), else the attempt number.
+    pub async fn begin_attempt(&self, sink: &str, unit: &str) -> Result<Option<u64>, LinkError> {
+        let mut pipe = redis::pipe();
+        pipe.hexists(self.state.key(&format!("written:{sink}")), unit)
+            .hincr(self.state.key(&format!("attempts:{sink}")), unit, 1);
+        let (recorded, attempt): (bool, u64) = self
+            .state
+            .link
+            .query_pipe("starting an attempt", &pipe)
+            .await?;
+        Ok((!recorded).then_some(attempt))
+    }
+
+    /// The exact totals for `sinks`.
+    pub async fn totals(&self, sinks: &[String]) -> Result<Totals, LinkError> {
+        let mut totals = Totals {
+            read: self.sum_hash(self.state.key("read")).await?,
+            ..Totals::default()
+        };
+        for sink in sinks {
+            totals.written.insert(
+                sink.clone(),
+                self.sum_hash(self.state.key(&format!("written:{sink}")))
+                    .await?,
+            );
+            totals.dead.insert(
+                sink.clone(),
+                self.sum_hash(self.state.key(&format!("dead:{sink}")))
+                    .await?,
+            );
+        }
+        Ok(totals)
+    }
+
+    /// Units of `sink` recorded as written, with their counts.
+    pub async fn written_units(&self, sink: &str) -> Result<HashMap<String, u64>, LinkError> {
+        self.state
+            .link
+            .query(
+                "reading written units",
+                &redis::Cmd::hgetall(self.state.key(&format!("written:{sink}"))),
+            )
+            .await
+    }
+
+    async fn sum_hash(&self, key: String) -> Result<u64, LinkError> {
+        let values: Vec<u64> = self
+            .state
+            .link
+            .query("summing counters", &redis::Cmd::hvals(key))
+            .await?;
+        Ok(values.iter().sum())
+    }
+
+    /// The live counters.
+    pub async fn progress(&self) -> Result<Progress, LinkError> {
+        let fields: HashMap<String, u64> = self
+            .state
+            .link
+            .query(
+                "reading progress",
+                &redis::Cmd::hgetall(self.state.key("progress")),
+            )
+            .await?;
+        let mut progress = Progress::default();
+        for (field, value) in fields {
+            match field.split_once(':') {
+                None if field == "read" => progress.read = value,
+                Some(("written", sink)) => drop(progress.written.insert(sink.to_string(), value)),
+                Some(("dead", sink)) => drop(progress.dead.insert(sink.to_string(), value)),
+                _ => {}
+            }
+        }
+        Ok(progress)
+    }
+}

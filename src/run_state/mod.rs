@@ -1,0 +1,158 @@
+//! What one run keeps in Redis, so that any number of processes (and a later run after an
+//! interruption) share it: the run id, the work items and who holds them, checkpoints,
+//! exactly-counted results, live progress, heartbeats and the drain flag.
+//!
+//! Every counter that ends up in the summary is written idempotently (`HSET` keyed by work
+//! item or unit id), so a redelivered unit or a re-read work item is never counted twice.
+
+use std::sync::{Arc, LazyLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::queue::{LinkError, RedisLink};
+
+mod ledger;
+mod liveness;
+mod work_items;
+
+pub use ledger::{Progress, Totals, UnitLedger};
+pub use liveness::{Heartbeat, Liveness};
+pub use work_items::{Planned, WorkItems};
+
+/// Deletes KEYS[1] only if it still holds ARGV[1], so finishing an old run never clears a newer one.
+static DELETE_IF_EQUAL: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+        return 0",
+    )
+});
+
+/// Handle on one run's state.
+#[derive(Clone)]
+pub struct RunState {
+    link: Arc<RedisLink>,
+    job: String,
+    run: String,
+}
+
+/// A fresh run id: the UTC start time, e.g. `20261122T153000Z`, plus a few random hex digits.
+pub fn new_run_id() -> String {
+    let now = SystemTime::now();
+    let stamp = humantime::format_rfc3339_seconds(now)
+        .to_string()
+        .replace(['-', ':'], "");
+    let nanos = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{stamp}-{:04x}", (nanos ^ std::process::id()) & 0xffff)
+}
+
+/// How long a finished run's keys stay in Redis: a week, for `status` and post-mortems.
+pub const FINISHED_RUN_TTL_SECONDS: i64 = 7 * 24 * 3600;
+
+impl RunState {
+    /// The state of run `run` of job `job`.
+    pub fn new(link: Arc<RedisLink>, job: &str, run: &str) -> RunState {
+        RunState {
+            link,
+            job: job.to_string(),
+            run: run.to_string(),
+        }
+    }
+
+    /// Opens the job's unfinished run if there is one (`resumed = true`), else starts `fresh`.
+    pub async fn begin(
+        link: Arc<RedisLink>,
+        job: &str,
+        fresh: &str,
+    ) -> Result<(RunState, bool), LinkError> {
+        let key = format!("stevedore:{job}:current_run");
+        let created: bool = link
+            .query(
+                "starting the run",
+                redis::cmd("SET").arg(&key).arg(fresh).arg("NX"),
+            )
+            .await
+            .map(|r: Option<String>| r.is_some())?;
+        let run = if created {
+            fresh.to_string()
+        } else {
+            link.query("reading the current run", &redis::Cmd::get(&key))
+                .await?
+        };
+        Ok((RunState::new(link, job, &run), !created))
+    }
+
+    /// The run id.
+    pub fn run_id(&self) -> &str {
+        &self.run
+    }
+
+    fn key(&self, suffix: &str) -> String {
+        format!("stevedore:{}:run:{}:{suffix}", self.job, self.run)
+    }
+
+    /// Every key this run may have written.
+    fn keys(&self, sinks: &[String]) -> Vec<String> {
+        let fixed = [
+            "planned",
+            "items:pending",
+            "items:held",
+            "items:done",
+            "read",
+            "checkpoint",
+            "progress",
+            "drain",
+            "heartbeats",
+        ];
+        let per_sink = sinks
+            .iter()
+            .flat_map(|sink| ["written", "dead", "attempts"].map(|kind| format!("{kind}:{sink}")));
+        fixed
+            .into_iter()
+            .map(str::to_string)
+            .chain(per_sink)
+            .map(|suffix| self.key(&suffix))
+            .collect()
+    }
+
+    /// Marks the run finished, so the next `stevedore run` starts a fresh one, and lets the
+    /// run's keys expire after [`FINISHED_RUN_TTL_SECONDS`] (kept a while for inspection).
+    pub async fn finish(&self, sinks: &[String]) -> Result<(), LinkError> {
+        let current = format!("stevedore:{}:current_run", self.job);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for key in self.keys(sinks) {
+            pipe.expire(key, FINISHED_RUN_TTL_SECONDS).ignore();
+        }
+        self.link
+            .query_pipe::<()>("expiring the run's keys", &pipe)
+            .await?;
+        self.link
+            .script(
+                "finishing the run",
+                &DELETE_IF_EQUAL,
+                &[current],
+                std::slice::from_ref(&self.run),
+            )
+            .await
+    }
+
+    /// The run's work items, their checkpoints and the read counters: the producers' part,
+    /// and the supervisor's when it plans.
+    pub fn items(&self) -> WorkItems<'_> {
+        WorkItems { state: self }
+    }
+
+    /// What each unit did at each sink, counted exactly: the consumers' part, and the
+    /// supervisor's when it sums up.
+    pub fn ledger(&self) -> UnitLedger<'_> {
+        UnitLedger { state: self }
+    }
+
+    /// Heartbeats and the drain flag: how workers and the supervisor see each other.
+    pub fn liveness(&self) -> Liveness<'_> {
+        Liveness { state: self }
+    }
+}

@@ -1,0 +1,211 @@
+//! The run's work items: planned once from a basis, claimed atomically by producers, each
+//! completed with its exact read count; checkpoints say how much of an item is already on the
+//! queues, so a restarted producer resumes it.
+
+use std::sync::LazyLock;
+
+use super::RunState;
+use crate::queue::LinkError;
+use crate::source::WorkItem;
+
+/// Returns the item the producer already holds (it was restarted mid-item), else pops the next
+/// pending item into the producer's slot of the held hash, atomically, so an item is never in
+/// neither place: KEYS = pending list, held hash; ARGV = producer id.
+static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local mine = redis.call('HGET', KEYS[2], ARGV[1])
+        if mine then return mine end
+        local item = redis.call('LPOP', KEYS[1])
+        if item then redis.call('HSET', KEYS[2], ARGV[1], item) end
+        return item",
+    )
+});
+
+/// Stores the plan's basis and pushes the items in one step: KEYS = planned (holds the basis),
+/// pending list; ARGV = basis, items... Returns {1, basis} for a new plan, {0, basis} when the
+/// same basis was planned before, {-1, stored basis} when another one was.
+static PLAN: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local stored = redis.call('GET', KEYS[1])
+        if stored then
+            if stored == ARGV[1] then return {0, stored} end
+            return {-1, stored}
+        end
+        redis.call('SET', KEYS[1], ARGV[1])
+        for i = 2, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+        return {1, ARGV[1]}",
+    )
+});
+
+/// Records an item's count, marks it done and clears the producer's slot if it holds this
+/// item: KEYS = held hash, read hash, done set; ARGV = producer, item, item key, count.
+static COMPLETE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+        redis.call('SADD', KEYS[3], ARGV[3])
+        if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
+        return 1",
+    )
+});
+
+/// Moves every held item back to the front of the pending list: KEYS = pending list, held hash.
+static RELEASE_HELD: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local items = redis.call('HVALS', KEYS[2])
+        for _, item in ipairs(items) do redis.call('LPUSH', KEYS[1], item) end
+        redis.call('DEL', KEYS[2])
+        return #items",
+    )
+});
+
+/// What [`RunState::plan`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Planned {
+    /// This call made the plan.
+    New,
+    /// The run was planned before from the same basis; its plan stands.
+    Kept,
+    /// The run was planned from another basis: resuming it now would mis-id its units.
+    Changed {
+        /// The basis it was planned from.
+        planned_from: String,
+    },
+}
+
+/// The work-items part of a run's state ([`RunState::items`]).
+pub struct WorkItems<'a> {
+    pub(super) state: &'a RunState,
+}
+
+impl WorkItems<'_> {
+    /// Queues `items` as the run's work, once, recording the `basis` they were planned from.
+    /// A resumed run keeps the plan it had, and only under the same basis: flag, basis and
+    /// items are written by one script, so a crash cannot leave a plan with no items.
+    pub async fn plan(&self, items: &[WorkItem], basis: &str) -> Result<Planned, LinkError> {
+        let keys = [self.state.key("planned"), self.state.key("items:pending")];
+        let mut args = vec![basis.to_string()];
+        args.extend(items.iter().map(WorkItem::encode));
+        let (outcome, stored): (i64, String) = self
+            .state
+            .link
+            .script("planning work items", &PLAN, &keys, &args)
+            .await?;
+        Ok(match outcome {
+            1 => Planned::New,
+            0 => Planned::Kept,
+            _ => Planned::Changed {
+                planned_from: stored,
+            },
+        })
+    }
+
+    /// Puts items held by producers that no longer run back in front of the pending list.
+    /// Called before any producer starts, so every holder is gone.
+    pub async fn release_held_items(&self) -> Result<u64, LinkError> {
+        let keys = [
+            self.state.key("items:pending"),
+            self.state.key("items:held"),
+        ];
+        self.state
+            .link
+            .script("releasing held work items", &RELEASE_HELD, &keys, &[])
+            .await
+    }
+
+    /// The next item for producer `producer`: the one it held when it last stopped, else a new one.
+    pub async fn claim(&self, producer: u32) -> Result<Option<WorkItem>, LinkError> {
+        let keys = [
+            self.state.key("items:pending"),
+            self.state.key("items:held"),
+        ];
+        let text: Option<String> = self
+            .state
+            .link
+            .script(
+                "claiming a work item",
+                &CLAIM,
+                &keys,
+                &[producer.to_string()],
+            )
+            .await?;
+        Ok(text.and_then(|text| serde_json::from_str(&text).ok()))
+    }
+
+    /// Marks `item` done by `producer`, with the exact number of input records it held. The
+    /// producer's slot is cleared only if it still holds this very item.
+    pub async fn complete(
+        &self,
+        producer: u32,
+        item: &WorkItem,
+        read: u64,
+    ) -> Result<(), LinkError> {
+        let keys = [
+            self.state.key("items:held"),
+            self.state.key("read"),
+            self.state.key("items:done"),
+        ];
+        let args = [
+            producer.to_string(),
+            item.encode(),
+            item.key(),
+            read.to_string(),
+        ];
+        self.state
+            .link
+            .script::<i64>("completing a work item", &COMPLETE, &keys, &args)
+            .await
+            .map(drop)
+    }
+
+    /// Work items not yet done: pending or held by a producer.
+    pub async fn unfinished_items(&self) -> Result<u64, LinkError> {
+        let mut pipe = redis::pipe();
+        pipe.llen(self.state.key("items:pending"))
+            .hlen(self.state.key("items:held"));
+        let (waiting, holding): (u64, u64) = self
+            .state
+            .link
+            .query_pipe("counting work items", &pipe)
+            .await?;
+        Ok(waiting + holding)
+    }
+
+    /// Records that the first `chunks` units of `item` are on the queues.
+    pub async fn set_checkpoint(&self, item: &WorkItem, chunks: u64) -> Result<(), LinkError> {
+        self.state
+            .link
+            .query(
+                "saving a checkpoint",
+                &redis::Cmd::hset(self.state.key("checkpoint"), item.key(), chunks),
+            )
+            .await
+    }
+
+    /// How many units of `item` were already sent by an earlier attempt.
+    pub async fn checkpoint(&self, item: &WorkItem) -> Result<u64, LinkError> {
+        let chunks: Option<u64> = self
+            .state
+            .link
+            .query(
+                "reading a checkpoint",
+                &redis::Cmd::hget(self.state.key("checkpoint"), item.key()),
+            )
+            .await?;
+        Ok(chunks.unwrap_or_default())
+    }
+
+    /// Adds to the live read counter.
+    pub async fn add_read_progress(&self, records: u64) -> Result<(), LinkError> {
+        self.state
+            .link
+            .query(
+                "updating progress",
+                &redis::Cmd::hincr(self.state.key("progress"), "read", records),
+            )
+            .await
+    }
+}
