@@ -45,7 +45,7 @@ impl Sink for BlackholeSink {
         Ok(WriteOutcome {
             fresh: true,
             written: batch.rows.len() as u64,
-            failures: batch.failures.clone(),
+            failures: Vec::new(),
         })
     }
 }

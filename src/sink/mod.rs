@@ -2,9 +2,10 @@
 //! the queue's at-least-once delivery into exactly-once in effect.
 //!
 //! A unit is written as a [`Batch`]: its mapped rows plus the failures found before writing
-//! (unparseable lines, records that could not be mapped). The sink adds the rows it could not
-//! write and remembers all failures with the unit, so a redelivered unit returns the same
-//! outcome without writing anything twice.
+//! (unparseable lines, records that could not be mapped). The sink reports the rows it could
+//! not write, and a sink with a ledger remembers them with the unit, so a redelivered unit
+//! returns the same outcome without writing anything twice; the consumer puts both lists
+//! together ([`unit_failures`]).
 
 mod blackhole;
 pub mod cosmos;
@@ -82,8 +83,18 @@ pub struct WriteOutcome {
     pub fresh: bool,
     /// Rows the unit landed.
     pub written: u64,
-    /// Every entry of the unit that did not land.
+    /// The rows the sink refused (the failures found before writing are not repeated here).
     pub failures: Vec<Failure>,
+}
+
+/// Every entry of a unit that did not land, once each, in unit order: the failures found
+/// before writing and the rows the sink refused. (A ledger written by an older version may
+/// hold both lists merged; an entry is still reported once.)
+pub fn unit_failures(before: &[Failure], refused: Vec<Failure>) -> Vec<Failure> {
+    let mut all: Vec<Failure> = before.iter().cloned().chain(refused).collect();
+    all.sort_by_key(|failure| failure.index);
+    all.dedup_by_key(|failure| failure.index);
+    all
 }
 
 /// Why a sink could not write or check. A sink only classifies; the consumer decides when to
@@ -211,4 +222,30 @@ pub fn from_config(config: &SinkConfig) -> Arc<dyn Sink> {
         .find(|kind| kind.name == config.kind)
         .expect("a sink config names a registered kind: only they can be read");
     (kind.build)(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(index: usize, reason: &str) -> Failure {
+        Failure {
+            index,
+            reason: reason.to_string(),
+        }
+    }
+
+    #[test]
+    fn sink_unit_failures_lists_each_entry_once_in_unit_order() {
+        let before = [failure(4, "cannot map"), failure(9, "unparseable line")];
+        let refused = vec![failure(7, "refused"), failure(1, "refused")];
+        let indexes: Vec<usize> = unit_failures(&before, refused)
+            .iter()
+            .map(|f| f.index)
+            .collect();
+        assert_eq!(indexes, [1, 4, 7, 9]);
+        // A ledger from before this split holds the failures found before writing too.
+        let merged_by_an_older_ledger = vec![failure(4, "cannot map"), failure(7, "refused")];
+        assert_eq!(unit_failures(&before, merged_by_an_older_ledger).len(), 3);
+    }
 }

@@ -109,6 +109,7 @@ pub enum SourceError {
         /// The file or pattern.
         path: String,
         /// What failed.
+        #[source]
         error: std::io::Error,
     },
 }

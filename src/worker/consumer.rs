@@ -276,8 +276,8 @@ async fn handle(
             .await?;
         return Ok(());
     }
-    let batch = map_unit(config, &unit);
-    let outcome = write_with_retries(sink, Arc::new(batch)).await;
+    let batch = Arc::new(map_unit(config, &unit));
+    let outcome = write_with_retries(sink, batch.clone()).await;
     let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(error) if error.is_transient() => {
@@ -294,8 +294,13 @@ async fn handle(
         }
         Err(error) => return Err(error.into()),
     };
-    let dead_letters: Vec<Vec<u8>> = outcome
-        .failures
+    let WriteOutcome {
+        fresh,
+        written,
+        failures,
+    } = outcome;
+    let failures = sink::unit_failures(&batch.failures, failures);
+    let dead_letters: Vec<Vec<u8>> = failures
         .iter()
         .map(|failure| dead_letter(&config.name, &unit, failure))
         .collect();
@@ -303,11 +308,6 @@ async fn handle(
         .queues
         .send_batch(&queues.dead, &dead_letters)
         .await?;
-    let WriteOutcome {
-        fresh,
-        written,
-        failures,
-    } = outcome;
     context
         .state
         .ledger()

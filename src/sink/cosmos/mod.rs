@@ -536,8 +536,6 @@ impl Sink for CosmosSink {
         }
         failures.extend(landed.into_values().flatten());
         let refused_rows = failures.len() as u64;
-        failures.extend(batch.failures.iter().cloned());
-        failures.sort_by_key(|f| f.index);
         Ok(WriteOutcome {
             fresh: true,
             written: rows - refused_rows,

@@ -112,12 +112,8 @@ pub(super) async fn write_unit(
             batch.unit_id
         )));
     }
-    let Batch {
-        unit_id,
-        rows,
-        failures,
-    } = batch;
-    let mut failures = failures.clone();
+    let Batch { unit_id, rows, .. } = batch;
+    let mut failures = Vec::new();
     let mut sources = Vec::with_capacity(rows.len());
     let mut encoded = Vec::with_capacity(rows.len());
     for (index, row) in rows {

@@ -216,7 +216,7 @@ impl Writer {
             });
         }
         let mut columns = self.prepare_table(&transaction, &batch.rows)?;
-        let mut failures = batch.failures.clone();
+        let mut failures = Vec::new();
         let mut written = 0;
         for (index, row) in &batch.rows {
             // New columns and the insert share the row's savepoint: whatever the row's data
@@ -244,7 +244,6 @@ impl Writer {
                 Err(error) => return Err(error),
             }
         }
-        failures.sort_by_key(|failure| failure.index);
         let recorded = serde_json::to_string(&failures).expect("failures serialize");
         transaction.execute(
             &format!(
