@@ -10,12 +10,12 @@
 //! - A row SQLite refuses (a NOT NULL or CHECK constraint, say) fails alone; the rest land.
 
 use std::collections::HashSet;
-use std::path::Path;
+
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
 use super::{Batch, Failure, Sink, SinkError, SinkKind, WriteMode, WriteOutcome};
@@ -23,8 +23,10 @@ use crate::config::SinkConfig;
 use crate::mapping::{Cast, Mapping, Row};
 
 mod config;
+mod errors;
 
 pub(crate) use config::SqliteSinkConfig;
+use errors::{classify, is_row_error};
 
 /// The `sqlite` kind.
 pub(crate) const KIND: SinkKind = SinkKind {
@@ -402,29 +404,11 @@ fn to_sql(value: &Value) -> SqlValue {
     }
 }
 
-/// Errors that concern one row's data (a constraint, a value too big, a field name SQLite
-/// refuses), not the database: the row fails alone.
-fn is_row_error(error: &rusqlite::Error) -> bool {
-    matches!(error, rusqlite::Error::SqliteFailure(e, _) if matches!(
-        e.code,
-        ErrorCode::ConstraintViolation | ErrorCode::TooBig | ErrorCode::TypeMismatch | ErrorCode::ParameterOutOfRange | ErrorCode::Unknown
-    ))
-}
-
-fn classify(sink: &str, path: &Path, error: rusqlite::Error) -> SinkError {
-    let transient = matches!(&error, rusqlite::Error::SqliteFailure(e, _)
-        if matches!(e.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::SystemIoFailure | ErrorCode::DiskFull | ErrorCode::OutOfMemory));
-    let message = format!("{}: {error}", path.display());
-    match transient {
-        true => SinkError::transient(sink, message),
-        false => SinkError::fatal(sink, message),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::path::Path;
     use std::time::Duration;
 
     fn sink(dir: &Path, mode: WriteMode, key: &[&str]) -> SqliteSink {
