@@ -207,29 +207,58 @@ fn take_string(
     }
 }
 
+/// What every `[[source]]` and `[[sink]]` table starts with: its name (if readable), its kind,
+/// and the path its problems are reported under, `sink[1] (orders)`.
+struct Head {
+    name: Option<String>,
+    kind: String,
+    path: String,
+}
+
+fn read_head(table: &mut toml::Table, path: &str, problems: &mut Problems) -> Option<Head> {
+    let name = take_string(table, "name", path, problems);
+    let kind = take_string(table, "kind", path, problems)?;
+    let path = match &name {
+        Some(name) => format!("{path} ({name})"),
+        None => path.to_string(),
+    };
+    Some(Head { name, kind, path })
+}
+
+/// The reader registered for `head.kind` among `readers`, or a problem listing the known ones.
+fn find_kind<'k, R>(
+    readers: &'k [R],
+    name_of: fn(&R) -> &'static str,
+    what: &str,
+    head: &Head,
+    problems: &mut Problems,
+) -> Option<&'k R> {
+    let found = readers.iter().find(|reader| name_of(reader) == head.kind);
+    if found.is_none() {
+        let known: Vec<&str> = readers.iter().map(name_of).collect();
+        problems.push(
+            join(&head.path, "kind"),
+            format!(
+                "unknown {what} kind `{}` (expected {})",
+                head.kind,
+                one_of(&known)
+            ),
+        );
+    }
+    found
+}
+
 fn read_source(
     mut table: toml::Table,
     path: &str,
     kinds: &Kinds,
     problems: &mut Problems,
 ) -> Option<SourceConfig> {
-    let name = take_string(&mut table, "name", path, problems);
-    let kind = take_string(&mut table, "kind", path, problems)?;
-    let path = &match &name {
-        Some(name) => format!("{path} ({name})"),
-        None => path.to_string(),
-    };
-    let Some(reader) = kinds.sources.iter().find(|reader| reader.name == kind) else {
-        let known: Vec<&str> = kinds.sources.iter().map(|reader| reader.name).collect();
-        problems.push(
-            join(path, "kind"),
-            format!("unknown source kind `{kind}` (expected {})", one_of(&known)),
-        );
-        return None;
-    };
-    let settings = (reader.read)(&mut Section::new(table, path, problems));
+    let head = read_head(&mut table, path, problems)?;
+    let reader = find_kind(&kinds.sources, |r| r.name, "source", &head, problems)?;
+    let settings = (reader.read)(&mut Section::new(table, &head.path, problems));
     Some(SourceConfig {
-        name: name?,
+        name: head.name?,
         kind: reader.name,
         settings: settings?,
     })
@@ -241,32 +270,20 @@ fn read_sink(
     kinds: &Kinds,
     problems: &mut Problems,
 ) -> Option<SinkConfig> {
-    let name = take_string(&mut table, "name", path, problems);
-    let kind = take_string(&mut table, "kind", path, problems)?;
-    let path = &match &name {
-        Some(name) => format!("{path} ({name})"),
-        None => path.to_string(),
-    };
+    let head = read_head(&mut table, path, problems)?;
     let map = match table.remove("map") {
         None => Some(Mapping::passthrough()),
-        Some(toml::Value::Table(map)) => Mapping::parse(&map, &join(path, "map"), problems),
+        Some(toml::Value::Table(map)) => Mapping::parse(&map, &join(&head.path, "map"), problems),
         Some(other) => {
             problems.push(
-                join(path, "map"),
+                join(&head.path, "map"),
                 format!("expected a table, found {}", other.type_str()),
             );
             None
         }
     };
-    let Some(reader) = kinds.sinks.iter().find(|reader| reader.name == kind) else {
-        let known: Vec<&str> = kinds.sinks.iter().map(|reader| reader.name).collect();
-        problems.push(
-            join(path, "kind"),
-            format!("unknown sink kind `{kind}` (expected {})", one_of(&known)),
-        );
-        return None;
-    };
-    let mut section = Section::new(table, path, problems);
+    let reader = find_kind(&kinds.sinks, |r| r.name, "sink", &head, problems)?;
+    let mut section = Section::new(table, &head.path, problems);
     // Without a readable mapping the kind still reads its settings, against a passthrough one,
     // so that its own problems are reported in the same round.
     let settings = (reader.read)(
@@ -274,7 +291,7 @@ fn read_sink(
         map.as_ref().unwrap_or(&Mapping::passthrough()),
     );
     Some(SinkConfig {
-        name: name?,
+        name: head.name?,
         kind: reader.name,
         map: map?,
         settings: settings?,
