@@ -2,9 +2,11 @@
 //! that reports every problem at once, each with the field path it concerns.
 //!
 //! Loading is three steps: parse the TOML text, interpolate environment variables over the
-//! tree, then read each section into a typed struct ([`raw`]) and check what types alone
-//! cannot ([`validate`]). Every step adds to one [`Problems`] list so a user fixes a config
-//! in one round, not one error per run.
+//! tree, then read each section into a typed struct ([`raw`]) and check what spans the job
+//! ([`validate`]). Each `[[source]]` and `[[sink]]` table goes to the kind its `kind` names,
+//! through the [`Kinds`] given by the caller; the kind reads and checks its own settings, so
+//! this module never names one. Every step adds to one [`Problems`] list so a user fixes a
+//! config in one round, not one error per run.
 
 mod interpolate;
 mod raw;
