@@ -142,17 +142,25 @@ pub struct SourceReader {
     /// The kind's name, as written in `kind = "..."`.
     pub name: &'static str,
     /// Reads and checks the kind's settings; `None` after recording why not.
-    pub read: fn(&mut Section<'_>) -> Option<Arc<dyn KindSettings>>,
+    pub read: ReadSource,
 }
 
+/// A source kind's reader: checks its table and returns its settings, or `None` after
+/// recording every problem found.
+pub type ReadSource = fn(&mut Section<'_>) -> Option<Arc<dyn KindSettings>>;
+
+/// A sink kind's reader: like [`ReadSource`], given the sink's mapping too.
+pub type ReadSink = fn(&mut Section<'_>, Option<&Mapping>) -> Option<Arc<dyn KindSettings>>;
+
 /// How a sink kind reads its `[[sink]]` table (without `name`, `kind` and `map`), knowing the
-/// sink's mapping.
+/// sink's mapping (`None` when `[sink.map]` itself has problems: checks against it are skipped,
+/// so that they add no problems of their own).
 #[derive(Clone, Copy)]
 pub struct SinkReader {
     /// The kind's name, as written in `kind = "..."`.
     pub name: &'static str,
     /// Reads and checks the kind's settings against the mapping; `None` after recording why.
-    pub read: fn(&mut Section<'_>, &Mapping) -> Option<Arc<dyn KindSettings>>,
+    pub read: ReadSink,
 }
 
 /// The kinds a job file may name. Given by the layer that knows them (`crate::job`), so this

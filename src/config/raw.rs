@@ -76,6 +76,17 @@ pub(super) fn read(
     let redis = optional_section::<RawRedis>(&mut root, "redis", problems);
     let workers = optional_section::<RawWorkers>(&mut root, "workers", problems);
     let queue = optional_section::<RawQueue>(&mut root, "queue", problems);
+    // A job without any table is a problem; tables that could not be read have theirs already.
+    for (name, what) in [("source", "[[source]]"), ("sink", "[[sink]]")] {
+        let empty = match root.get(name) {
+            None => true,
+            Some(toml::Value::Array(items)) => items.is_empty(),
+            Some(_) => false, // reported as not an array of tables
+        };
+        if empty {
+            problems.push(name, format!("the job has no {what}"));
+        }
+    }
     let sources = read_array(&mut root, "source", problems, |table, path, problems| {
         read_source(table, path, kinds, problems)
     });
@@ -284,12 +295,9 @@ fn read_sink(
     };
     let reader = find_kind(&kinds.sinks, |r| r.name, "sink", &head, problems)?;
     let mut section = Section::new(table, &head.path, problems);
-    // Without a readable mapping the kind still reads its settings, against a passthrough one,
-    // so that its own problems are reported in the same round.
-    let settings = (reader.read)(
-        &mut section,
-        map.as_ref().unwrap_or(&Mapping::passthrough()),
-    );
+    // Without a readable mapping the kind still reads its settings, so that its own problems
+    // are reported in the same round.
+    let settings = (reader.read)(&mut section, map.as_ref());
     Some(SinkConfig {
         name: head.name?,
         kind: reader.name,

@@ -25,12 +25,6 @@ pub(super) fn validate(config: &JobConfig, problems: &mut Problems) {
     if config.queue.visibility_timeout < std::time::Duration::from_secs(1) {
         problems.push("queue.visibility_timeout", "must be at least 1s");
     }
-    if config.sources.is_empty() {
-        problems.push("source", "the job has no [[source]]");
-    }
-    if config.sinks.is_empty() {
-        problems.push("sink", "the job has no [[sink]]");
-    }
     let mut names = HashSet::new();
     for (index, source) in config.sources.iter().enumerate() {
         let path = format!("source[{index}] ({})", source.name);

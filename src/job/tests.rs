@@ -223,3 +223,29 @@ fn config_cosmos_partition_key_on_id_is_the_rendered_id() {
         "{text}"
     );
 }
+
+#[test]
+fn config_a_sink_map_with_problems_is_not_also_reported_as_missing() {
+    let text = r#"
+[job]
+name = "x"
+[[source]]
+name = "gen"
+kind = "generator"
+count = 1
+[[sink]]
+name = "db"
+kind = "mssql"
+connection = "server=tcp:db.example.com,1433;user id=u;password=p"
+table = "orders"
+[sink.map]
+amount = { from = "total", type = "money?" }
+"#;
+    let report = problems(text);
+    assert!(
+        report.contains("sink[0] (db).map.amount.type: unknown type `money?`"),
+        "{report}"
+    );
+    assert!(!report.contains("needs [sink.map]"), "{report}");
+    assert!(report.contains("1 problem(s)"), "{report}");
+}

@@ -23,7 +23,7 @@ struct BlackholeSettings {}
 
 impl KindSettings for BlackholeSettings {}
 
-fn read(section: &mut Section<'_>, _map: &Mapping) -> Option<Arc<dyn KindSettings>> {
+fn read(section: &mut Section<'_>, _map: Option<&Mapping>) -> Option<Arc<dyn KindSettings>> {
     let settings: BlackholeSettings = section.read()?;
     Some(Arc::new(settings))
 }

@@ -19,9 +19,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{SinkConfig, SinkReader};
-use crate::mapping::{Mapping, Row};
-use crate::settings::{KindSettings, Secret, Section};
+use crate::config::{ReadSink, SinkConfig, SinkReader};
+use crate::mapping::Row;
+use crate::settings::Secret;
 
 pub use blackhole::BlackholeSink;
 pub use cosmos::CosmosSink;
@@ -36,9 +36,9 @@ pub const KINDS: &[SinkKind] = &[sqlite::KIND, mssql::KIND, cosmos::KIND, blackh
 pub struct SinkKind {
     /// The kind's name, as written in `kind = "..."`.
     pub name: &'static str,
-    /// Reads and checks the kind's settings, knowing the sink's mapping; `None` after
-    /// recording every problem found.
-    pub read: fn(&mut Section<'_>, &Mapping) -> Option<Arc<dyn KindSettings>>,
+    /// Reads and checks the kind's settings, knowing the sink's mapping (`None` when the
+    /// mapping has problems of its own); `None` after recording every problem found.
+    pub read: ReadSink,
     /// Builds the writer of sink `config` (connecting lazily). Cannot fail: everything that
     /// could be wrong in the settings was found when they were read.
     pub build: fn(&SinkConfig) -> Arc<dyn Sink>,

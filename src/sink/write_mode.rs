@@ -24,7 +24,7 @@ impl WriteMode {
 pub(super) fn check_keys(
     mode: WriteMode,
     key: &[String],
-    map: &Mapping,
+    map: Option<&Mapping>,
     section: &mut Section<'_>,
 ) {
     match mode {
@@ -40,7 +40,10 @@ pub(super) fn check_keys(
     let path = section.field("key");
     for column in key {
         check_identifier(column, &path, section.problems());
-        if !map.is_passthrough() && !map.has_column(column) {
+        if let Some(map) = map
+            && !map.is_passthrough()
+            && !map.has_column(column)
+        {
             section.problem("key", format!("key column `{column}` is not in [sink.map]"));
         }
     }

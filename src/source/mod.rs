@@ -4,13 +4,11 @@
 mod files;
 mod generator;
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{SourceConfig, SourceReader};
-use crate::settings::{KindSettings, Section};
+use crate::config::{ReadSource, SourceConfig, SourceReader};
+
 use crate::unit::Reject;
 
 pub use files::{FileFormat, FilesConfig, FilesSource};
@@ -24,7 +22,7 @@ pub struct SourceKind {
     /// The kind's name, as written in `kind = "..."`.
     pub name: &'static str,
     /// Reads and checks the kind's settings; `None` after recording every problem found.
-    pub read: fn(&mut Section<'_>) -> Option<Arc<dyn KindSettings>>,
+    pub read: ReadSource,
     /// Builds the reader of source `config`. Cannot fail: the settings were checked when read.
     pub build: fn(&SourceConfig) -> Box<dyn Source>,
 }

@@ -67,7 +67,10 @@ struct Raw {
 
 /// Reads `[[sink]] kind = "cosmos"`: limits, an id template and key path that parse, and
 /// fields the mapping writes.
-pub(super) fn read(section: &mut Section<'_>, map: &Mapping) -> Option<Arc<dyn KindSettings>> {
+pub(super) fn read(
+    section: &mut Section<'_>,
+    map: Option<&Mapping>,
+) -> Option<Arc<dyn KindSettings>> {
     let raw: Raw = section.read()?;
     let throttle_max_wait =
         section.duration(raw.throttle_max_wait.as_deref(), "30s", "throttle_max_wait");
@@ -120,7 +123,7 @@ pub(super) fn read(section: &mut Section<'_>, map: &Mapping) -> Option<Arc<dyn K
             None
         }
     };
-    if !map.is_passthrough() {
+    if let Some(map) = map.filter(|map| !map.is_passthrough()) {
         for field in fields {
             if !map.has_column(&field) {
                 section.problem(

@@ -56,7 +56,10 @@ struct Raw {
 }
 
 /// Reads `[[sink]] kind = "mssql"`.
-pub(super) fn read(section: &mut Section<'_>, map: &Mapping) -> Option<Arc<dyn KindSettings>> {
+pub(super) fn read(
+    section: &mut Section<'_>,
+    map: Option<&Mapping>,
+) -> Option<Arc<dyn KindSettings>> {
     let raw: Raw = section.read()?;
     let max_concurrency = raw.max_concurrency.unwrap_or(4);
     let pool_size = raw.pool_size.unwrap_or(max_concurrency);
@@ -101,7 +104,7 @@ pub(super) fn read(section: &mut Section<'_>, map: &Mapping) -> Option<Arc<dyn K
     if !(1..=1_000_000).contains(&batch_rows) {
         section.problem("batch_rows", "must be between 1 and 1000000");
     }
-    if map.is_passthrough() {
+    if map.is_some_and(Mapping::is_passthrough) {
         section.problem(
             "map",
             "an mssql sink needs [sink.map]: the table's columns are fixed",

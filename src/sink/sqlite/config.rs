@@ -49,7 +49,10 @@ struct Raw {
 }
 
 /// Reads `[[sink]] kind = "sqlite"`.
-pub(super) fn read(section: &mut Section<'_>, map: &Mapping) -> Option<Arc<dyn KindSettings>> {
+pub(super) fn read(
+    section: &mut Section<'_>,
+    map: Option<&Mapping>,
+) -> Option<Arc<dyn KindSettings>> {
     let raw: Raw = section.read()?;
     let busy_timeout = section.duration(raw.busy_timeout.as_deref(), "60s", "busy_timeout");
     let table_path = section.field("table");
