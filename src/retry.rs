@@ -36,8 +36,9 @@ pub(crate) struct Policy {
     pub retries: usize,
 }
 
-/// A sink write within one delivery: 3 attempts, 200 ms then 400 ms apart (longer when the
-/// server asks). Then the unit goes back to the queue ([`REDELIVERY`]).
+/// A sink write within one delivery: 3 attempts, 200-400 ms then 400-800 ms apart (backon's
+/// jitter adds up to the wait again; longer when the server asks). Then the unit goes back to
+/// the queue ([`REDELIVERY`]).
 pub(crate) const SINK_WRITE: Policy = Policy {
     first: Duration::from_millis(200),
     cap: Duration::from_secs(2),

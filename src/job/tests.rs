@@ -164,6 +164,22 @@ fn config_two_sqlite_sinks_may_not_share_a_table() {
     );
 }
 
+#[test]
+fn config_two_sqlite_sinks_may_not_share_a_table_however_the_path_is_spelt() {
+    let text = VALID
+        .replace("path = \"${DB_PATH}\"", "path = \"data/out.db\"")
+        .replace(
+            "name = \"nowhere\"\nkind = \"blackhole\"",
+            "name = \"again\"\nkind = \"sqlite\"\npath = \"data//./out.db\"\ntable = \"orders\"",
+        );
+    let report = problems(&text);
+    assert!(
+        report
+            .contains("sink[1] (again).table: another sqlite sink writes this table of this file"),
+        "{report}"
+    );
+}
+
 fn cosmos_sink(settings: &str, map: &str) -> String {
     format!(
         r#"

@@ -3,9 +3,9 @@
 //!
 //! A unit is written as a [`Batch`]: its mapped rows plus the failures found before writing
 //! (unparseable lines, records that could not be mapped). The sink reports the rows it could
-//! not write, and a sink with a ledger remembers them with the unit, so a redelivered unit
-//! returns the same outcome without writing anything twice; the consumer puts both lists
-//! together ([`unit_failures`]).
+//! not write; a sink with a ledger remembers the unit's whole outcome with it, so a redelivered
+//! unit returns the same outcome without writing anything twice. The consumer lists every
+//! failed entry once ([`unit_failures`]).
 
 mod blackhole;
 pub mod cosmos;
@@ -83,7 +83,9 @@ pub struct WriteOutcome {
     pub fresh: bool,
     /// Rows the unit landed.
     pub written: u64,
-    /// The rows the sink refused (the failures found before writing are not repeated here).
+    /// The rows the sink refused. A sink with a ledger adds the failures found before writing
+    /// (its ledger keeps the unit's whole outcome, as written by [`unit_failures`]); the
+    /// consumer lists every entry once either way.
     pub failures: Vec<Failure>,
 }
 

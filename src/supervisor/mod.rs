@@ -29,7 +29,7 @@ use crate::sink::SinkError;
 use crate::source::SourceError;
 use crate::source::WorkItem;
 use crate::unit::DataUnit;
-use crate::worker::{EXIT_INTERRUPTED, LogFormat, Role, worker_name};
+use crate::worker::{EXIT_INTERRUPTED, LogFormat, Role};
 
 pub(crate) use lock::{JobLock, LOCK_TTL, LockError};
 pub(crate) use managed_redis::{ManagedRedis, ManagedRedisError};
@@ -285,7 +285,7 @@ async fn supervise(
     ] {
         for id in 1..=count {
             let child = launcher.spawn(role, id).map_err(|e| {
-                SupervisorError::local(format!("cannot start {}", worker_name(role, id)), e)
+                SupervisorError::local(format!("cannot start {} {id}", role.as_str()), e)
             })?;
             workers.push(WorkerProcess::new(role, id, child));
         }

@@ -29,7 +29,7 @@ use super::errors::{ErrorClass, classify, describe};
 use super::schema::Target;
 use super::sql::{self, STAGE, TableName};
 use crate::mapping::Row;
-use crate::sink::{Batch, Failure, WriteOutcome};
+use crate::sink::{Batch, Failure, WriteOutcome, unit_failures};
 
 /// What every unit of a sink is written with, built once per process when the table has been
 /// read: the columns and the statements that do not change from unit to unit.
@@ -132,7 +132,8 @@ pub(super) async fn write_unit(
         id: unit_id,
         sources: &sources,
     };
-    failures.sort_by_key(|f| f.index);
+    // The ledger keeps the unit's whole outcome, failures found before writing included.
+    let failures = unit_failures(&batch.failures, failures);
     let planned = sources.len() as u64;
     run(connection, sql::BEGIN)
         .await

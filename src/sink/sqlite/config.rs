@@ -30,7 +30,13 @@ impl KindSettings for SqliteSinkConfig {
     fn exclusive_target(&self) -> Option<ExclusiveTarget> {
         Some(ExclusiveTarget {
             field: "table",
-            identity: format!("{}\n{}", self.path.display(), self.table.to_lowercase()),
+            // By path components, as paths compare: `data//x.db`, `data/./x.db` and
+            // `data/x.db` are one file.
+            identity: format!(
+                "{}\n{}",
+                self.path.components().collect::<PathBuf>().display(),
+                self.table.to_lowercase()
+            ),
             clash: "another sqlite sink writes this table of this file",
         })
     }

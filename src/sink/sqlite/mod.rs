@@ -18,7 +18,7 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
-use super::{Batch, Failure, Sink, SinkError, SinkKind, WriteMode, WriteOutcome};
+use super::{Batch, Failure, Sink, SinkError, SinkKind, WriteMode, WriteOutcome, unit_failures};
 use crate::config::SinkConfig;
 use crate::mapping::{Cast, Mapping, Row};
 
@@ -246,6 +246,8 @@ impl Writer {
                 Err(error) => return Err(error),
             }
         }
+        // The ledger keeps the unit's whole outcome, failures found before writing included.
+        let failures = unit_failures(&batch.failures, failures);
         let recorded = serde_json::to_string(&failures).expect("failures serialize");
         transaction.execute(
             &format!(
