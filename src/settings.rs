@@ -84,11 +84,6 @@ impl<'a> Section<'a> {
         }
     }
 
-    /// The section's path, e.g. `sink[0] (orders)`.
-    pub fn path(&self) -> &str {
-        self.path
-    }
-
     /// The path of one of the section's fields, e.g. `sink[0] (orders).table`.
     pub fn field(&self, name: &str) -> String {
         join(self.path, name)
@@ -104,14 +99,11 @@ impl<'a> Section<'a> {
         self.problems.push(path, message);
     }
 
-    /// Where problems go, for checks shared with other modules.
-    pub fn problems(&mut self) -> &mut Problems {
-        self.problems
-    }
-
-    /// Removes and returns a field before the rest is read as a struct.
-    pub fn take(&mut self, name: &str) -> Option<toml::Value> {
-        self.table.remove(name)
+    /// Checks that `value`, written in field `name`, is a plain identifier (it is spliced into
+    /// SQL); see [`check_identifier`].
+    pub fn check_identifier(&mut self, name: &str, value: &str) {
+        let path = self.field(name);
+        check_identifier(value, &path, self.problems);
     }
 
     /// Reads the remaining fields into `T`: every unknown key and the first type error are

@@ -1,7 +1,7 @@
 //! How table sinks apply rows, and the key columns upsert needs: shared by `sqlite` and `mssql`.
 
 use crate::mapping::Mapping;
-use crate::settings::{Section, check_identifier};
+use crate::settings::Section;
 
 /// How a sink applies rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -37,9 +37,8 @@ pub(super) fn check_keys(
         }
         _ => {}
     }
-    let path = section.field("key");
     for column in key {
-        check_identifier(column, &path, section.problems());
+        section.check_identifier("key", column);
         if let Some(map) = map
             && !map.is_passthrough()
             && !map.has_column(column)

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::super::write_mode::{WriteMode, check_keys};
 use super::connection::ConnectionSettings;
 use crate::mapping::Mapping;
-use crate::settings::{KindSettings, Secret, Section, check_identifier};
+use crate::settings::{KindSettings, Secret, Section};
 
 /// Settings of the `mssql` sink.
 #[derive(Debug, Clone)]
@@ -74,9 +74,8 @@ pub(super) fn read(
             format!("`{}` is not `name` or `schema.name`", raw.table),
         );
     }
-    let table_path = section.field("table");
     for part in parts {
-        check_identifier(part, &table_path, section.problems());
+        section.check_identifier("table", part);
     }
     let connection = match ConnectionSettings::parse(&Secret::new(raw.connection)) {
         Ok(connection) => Some(connection),

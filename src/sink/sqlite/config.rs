@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::super::write_mode::{WriteMode, check_keys};
 use crate::mapping::Mapping;
-use crate::settings::{ExclusiveTarget, KindSettings, Section, check_identifier};
+use crate::settings::{ExclusiveTarget, KindSettings, Section};
 
 /// Settings of the `sqlite` sink.
 #[derive(Debug, Clone)]
@@ -61,8 +61,7 @@ pub(super) fn read(
 ) -> Option<Arc<dyn KindSettings>> {
     let raw: Raw = section.read()?;
     let busy_timeout = section.duration(raw.busy_timeout.as_deref(), "60s", "busy_timeout");
-    let table_path = section.field("table");
-    check_identifier(&raw.table, &table_path, section.problems());
+    section.check_identifier("table", &raw.table);
     check_keys(raw.mode, &raw.key, map, section);
     Some(Arc::new(SqliteSinkConfig {
         path: raw.path,
