@@ -17,15 +17,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use backon::Retryable;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::{Finish, WorkerContext, WorkerError};
-use crate::config::SinkConfig;
-use backon::Retryable;
-
 use crate::clock::now_ms;
+use crate::config::SinkConfig;
 use crate::queue::{Delivery, Queues, SinkQueues};
 use crate::retry;
 use crate::sink::{self, Batch, Failure, Sink, WriteOutcome};
