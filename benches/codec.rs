@@ -19,6 +19,7 @@ fn unit(records: u64) -> DataUnit {
         records: (0..records)
             .map(|n| record(&generated_record(7, n)))
             .collect(),
+        lines: Vec::new(),
         rejects: Vec::new(),
     }
 }

@@ -12,6 +12,11 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
+/// One second, for bounds of durations.
+pub const SECOND: Duration = Duration::from_secs(1);
+/// One hour: the longest a sink waits for anything its settings name.
+pub const HOUR: Duration = Duration::from_secs(3600);
+
 /// One problem found in a config, at a field path like `sink[1].map.amount.type`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -113,41 +118,164 @@ impl<'a> Section<'a> {
         read_value(toml::Value::Table(table), self.path, self.problems)
     }
 
-    /// A duration written as `"30s"`, `"5m"`, `"1h 30m"`; `default` when absent.
-    pub fn duration(&mut self, value: Option<&str>, default: &str, name: &str) -> Duration {
+    /// A duration written as `"30s"`, `"5m"`, `"1h 30m"`; `default` when absent. One outside
+    /// `within` is a problem: every wait must be one the system can honour.
+    pub fn duration(
+        &mut self,
+        value: Option<&str>,
+        default: &str,
+        name: &str,
+        within: std::ops::RangeInclusive<Duration>,
+    ) -> Duration {
         let path = self.field(name);
-        parse_duration(value, default, &path, self.problems)
+        let known = self.problems.len();
+        let duration = parse_duration(value, default, &path, self.problems);
+        if self.problems.len() == known && !within.contains(&duration) {
+            self.problems.push(
+                path,
+                format!(
+                    "must be between {} and {}",
+                    humantime::format_duration(*within.start()),
+                    humantime::format_duration(*within.end())
+                ),
+            );
+        }
+        duration
     }
 }
 
-/// Deserializes `value` (at `path`) into `T`, recording unknown keys and the first type error.
+/// Deserializes `value` (at `path`) into `T`, recording unknown keys and every type error,
+/// each at its full field path and in plain words (no parser internals).
+///
+/// serde stops at the first type error, so a field that has one is taken out and the rest is
+/// read again, until the rest reads or an error has no field to take out. A required field
+/// taken out that way is then reported missing; that echo is not reported again.
 pub fn read_value<T: DeserializeOwned>(
     value: toml::Value,
     path: &str,
     problems: &mut Problems,
 ) -> Option<T> {
-    let mut unknown = Vec::new();
-    let result = {
-        let mut record_unknown = |field: serde_ignored::Path| unknown.push(field.to_string());
-        let ignored = serde_ignored::Deserializer::new(value, &mut record_unknown);
-        serde_path_to_error::deserialize::<_, T>(ignored)
-    };
-    for field in unknown {
-        problems.push(join(path, &field), "unknown key");
+    let mut value = value;
+    let mut taken_out: Vec<String> = Vec::new();
+    let mut first_attempt = true;
+    loop {
+        let mut unknown = Vec::new();
+        let result = {
+            let mut record_unknown = |field: serde_ignored::Path| unknown.push(field.to_string());
+            let ignored = serde_ignored::Deserializer::new(value.clone(), &mut record_unknown);
+            serde_path_to_error::deserialize::<_, T>(ignored)
+        };
+        if first_attempt {
+            for field in unknown {
+                problems.push(join(path, &field), "unknown key");
+            }
+            first_attempt = false;
+        }
+        let error = match result {
+            Ok(read) => return (taken_out.is_empty()).then_some(read),
+            Err(error) => error,
+        };
+        let inner = error.path().to_string();
+        let message = plain_error(error.inner().message());
+        if taken_out
+            .iter()
+            .any(|field| message.contains(&format!("`{}`", last_segment(field))))
+        {
+            return None; // the echo of a required field taken out above
+        }
+        let at = if inner == "." {
+            path.to_string()
+        } else {
+            join(path, &inner)
+        };
+        problems.push(at, message);
+        if inner == "." || taken_out.len() >= 32 || !take_out(&mut value, &inner) {
+            return None;
+        }
+        taken_out.push(inner);
     }
-    match result {
-        Ok(value) => Some(value),
-        Err(error) => {
-            let inner = error.path().to_string();
-            let at = if inner == "." {
-                path.to_string()
-            } else {
-                join(path, &inner)
-            };
-            problems.push(at, error.into_inner().to_string());
-            None
+}
+
+fn last_segment(path: &str) -> &str {
+    path.rsplit(['.', '[']).next().unwrap_or(path)
+}
+
+/// Removes the field at `path` (as serde_path_to_error writes it: `a.b[2].c`); false if absent.
+fn take_out(value: &mut toml::Value, path: &str) -> bool {
+    let mut segments: Vec<&str> = Vec::new();
+    for part in path.split('.') {
+        let mut rest = part;
+        if let Some(open) = rest.find('[') {
+            segments.push(&rest[..open]);
+            rest = &rest[open..];
+            while let Some(close) = rest.find(']') {
+                segments.push(&rest[..=close]);
+                rest = &rest[close + 1..];
+            }
+        } else {
+            segments.push(rest);
         }
     }
+    let segments: Vec<&str> = segments.into_iter().filter(|s| !s.is_empty()).collect();
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut here = value;
+    for segment in parents {
+        let next = match (segment.strip_prefix('['), here) {
+            (Some(index), toml::Value::Array(items)) => index
+                .trim_end_matches(']')
+                .parse::<usize>()
+                .ok()
+                .and_then(|index| items.get_mut(index)),
+            (None, toml::Value::Table(table)) => table.get_mut(*segment),
+            _ => None,
+        };
+        match next {
+            Some(next) => here = next,
+            None => return false,
+        }
+    }
+    match (last.strip_prefix('['), here) {
+        (Some(index), toml::Value::Array(items)) => {
+            match index.trim_end_matches(']').parse::<usize>() {
+                Ok(index) if index < items.len() => {
+                    items.remove(index);
+                    true
+                }
+                _ => false,
+            }
+        }
+        (None, toml::Value::Table(table)) => table.remove(*last).is_some(),
+        _ => false,
+    }
+}
+
+/// A deserializer's message in a user's words: `invalid type: string "two", expected u32`
+/// becomes `expected a whole number (0 to 4294967295), found string "two"`.
+fn plain_error(message: &str) -> String {
+    let message = message.lines().next().unwrap_or(message).trim();
+    let expected_words = |expected: &str| -> String {
+        match expected.trim() {
+            "u8" => "a whole number (0 to 255)".into(),
+            "u16" => "a whole number (0 to 65535)".into(),
+            "u32" => "a whole number (0 to 4294967295)".into(),
+            "u64" | "usize" => "a whole number (0 or more)".into(),
+            "i32" | "i64" | "isize" => "a whole number".into(),
+            "f32" | "f64" => "a number".into(),
+            "path string" | "a string" | "a borrowed string" => "a string".into(),
+            "a boolean" | "bool" => "true or false".into(),
+            other => other.to_string(),
+        }
+    };
+    for (prefix, verb) in [("invalid type: ", "found"), ("invalid value: ", "got")] {
+        if let Some(rest) = message.strip_prefix(prefix)
+            && let Some((found, expected)) = rest.rsplit_once(", expected ")
+        {
+            return format!("expected {}, {verb} {found}", expected_words(expected));
+        }
+    }
+    message.to_string()
 }
 
 /// Parses a human duration at `path`, `default` when `value` is absent; a bad one is a problem

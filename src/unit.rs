@@ -47,6 +47,9 @@ pub struct DataUnit {
     pub last_line: u64,
     /// The records, JSON objects as text.
     pub records: Vec<Record>,
+    /// The source line of each record, when they are not simply `first_line`, `first_line + 1`,
+    /// ... (blank or rejected lines between them); empty otherwise. See [`DataUnit::record_line`].
+    pub lines: Vec<u64>,
     /// Source lines that could not be parsed into records.
     pub rejects: Vec<Reject>,
 }
@@ -105,6 +108,8 @@ struct WriteEnvelope<'a> {
     records: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     records_zstd: Option<String>,
+    #[serde(skip_serializing_if = "<[u64]>::is_empty")]
+    lines: &'a [u64],
     #[serde(skip_serializing_if = "<[Reject]>::is_empty")]
     rejects: &'a [Reject],
 }
@@ -126,6 +131,8 @@ struct ReadEnvelope<'a> {
     #[serde(default)]
     records_zstd: Option<String>,
     #[serde(default)]
+    lines: Vec<u64>,
+    #[serde(default)]
     rejects: Vec<Reject>,
 }
 
@@ -133,6 +140,14 @@ impl DataUnit {
     /// Number of input records this unit stands for, rejects included.
     pub fn input_count(&self) -> u64 {
         (self.records.len() + self.rejects.len()) as u64
+    }
+
+    /// The source line of record `index` (see [`DataUnit::lines`]).
+    pub fn record_line(&self, index: usize) -> u64 {
+        match self.lines.get(index) {
+            Some(line) => *line,
+            None => self.first_line + index as u64,
+        }
     }
 
     /// Encodes the unit; records larger than `compress_above` bytes are compressed.
@@ -158,6 +173,7 @@ impl DataUnit {
             count: self.records.len(),
             records: inline.as_deref(),
             records_zstd: compressed,
+            lines: &self.lines,
             rejects: &self.rejects,
         };
         serde_json::to_vec(&envelope).expect("envelope always serializes")
@@ -190,6 +206,7 @@ impl DataUnit {
             first_line: envelope.first_line,
             last_line: envelope.last_line,
             records,
+            lines: envelope.lines,
             rejects: envelope.rejects,
         })
     }
@@ -240,6 +257,7 @@ mod tests {
             records: (0..records)
                 .map(|i| record(&json!({"id": i, "note": "ünïcode ✓", "total": i as f64 * 1.5})))
                 .collect(),
+            lines: Vec::new(),
             rejects: vec![Reject {
                 line: 3,
                 raw: "{oops".into(),

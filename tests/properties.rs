@@ -162,9 +162,15 @@ fn unit_parts() -> impl Strategy<Value = (DataUnit, Vec<Value>)> {
         (any::<u64>(), any::<u64>()),
         vec(object(), 0..8),
         vec(reject(), 0..4),
+        any::<bool>(),
     )
         .prop_map(
-            |((id, source, origin), (first_line, last_line), values, rejects)| {
+            |((id, source, origin), (first_line, last_line), values, rejects, spread)| {
+                // Records on lines that do not count up from the first carry their lines.
+                let lines = match spread {
+                    true => (0..values.len() as u64).map(|n| n * 3 + 1).collect(),
+                    false => Vec::new(),
+                };
                 let unit = DataUnit {
                     id,
                     source,
@@ -172,6 +178,7 @@ fn unit_parts() -> impl Strategy<Value = (DataUnit, Vec<Value>)> {
                     first_line,
                     last_line,
                     records: values.iter().map(record).collect(),
+                    lines,
                     rejects,
                 };
                 (unit, values)
@@ -196,6 +203,7 @@ fn assert_same_unit(decoded: &DataUnit, unit: &DataUnit, values: &[Value]) {
     assert_eq!(texts(decoded), texts(unit), "records keep their text");
     assert_eq!(decoded.record_values(), values);
     assert_eq!(decoded.rejects, unit.rejects);
+    assert_eq!(decoded.lines, unit.lines);
     assert_eq!(decoded.input_count(), unit.input_count());
 }
 
@@ -555,7 +563,7 @@ fn read_entries(format: FileFormat, bytes: &[u8]) -> Vec<Result<Entry, SourceErr
     let items = source.plan(100).unwrap();
     assert_eq!(items.len(), 1, "the pattern names one file");
     let entries: Vec<_> = source
-        .open(&items[0])
+        .open(&items[0], 1 << 20)
         .unwrap()
         .take(bytes.len() + 2)
         .collect();
@@ -672,8 +680,11 @@ proptest! {
     #[test]
     fn files_jsonl_reader_never_panics_on_arbitrary_bytes(bytes in file_bytes()) {
         let entries = read_entries(FileFormat::Jsonl, &bytes);
-        // Every line with more than ASCII whitespace yields exactly one entry, in order.
+        // Every line with more than ASCII whitespace yields exactly one entry, in order; a
+        // byte order mark is not part of the first line.
         let lines: Vec<(u64, &[u8])> = bytes
+            .strip_prefix(BOM)
+            .unwrap_or(&bytes)
             .split(|&byte| byte == b'\n')
             .enumerate()
             .map(|(at, line)| (at as u64 + 1, line.trim_ascii()))
@@ -687,6 +698,8 @@ proptest! {
                 (Entry::Record { value, .. }, Ok(parsed @ Value::Object(_))) => {
                     prop_assert_eq!(value, parsed)
                 }
+                (Entry::Rejected(reject), Ok(Value::Object(_)))
+                    if reject.reason.contains("appears twice") => {}
                 (Entry::Rejected(reject), Ok(Value::Object(_))) => {
                     prop_assert!(false, "line {} is an object but was rejected: {:?}", line, reject)
                 }

@@ -220,6 +220,10 @@ fn sqlite_malformed_input_is_dead_lettered_with_reasons_and_the_rest_lands() {
         "field `total` (column `amount`): cannot cast \"seventeen\" to real"
     );
     assert_eq!(cast["dead_letter"]["sink"], "local");
+    assert_eq!(
+        cast["dead_letter"]["line"], 17,
+        "a refused record carries its own line"
+    );
 }
 
 #[test]
@@ -280,6 +284,15 @@ fn sqlite_unit_failing_every_attempt_is_dead_lettered_whole_after_max_receives()
         BTreeSet::from([5, 10]),
         "the envelopes keep their records"
     );
+    for unit in &dead {
+        let reason = unit["dead_letter"]["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("2 write attempt(s) failed; the last with: sink `local`")
+                && reason.contains("database is locked"),
+            "a whole-unit dead letter says why: {reason}"
+        );
+        assert_eq!(unit["dead_letter"]["attempts"], 2);
+    }
     let attempts: Vec<u64> = redis.query(redis::cmd("HVALS").arg(format!(
         "stevedore:poison:run:{}:attempts:local",
         result.summary["run"].as_str().unwrap()

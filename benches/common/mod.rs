@@ -30,6 +30,7 @@ pub fn encode_units(records: &[Value], unit: usize, label: &str) -> Vec<Vec<u8>>
                 first_line: (n * unit + 1) as u64,
                 last_line: ((n + 1) * unit) as u64,
                 records: chunk.iter().map(stevedore::unit::record).collect(),
+                lines: Vec::new(),
                 rejects: Vec::new(),
             }
             .encode(16 * 1024)

@@ -96,6 +96,10 @@ pub struct QueueConfig {
     pub high_watermark: u64,
     /// Unit payloads larger than this many bytes are zstd-compressed on the wire.
     pub compress_above: usize,
+    /// A longer input record (a line, a CSV row) is skipped while reading, never buffered
+    /// whole, and dead-lettered with its line, length and first bytes. Also the byte budget
+    /// of a unit's records, so a unit stays well under Redis's 512 MiB.
+    pub max_record_bytes: usize,
 }
 
 /// One `[[source]]`.
@@ -242,6 +246,14 @@ impl JobConfig {
     /// may only be resumed under the same basis.
     pub fn plan_basis(&self) -> String {
         let mut basis = format!("unit_records={}", self.queue.unit_records);
+        // Units are also cut by bytes. Said only when not the default, so that runs planned
+        // before the cap existed still resume.
+        if self.queue.max_record_bytes != raw::DEFAULT_MAX_RECORD_BYTES {
+            basis.push_str(&format!(
+                " max_record_bytes={}",
+                self.queue.max_record_bytes
+            ));
+        }
         for source in &self.sources {
             basis.push_str(&format!(
                 "; {} {} {}",

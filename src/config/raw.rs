@@ -44,7 +44,11 @@ struct RawQueue {
     max_receives: Option<u64>,
     high_watermark: Option<u64>,
     compress_above: Option<usize>,
+    max_record_bytes: Option<usize>,
 }
+
+/// `queue.max_record_bytes` when not set: 16 MiB.
+pub(super) const DEFAULT_MAX_RECORD_BYTES: usize = 16 << 20;
 
 const SECTIONS: &[&str] = &["job", "redis", "workers", "queue", "source", "sink"];
 
@@ -129,6 +133,7 @@ pub(super) fn read(
         max_receives: queue.max_receives.unwrap_or(5),
         high_watermark: queue.high_watermark.unwrap_or(200),
         compress_above: queue.compress_above.unwrap_or(16 * 1024),
+        max_record_bytes: queue.max_record_bytes.unwrap_or(DEFAULT_MAX_RECORD_BYTES),
     });
     let config = JobConfig {
         job: job?,

@@ -3,6 +3,7 @@
 //! its own settings when it reads them; what is checked here spans the whole job.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use super::{JobConfig, Problems};
 use crate::settings::check_name;
@@ -10,21 +11,8 @@ use crate::settings::check_name;
 /// Adds a problem for every rule `config` breaks.
 pub(super) fn validate(config: &JobConfig, problems: &mut Problems) {
     check_name(&config.job.name, "job.name", problems);
-    if config.workers.producers == 0 {
-        problems.push("workers.producers", "must be at least 1");
-    }
-    if config.workers.consumers == 0 {
-        problems.push("workers.consumers", "must be at least 1");
-    }
-    if !(1..=100_000).contains(&config.queue.unit_records) {
-        problems.push("queue.unit_records", "must be between 1 and 100000");
-    }
-    if config.queue.max_receives == 0 {
-        problems.push("queue.max_receives", "must be at least 1");
-    }
-    if config.queue.visibility_timeout < std::time::Duration::from_secs(1) {
-        problems.push("queue.visibility_timeout", "must be at least 1s");
-    }
+    check_workers(config, problems);
+    check_queue(config, problems);
     let mut names = HashSet::new();
     for (index, source) in config.sources.iter().enumerate() {
         let path = format!("source[{index}] ({})", source.name);
@@ -46,5 +34,72 @@ pub(super) fn validate(config: &JobConfig, problems: &mut Problems) {
         {
             problems.push(format!("{path}.{}", target.field), target.clash);
         }
+    }
+}
+
+/// Most worker processes of one role: each is a process with its own runtime and pools.
+pub(super) const MAX_WORKERS: u32 = 256;
+/// Workers beat every second; a timeout under three beats kills healthy workers.
+pub(super) const MIN_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
+/// RSMQ keeps a unit hidden for at most 9,999,999 seconds.
+pub(super) const MAX_VISIBILITY_TIMEOUT: Duration = Duration::from_secs(9_999_999);
+/// Smallest and largest record size cap: a unit holds up to two caps' worth of records and
+/// must fit a Redis string (512 MiB).
+pub(super) const RECORD_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=(128 << 20);
+
+fn check_workers(config: &JobConfig, problems: &mut Problems) {
+    let workers = &config.workers;
+    for (field, count) in [
+        ("producers", workers.producers),
+        ("consumers", workers.consumers),
+    ] {
+        if !(1..=MAX_WORKERS).contains(&count) {
+            problems.push(
+                format!("workers.{field}"),
+                format!("must be between 1 and {MAX_WORKERS} (each is a process), not {count}"),
+            );
+        }
+    }
+    if workers.heartbeat_timeout < MIN_HEARTBEAT_TIMEOUT {
+        problems.push(
+            "workers.heartbeat_timeout",
+            "must be at least 3s (workers beat once a second; less kills healthy workers)",
+        );
+    }
+    if workers.restart_window < Duration::from_secs(1) {
+        problems.push("workers.restart_window", "must be at least 1s");
+    }
+}
+
+fn check_queue(config: &JobConfig, problems: &mut Problems) {
+    let queue = &config.queue;
+    if !(1..=100_000).contains(&queue.unit_records) {
+        problems.push("queue.unit_records", "must be between 1 and 100000");
+    }
+    if !(1..=1000).contains(&queue.max_receives) {
+        problems.push("queue.max_receives", "must be between 1 and 1000");
+    }
+    if queue.high_watermark == 0 {
+        problems.push("queue.high_watermark", "must be at least 1");
+    }
+    if queue.visibility_timeout < Duration::from_secs(1) {
+        problems.push("queue.visibility_timeout", "must be at least 1s");
+    }
+    if queue.visibility_timeout > MAX_VISIBILITY_TIMEOUT {
+        problems.push(
+            "queue.visibility_timeout",
+            "must be at most 9999999s (about 115 days), the longest RSMQ can hide a unit",
+        );
+    }
+    if !RECORD_BYTES_RANGE.contains(&queue.max_record_bytes) {
+        problems.push(
+            "queue.max_record_bytes",
+            format!(
+                "must be between {} and {} (128 MiB), not {}",
+                RECORD_BYTES_RANGE.start(),
+                RECORD_BYTES_RANGE.end(),
+                queue.max_record_bytes
+            ),
+        );
     }
 }

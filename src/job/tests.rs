@@ -128,7 +128,7 @@ fn config_semantic_problems_are_reported_together() {
         );
     let report = problems(&text);
     assert!(
-        report.contains("workers.producers: must be at least 1"),
+        report.contains("workers.producers: must be between 1 and 256"),
         "{report}"
     );
     assert!(
@@ -264,4 +264,66 @@ amount = { from = "total", type = "money?" }
     );
     assert!(!report.contains("needs [sink.map]"), "{report}");
     assert!(report.contains("1 problem(s)"), "{report}");
+}
+
+#[test]
+fn hardening_config_type_errors_are_all_reported_in_plain_words() {
+    let text = VALID
+        .replace("producers = 2", "producers = \"two\"")
+        .replace("consumers = 3", "consumers = -1")
+        .replace("unit_records = 250", "unit_records = 2.5")
+        .replace("format = \"jsonl\"", "format = \"xml\"")
+        .replace("mode = \"upsert\"", "mode = \"upsert\"\nbusy_timeout = 5");
+    let report = problems(&text);
+    for expected in [
+        "workers.producers: expected a whole number (0 to 4294967295), found string \"two\"",
+        "workers.consumers: expected a whole number (0 to 4294967295), got integer `-1`",
+        "queue.unit_records: expected a whole number (0 or more), found floating point `2.5`",
+        "source[0] (orders).format: unknown variant `xml`, expected `jsonl` or `csv`",
+        "sink[0] (local).busy_timeout: expected a string, found integer `5`",
+    ] {
+        assert!(report.contains(expected), "`{expected}` in:\n{report}");
+    }
+    assert!(!report.contains("\nin `"), "no parser internals:\n{report}");
+    assert!(!report.contains("has no [[sink]]"), "{report}");
+}
+
+#[test]
+fn hardening_config_numbers_and_durations_are_bounded_by_what_the_system_honours() {
+    let text = VALID
+        .replace(
+            "producers = 2",
+            "producers = 100000\nheartbeat_timeout = \"0s\"",
+        )
+        .replace(
+            "visibility_timeout = \"45s\"",
+            "visibility_timeout = \"116d\"\nmax_record_bytes = 10",
+        )
+        .replace("max_receives = 4", "max_receives = 0\nhigh_watermark = 0")
+        .replace(
+            "mode = \"upsert\"",
+            "mode = \"upsert\"\nbusy_timeout = \"2h\"",
+        );
+    let report = problems(&text);
+    for expected in [
+        "workers.producers: must be between 1 and 256 (each is a process), not 100000",
+        "workers.heartbeat_timeout: must be at least 3s",
+        "queue.visibility_timeout: must be at most 9999999s",
+        "queue.max_receives: must be between 1 and 1000",
+        "queue.high_watermark: must be at least 1",
+        "queue.max_record_bytes: must be between 1024 and 134217728",
+        "sink[0] (local).busy_timeout: must be between 0s and 1h",
+    ] {
+        assert!(report.contains(expected), "`{expected}` in:\n{report}");
+    }
+}
+
+#[test]
+fn config_sql_sinks_refuse_map_columns_that_differ_only_in_case() {
+    let text = VALID.replace("note = {", "Amount = \"x\"\nnote = {");
+    let report = problems(&text);
+    assert!(
+        report.contains("sink[0] (local).map: `amount` and `Amount` name the same column"),
+        "{report}"
+    );
 }

@@ -174,6 +174,38 @@ impl Queues {
             .await
     }
 
+    /// Replaces the body of message `message_id` in `from` by `body`, then moves it to `to`
+    /// atomically. Used to dead-letter a unit with its reason: should the process die between
+    /// the two steps, the unit is redelivered with the new body (which still decodes) and
+    /// dead-lettered again, never lost and never listed twice.
+    pub async fn move_message_with_body(
+        &self,
+        from: &str,
+        message_id: &str,
+        to: &str,
+        body: &[u8],
+    ) -> Result<(), LinkError> {
+        // Only a message still there is rewritten: HSET alone would leave an orphan field.
+        let replace = redis::Script::new(
+            "if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then \
+             redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return 1 end return 0",
+        );
+        let key = format!("{RSMQ_NAMESPACE}:{from}:Q");
+        self.link
+            .call(&format!("rewriting a message in {from}"), |mut c| {
+                let mut invocation = replace.key(&key);
+                invocation.arg(message_id).arg(body);
+                async move {
+                    invocation
+                        .invoke_async::<i64>(&mut c.redis)
+                        .await
+                        .map_err(Into::into)
+                }
+            })
+            .await?;
+        self.move_message(from, message_id, to).await
+    }
+
     /// Messages in `queue`, hidden ones (being written right now) included.
     pub async fn depth(&self, queue: &str) -> Result<u64, LinkError> {
         self.link

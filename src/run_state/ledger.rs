@@ -59,6 +59,66 @@ impl UnitLedger<'_> {
             .await
     }
 
+    /// Records columns a sink added to its target for new fields (first unit that did wins).
+    pub async fn record_columns_added(
+        &self,
+        sink: &str,
+        unit: &str,
+        columns: &[String],
+    ) -> Result<(), LinkError> {
+        let mut pipe = redis::pipe();
+        for column in columns {
+            pipe.hset_nx(self.state.key(&format!("columns:{sink}")), column, unit)
+                .ignore();
+        }
+        self.state
+            .link
+            .query_pipe("recording added columns", &pipe)
+            .await
+    }
+
+    /// The columns `sink` added during this run, by name.
+    pub async fn columns_added(&self, sink: &str) -> Result<Vec<String>, LinkError> {
+        let mut columns: Vec<String> = self
+            .state
+            .link
+            .query(
+                "reading added columns",
+                &redis::Cmd::hkeys(self.state.key(&format!("columns:{sink}"))),
+            )
+            .await?;
+        columns.sort();
+        Ok(columns)
+    }
+
+    /// Remembers why the latest attempt to write `unit` to `sink` failed, so that the unit's
+    /// dead letter can say why if it goes there whole.
+    pub async fn note_failed_attempt(
+        &self,
+        sink: &str,
+        unit: &str,
+        reason: &str,
+    ) -> Result<(), LinkError> {
+        self.state
+            .link
+            .query(
+                "noting a failed attempt",
+                &redis::Cmd::hset(self.state.key(&format!("errors:{sink}")), unit, reason),
+            )
+            .await
+    }
+
+    /// Why the latest failed attempt to write `unit` to `sink` failed, if one was noted.
+    pub async fn last_error(&self, sink: &str, unit: &str) -> Result<Option<String>, LinkError> {
+        self.state
+            .link
+            .query(
+                "reading a unit's last error",
+                &redis::Cmd::hget(self.state.key(&format!("errors:{sink}")), unit),
+            )
+            .await
+    }
+
     /// Records that a whole unit of `records` inputs went to `sink`'s dead-letter queue.
     pub async fn record_dead_unit(
         &self,

@@ -46,6 +46,7 @@ impl Sink for BlackholeSink {
             fresh: true,
             written: batch.rows.len() as u64,
             failures: Vec::new(),
+            columns_added: Vec::new(),
         })
     }
 }

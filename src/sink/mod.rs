@@ -87,6 +87,9 @@ pub struct WriteOutcome {
     /// (its ledger keeps the unit's whole outcome, as written by [`unit_failures`]); the
     /// consumer lists every entry once either way.
     pub failures: Vec<Failure>,
+    /// Columns this write added to the target for new fields (schema evolution), to be
+    /// logged and listed in the run's summary.
+    pub columns_added: Vec<String>,
 }
 
 /// Every entry of a unit that did not land, once each, in unit order: the failures found

@@ -3,7 +3,7 @@
 //! [`Reject`] carrying its line number, raw text and reason; the rest of the file still loads.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -119,50 +119,72 @@ impl Source for FilesSource {
             .collect())
     }
 
-    fn open(&self, item: &WorkItem) -> Result<Entries, SourceError> {
+    fn open(&self, item: &WorkItem, max_record_bytes: usize) -> Result<Entries, SourceError> {
         let file = File::open(&item.origin).map_err(|error| self.io_error(&item.origin, error))?;
-        let reader = BufReader::with_capacity(256 * 1024, file);
+        let mut reader = BufReader::with_capacity(256 * 1024, file);
+        skip_bom(&mut reader).map_err(|error| self.io_error(&item.origin, error))?;
         let (name, origin) = (self.name.clone(), item.origin.clone());
         Ok(match self.format {
             FileFormat::Jsonl => Box::new(JsonLines {
                 reader,
                 line: 0,
                 buffer: Vec::new(),
+                max_bytes: max_record_bytes,
                 name,
                 origin,
             }),
-            FileFormat::Csv => {
-                let mut reader = csv::ReaderBuilder::new()
-                    .flexible(false)
-                    .from_reader(reader);
-                let headers = reader
-                    .headers()
-                    .map(|h| h.iter().map(str::to_string).collect::<Vec<_>>());
-                match headers {
-                    Ok(headers) => Box::new(CsvRecords {
-                        records: reader.into_records(),
-                        headers,
-                    }),
-                    Err(error) => {
-                        let error = SourceError::Io {
-                            source_name: name,
-                            path: origin,
-                            error: csv_io_error(error),
-                        };
-                        Box::new(std::iter::once(Err(error)))
-                    }
-                }
-            }
+            FileFormat::Csv => Box::new(CsvRecords {
+                rows: CsvRows::new(reader, max_record_bytes),
+                header: None,
+                name,
+                origin,
+            }),
         })
     }
+}
+
+/// A UTF-8 byte order mark at the start of a file is not part of its first record.
+fn skip_bom(reader: &mut impl BufRead) -> std::io::Result<()> {
+    if reader.fill_buf()?.starts_with(b"\xEF\xBB\xBF") {
+        reader.consume(3);
+    }
+    Ok(())
+}
+
+/// How many bytes of a skipped record its dead letter shows.
+const PREVIEW_BYTES: usize = 256;
+
+/// The first bytes of a record too long to keep, for its dead letter.
+fn preview(bytes: &[u8]) -> String {
+    let shown = &bytes[..bytes.len().min(PREVIEW_BYTES)];
+    format!("{}…", String::from_utf8_lossy(shown))
+}
+
+/// The reason given for a record over `queue.max_record_bytes`.
+fn too_long(what: &str, length: u64, max_bytes: usize) -> String {
+    format!(
+        "{what} is {length} bytes, over queue.max_record_bytes ({max_bytes}); it was skipped \
+         without being read whole (raw holds its first {PREVIEW_BYTES} bytes)"
+    )
 }
 
 struct JsonLines<R> {
     reader: R,
     line: u64,
     buffer: Vec<u8>,
+    max_bytes: usize,
     name: String,
     origin: String,
+}
+
+impl<R: BufRead> JsonLines<R> {
+    fn io_error(&self, error: std::io::Error) -> SourceError {
+        SourceError::Io {
+            source_name: self.name.clone(),
+            path: self.origin.clone(),
+            error,
+        }
+    }
 }
 
 impl<R: BufRead> Iterator for JsonLines<R> {
@@ -171,24 +193,36 @@ impl<R: BufRead> Iterator for JsonLines<R> {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             self.buffer.clear();
-            match self.reader.read_until(b'\n', &mut self.buffer) {
+            // Never more than the cap (plus the byte that proves a line is longer) in memory.
+            let limit = self.max_bytes as u64 + 1;
+            match (&mut self.reader)
+                .take(limit)
+                .read_until(b'\n', &mut self.buffer)
+            {
                 Ok(0) => return None,
                 Ok(_) => {}
-                Err(error) => {
-                    let error = SourceError::Io {
-                        source_name: self.name.clone(),
-                        path: self.origin.clone(),
-                        error,
-                    };
-                    return Some(Err(error));
-                }
+                Err(error) => return Some(Err(self.io_error(error))),
             }
             self.line += 1;
+            let line = self.line;
+            if self.buffer.len() > self.max_bytes && self.buffer.last() != Some(&b'\n') {
+                let rest = match skip_line(&mut self.reader) {
+                    Ok(rest) => rest,
+                    Err(error) => return Some(Err(self.io_error(error))),
+                };
+                let length = self.buffer.len() as u64 + rest;
+                let reject = Reject {
+                    line,
+                    raw: preview(&self.buffer),
+                    reason: too_long("line", length, self.max_bytes),
+                };
+                self.buffer = Vec::new(); // give the cap's worth of memory back
+                return Some(Ok(Entry::Rejected(reject)));
+            }
             let text = self.buffer.trim_ascii();
             if text.is_empty() {
                 continue;
             }
-            let line = self.line;
             let reject = |reason: String| {
                 Some(Ok(Entry::Rejected(Reject {
                     line,
@@ -196,68 +230,337 @@ impl<R: BufRead> Iterator for JsonLines<R> {
                     reason,
                 })))
             };
-            return match serde_json::from_slice::<Value>(text) {
-                Ok(value @ Value::Object(_)) => Some(Ok(Entry::Record { line, value })),
-                Ok(_) => reject("line is valid JSON but not an object".to_string()),
-                Err(error) => reject(format!("invalid JSON: {error}")),
+            return match parse_object(text) {
+                Ok(object) => Some(Ok(Entry::Record {
+                    line,
+                    value: Value::Object(object),
+                })),
+                Err(reason) => reject(reason),
             };
         }
     }
 }
 
-struct CsvRecords<R> {
-    records: csv::StringRecordsIntoIter<R>,
-    headers: Vec<String>,
+/// Parses one JSONL line into an object, refusing a field named twice: a plain parse would
+/// keep the last value and silently drop the other.
+fn parse_object(text: &[u8]) -> Result<Map<String, Value>, String> {
+    use serde::de::{Deserializer as _, Error as _, MapAccess, Visitor};
+
+    struct UniqueFields;
+
+    impl<'de> Visitor<'de> for UniqueFields {
+        type Value = Map<String, Value>;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+            formatter.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut object = Map::new();
+            while let Some(field) = map.next_key::<String>()? {
+                if object.contains_key(&field) {
+                    return Err(A::Error::custom(format!(
+                        "field `{field}` appears twice; the record is refused rather than \
+                         keeping one of its values"
+                    )));
+                }
+                object.insert(field, map.next_value()?);
+            }
+            Ok(object)
+        }
+    }
+
+    let mut parser = serde_json::Deserializer::from_slice(text);
+    let parsed = parser
+        .deserialize_map(UniqueFields)
+        .and_then(|object| parser.end().map(|()| object));
+    parsed.map_err(|error| {
+        let message = error.to_string();
+        if message.starts_with("invalid type") {
+            "line is valid JSON but not an object".to_string()
+        } else if message.starts_with("field `") {
+            message
+                .split(" at line ")
+                .next()
+                .unwrap_or(&message)
+                .to_string()
+        } else {
+            format!("invalid JSON: {error}")
+        }
+    })
 }
 
-impl<R: std::io::Read> Iterator for CsvRecords<R> {
-    type Item = Result<Entry, SourceError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let result = self.records.next()?;
-        Some(Ok(match result {
-            Ok(record) => {
-                let line = record.position().map_or(0, |p| p.line());
-                let value: Map<String, Value> = self
-                    .headers
-                    .iter()
-                    .cloned()
-                    .zip(record.iter().map(|field| Value::String(field.to_string())))
-                    .collect();
-                Entry::Record {
-                    line,
-                    value: Value::Object(value),
-                }
+/// Reads past the rest of a line and its newline; returns how many bytes were skipped before
+/// the newline.
+fn skip_line(reader: &mut impl BufRead) -> std::io::Result<u64> {
+    let mut skipped = 0;
+    loop {
+        let buffer = reader.fill_buf()?;
+        if buffer.is_empty() {
+            return Ok(skipped);
+        }
+        match buffer.iter().position(|&byte| byte == b'\n') {
+            Some(at) => {
+                reader.consume(at + 1);
+                return Ok(skipped + at as u64);
             }
-            Err(error) => {
-                let line = error.position().map_or(0, |p| p.line());
-                let raw = match error.kind() {
-                    csv::ErrorKind::UnequalLengths { .. } => format!(
-                        "{} fields where the header has {}",
-                        field_count(&error),
-                        self.headers.len()
-                    ),
-                    _ => String::new(),
-                };
-                Entry::Rejected(Reject {
-                    line,
-                    raw,
-                    reason: format!("invalid CSV record: {error}"),
-                })
+            None => {
+                let read = buffer.len();
+                reader.consume(read);
+                skipped += read as u64;
             }
-        }))
+        }
     }
 }
 
-fn field_count(error: &csv::Error) -> u64 {
-    match error.kind() {
-        csv::ErrorKind::UnequalLengths { len, .. } => *len,
+/// One CSV row as read: where it starts, its raw text (or the first bytes of a row too long
+/// to keep) and its fields.
+struct CsvRow<'a> {
+    line: u64,
+    raw: &'a [u8],
+    /// The row's length in bytes when it was over the cap (its fields were not kept).
+    skipped_length: Option<u64>,
+    fields: Vec<&'a [u8]>,
+}
+
+/// Splits a CSV stream into rows with `csv_core`, holding at most the cap's worth of one row:
+/// a longer row is read past, not buffered. Keeps each row's raw text for dead letters.
+struct CsvRows<R> {
+    reader: R,
+    parser: csv_core::Reader,
+    max_bytes: usize,
+    /// The line the reader is on (1-based).
+    line: u64,
+    output: Vec<u8>,
+    ends: Vec<usize>,
+    raw: Vec<u8>,
+}
+
+impl<R: BufRead> CsvRows<R> {
+    fn new(reader: R, max_bytes: usize) -> CsvRows<R> {
+        CsvRows {
+            reader,
+            parser: csv_core::Reader::new(),
+            max_bytes,
+            line: 1,
+            output: vec![0; 4096],
+            ends: vec![0; 64],
+            raw: Vec::new(),
+        }
+    }
+
+    /// The next row, `None` at the end of the input.
+    fn next_row(&mut self) -> std::io::Result<Option<CsvRow<'_>>> {
+        use csv_core::ReadRecordResult as Read;
+        self.raw.clear();
+        let (mut written, mut ended, mut length) = (0usize, 0usize, 0u64);
+        let mut start_line = None;
+        let mut last_two = [0u8; 2];
+        loop {
+            let input = self.reader.fill_buf()?;
+            let (result, read, wrote, ends) = self.parser.read_record(
+                input,
+                &mut self.output[written..],
+                &mut self.ends[ended..],
+            );
+            let consumed = &input[..read];
+            for &byte in consumed {
+                if start_line.is_none() && byte != b'\n' && byte != b'\r' {
+                    start_line = Some(self.line);
+                }
+                if start_line.is_some() {
+                    length += 1;
+                    last_two = [last_two[1], byte];
+                    if self.raw.len() <= self.max_bytes {
+                        self.raw.push(byte);
+                    }
+                }
+                if byte == b'\n' {
+                    self.line += 1;
+                }
+            }
+            self.reader.consume(read);
+            let oversized = self.raw.len() > self.max_bytes;
+            (written, ended) = if oversized {
+                (0, 0) // past the cap: parse on, keep nothing
+            } else {
+                (written + wrote, ended + ends)
+            };
+            match result {
+                Read::InputEmpty => {}
+                Read::OutputFull => {
+                    if !oversized {
+                        let size = (self.output.len() * 2).min(self.max_bytes + 1);
+                        self.output.resize(size.max(self.output.len() + 1), 0);
+                    }
+                }
+                Read::OutputEndsFull => {
+                    if !oversized {
+                        self.ends.resize(self.ends.len() * 2, 0);
+                    }
+                }
+                Read::Record => {
+                    let raw = trim_line_end(&self.raw);
+                    if oversized {
+                        return Ok(Some(CsvRow {
+                            line: start_line.unwrap_or(self.line),
+                            raw: &self.raw[..self.raw.len().min(PREVIEW_BYTES)],
+                            skipped_length: Some(length - line_end_length(last_two)),
+                            fields: Vec::new(),
+                        }));
+                    }
+                    let mut fields = Vec::with_capacity(ended);
+                    let mut from = 0;
+                    for &end in &self.ends[..ended] {
+                        fields.push(&self.output[from..end]);
+                        from = end;
+                    }
+                    return Ok(Some(CsvRow {
+                        line: start_line.unwrap_or(self.line),
+                        raw,
+                        skipped_length: None,
+                        fields,
+                    }));
+                }
+                Read::End => return Ok(None),
+            }
+        }
+    }
+}
+
+/// How many of a row's last two bytes are its line end (`\n` or `\r\n`).
+fn line_end_length(last_two: [u8; 2]) -> u64 {
+    match last_two {
+        [b'\r', b'\n'] => 2,
+        [_, b'\n'] => 1,
         _ => 0,
     }
 }
 
-fn csv_io_error(error: csv::Error) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, error.to_string())
+fn trim_line_end(raw: &[u8]) -> &[u8] {
+    let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
+    raw.strip_suffix(b"\r").unwrap_or(raw)
+}
+
+/// A CSV file's header row: the field names, or why the file's rows cannot be records.
+type Header = Result<Vec<String>, String>;
+
+struct CsvRecords<R> {
+    rows: CsvRows<R>,
+    header: Option<Header>,
+    name: String,
+    origin: String,
+}
+
+impl<R: BufRead> CsvRecords<R> {
+    fn io_error(&self, error: std::io::Error) -> SourceError {
+        SourceError::Io {
+            source_name: self.name.clone(),
+            path: self.origin.clone(),
+            error,
+        }
+    }
+}
+
+/// The header's names, refused when one is empty, not UTF-8, or repeated: two fields of one
+/// name would silently keep one value of each row.
+fn read_header(row: &CsvRow<'_>, max_bytes: usize) -> Header {
+    if let Some(length) = row.skipped_length {
+        return Err(format!(
+            "the file's rows were refused: {}",
+            too_long("its CSV header", length, max_bytes)
+        ));
+    }
+    let refuse = |why: String| {
+        Err(format!(
+            "the file's rows were refused: its CSV header {why}"
+        ))
+    };
+    let mut names: Vec<String> = Vec::with_capacity(row.fields.len());
+    for (index, field) in row.fields.iter().enumerate() {
+        let Ok(name) = std::str::from_utf8(field) else {
+            return refuse(format!("column {} is not valid UTF-8", index + 1));
+        };
+        if name.trim().is_empty() {
+            return refuse(format!("column {} has no name", index + 1));
+        }
+        if let Some(earlier) = names.iter().position(|seen| seen == name) {
+            return refuse(format!(
+                "names `{name}` twice (columns {} and {}); each row would keep one value of the two",
+                earlier + 1,
+                index + 1
+            ));
+        }
+        names.push(name.to_string());
+    }
+    Ok(names)
+}
+
+impl<R: BufRead> Iterator for CsvRecords<R> {
+    type Item = Result<Entry, SourceError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let max_bytes = self.rows.max_bytes;
+        if self.header.is_none() {
+            let header = match self.rows.next_row() {
+                Ok(Some(row)) => read_header(&row, max_bytes),
+                Ok(None) => return None,
+                Err(error) => return Some(Err(self.io_error(error))),
+            };
+            self.header = Some(header);
+        }
+        let row = match self.rows.next_row() {
+            Ok(Some(row)) => row,
+            Ok(None) => return None,
+            Err(error) => {
+                let error = SourceError::Io {
+                    source_name: self.name.clone(),
+                    path: self.origin.clone(),
+                    error,
+                };
+                return Some(Err(error));
+            }
+        };
+        let header = self.header.as_ref().expect("read above");
+        let reject = |reason: String| {
+            Some(Ok(Entry::Rejected(Reject {
+                line: row.line,
+                raw: match row.skipped_length {
+                    Some(_) => preview(row.raw),
+                    None => String::from_utf8_lossy(row.raw).into_owned(),
+                },
+                reason,
+            })))
+        };
+        let names = match header {
+            Ok(names) => names,
+            Err(why) => return reject(why.clone()),
+        };
+        if let Some(length) = row.skipped_length {
+            return reject(too_long("CSV row", length, max_bytes));
+        }
+        if row.fields.len() != names.len() {
+            return reject(format!(
+                "invalid CSV record: {} field(s) where the header has {}",
+                row.fields.len(),
+                names.len()
+            ));
+        }
+        let mut value = Map::with_capacity(names.len());
+        for (index, (name, field)) in names.iter().zip(&row.fields).enumerate() {
+            let Ok(field) = std::str::from_utf8(field) else {
+                return reject(format!(
+                    "invalid CSV record: field {} (`{name}`) is not valid UTF-8",
+                    index + 1
+                ));
+            };
+            value.insert(name.clone(), Value::String(field.to_string()));
+        }
+        Some(Ok(Entry::Record {
+            line: row.line,
+            value: Value::Object(value),
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -266,20 +569,21 @@ mod tests {
     use std::io::Write;
 
     fn read_all(format: FileFormat, text: &str) -> Vec<Entry> {
+        read_capped(format, text.as_bytes(), 1024)
+    }
+
+    fn read_capped(format: FileFormat, bytes: &[u8], max_record_bytes: usize) -> Vec<Entry> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(match format {
             FileFormat::Jsonl => "a.jsonl",
             FileFormat::Csv => "a.csv",
         });
-        File::create(&path)
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
+        File::create(&path).unwrap().write_all(bytes).unwrap();
         let source = FilesSource::new("s", &dir.path().join("*").display().to_string(), format);
         let items = source.plan(10).unwrap();
         assert_eq!(items.len(), 1);
         source
-            .open(&items[0])
+            .open(&items[0], max_record_bytes)
             .unwrap()
             .map(Result::unwrap)
             .collect()
@@ -334,6 +638,133 @@ mod tests {
         assert!(
             error.contains("orders") && error.contains("matches no files"),
             "{error}"
+        );
+    }
+
+    fn reject(entry: &Entry) -> &Reject {
+        match entry {
+            Entry::Rejected(reject) => reject,
+            Entry::Record { line, .. } => panic!("line {line} should be rejected"),
+        }
+    }
+
+    #[test]
+    fn hardening_jsonl_strips_a_byte_order_mark() {
+        let entries = read_capped(
+            FileFormat::Jsonl,
+            b"\xEF\xBB\xBF{\"id\":1}\n{\"id\":2}\n",
+            1024,
+        );
+        assert_eq!(
+            entries,
+            vec![
+                Entry::Record {
+                    line: 1,
+                    value: serde_json::json!({"id": 1})
+                },
+                Entry::Record {
+                    line: 2,
+                    value: serde_json::json!({"id": 2})
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn hardening_jsonl_refuses_a_field_named_twice() {
+        let entries = read_all(
+            FileFormat::Jsonl,
+            "{\"id\":1,\"a\":\"first\",\"a\":\"second\"}\n",
+        );
+        let reject = reject(&entries[0]);
+        assert!(
+            reject.reason.contains("field `a` appears twice"),
+            "{}",
+            reject.reason
+        );
+        assert_eq!(reject.raw, "{\"id\":1,\"a\":\"first\",\"a\":\"second\"}");
+    }
+
+    #[test]
+    fn hardening_jsonl_skips_a_line_over_the_cap_and_reads_on() {
+        let long = format!("{{\"id\":2,\"pad\":\"{}\"}}", "x".repeat(5000));
+        let text = format!("{{\"id\":1}}\n{long}\n{{\"id\":3}}\n{}", "y".repeat(3000));
+        let entries = read_capped(FileFormat::Jsonl, text.as_bytes(), 1024);
+        assert_eq!(entries.len(), 4);
+        assert!(matches!(&entries[0], Entry::Record { line: 1, .. }));
+        let skipped = reject(&entries[1]);
+        assert_eq!(skipped.line, 2);
+        assert!(
+            skipped.reason.starts_with(&format!(
+                "line is {} bytes, over queue.max_record_bytes (1024)",
+                long.len()
+            )),
+            "{}",
+            skipped.reason
+        );
+        assert!(skipped.raw.starts_with("{\"id\":2,\"pad\":\"xxx") && skipped.raw.len() < 300);
+        assert!(matches!(&entries[2], Entry::Record { line: 3, .. }));
+        // A last line without a newline, over the cap, is measured to the end of the file.
+        assert!(reject(&entries[3]).reason.starts_with("line is 3000 bytes"));
+    }
+
+    #[test]
+    fn hardening_csv_header_naming_a_column_twice_refuses_every_row() {
+        let entries = read_all(FileFormat::Csv, "id,a,a\n1,first,second\n2,x,y\n");
+        assert_eq!(entries.len(), 2, "each row is still accounted for");
+        let first = reject(&entries[0]);
+        assert_eq!((first.line, first.raw.as_str()), (2, "1,first,second"));
+        assert!(
+            first.reason.contains("names `a` twice (columns 2 and 3)"),
+            "{}",
+            first.reason
+        );
+        assert_eq!(reject(&entries[1]).line, 3);
+    }
+
+    #[test]
+    fn hardening_csv_header_with_an_empty_name_refuses_every_row() {
+        let entries = read_all(FileFormat::Csv, "id,,b\n1,2,3\n");
+        assert!(reject(&entries[0]).reason.contains("column 2 has no name"));
+    }
+
+    #[test]
+    fn hardening_csv_ragged_row_keeps_its_raw_text() {
+        let entries = read_all(FileFormat::Csv, "id,name\n1,\"a, b\",extra\n");
+        let ragged = reject(&entries[0]);
+        assert_eq!(ragged.raw, "1,\"a, b\",extra");
+        assert_eq!(
+            ragged.reason,
+            "invalid CSV record: 3 field(s) where the header has 2"
+        );
+    }
+
+    #[test]
+    fn hardening_csv_bom_quoted_newlines_and_long_rows() {
+        let long = "z".repeat(4000);
+        let text = format!("\u{FEFF}id,note\r\n1,\"two\nlines\"\r\n\r\n2,{long}\n3,ok");
+        let entries = read_capped(FileFormat::Csv, text.as_bytes(), 1024);
+        assert_eq!(entries.len(), 3);
+        assert_eq!(
+            entries[0],
+            Entry::Record {
+                line: 2,
+                value: serde_json::json!({"id": "1", "note": "two\nlines"})
+            }
+        );
+        let skipped = reject(&entries[1]);
+        assert_eq!(skipped.line, 5);
+        assert!(
+            skipped.reason.starts_with("CSV row is 4002 bytes"),
+            "{}",
+            skipped.reason
+        );
+        assert_eq!(
+            entries[2],
+            Entry::Record {
+                line: 6,
+                value: serde_json::json!({"id": "3", "note": "ok"})
+            }
         );
     }
 }

@@ -120,8 +120,9 @@ pub trait Source: Send + Sync {
     /// Lists the work items as of now: one per file, or ranges of generated records.
     fn plan(&self, unit_records: usize) -> Result<Vec<WorkItem>, SourceError>;
 
-    /// Opens one of this source's work items.
-    fn open(&self, item: &WorkItem) -> Result<Entries, SourceError>;
+    /// Opens one of this source's work items. An input record longer than `max_record_bytes`
+    /// is never held whole: it becomes a [`Reject`] with its first bytes.
+    fn open(&self, item: &WorkItem, max_record_bytes: usize) -> Result<Entries, SourceError>;
 }
 
 /// Builds the source a config describes.

@@ -572,6 +572,7 @@ async fn summarize(
                 written,
                 dead_lettered,
                 dead_letter_queue,
+                columns_added: state.ledger().columns_added(&sink.name).await?,
             },
         );
     }

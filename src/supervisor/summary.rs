@@ -28,6 +28,9 @@ pub(crate) struct SinkSummary {
     pub dead_lettered: u64,
     /// The dead-letter queue's name.
     pub dead_letter_queue: String,
+    /// Columns the sink added to its table for new fields during the run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub columns_added: Vec<String>,
 }
 
 /// Per-worker results.
@@ -126,6 +129,15 @@ impl Summary {
                 thousands(sink.written),
                 sink.kind
             );
+            if !sink.columns_added.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  {:<8} {:>12} column(s) added: {}",
+                    "",
+                    sink.columns_added.len(),
+                    sink.columns_added.join(", ")
+                );
+            }
         }
         let restarts: u32 = self.workers.iter().map(|w| w.restarts).sum();
         let _ = write!(
@@ -166,6 +178,7 @@ mod tests {
                 written: 9,
                 dead_lettered: 1,
                 dead_letter_queue: "j-local-dlq".into(),
+                columns_added: Vec::new(),
             },
         );
         let summary = Summary {

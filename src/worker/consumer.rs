@@ -14,10 +14,12 @@
 //! also counts deliveries that were never attempted (units prefetched by a consumer that was
 //! then stopped or killed), which would dead-letter healthy units after a few interruptions.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::Retryable;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -240,10 +242,12 @@ async fn handle(
         Err(error) => {
             let id = DataUnit::peek_id(&delivery.body).unwrap_or_else(|| "?".into());
             tracing::error!(sink = %config.name, unit = %id, %error, "undecodable unit moved to the dead-letter queue");
+            let reason = format!("the unit cannot be read: {error}");
+            let body = whole_unit_dead_letter(&delivery.body, &config.name, &id, &reason, 1);
             kept.done();
             context
                 .queues
-                .move_message(&queues.units, &delivery.message_id, &queues.dead)
+                .move_message_with_body(&queues.units, &delivery.message_id, &queues.dead, &body)
                 .await?;
             return Ok(());
         }
@@ -264,22 +268,42 @@ async fn handle(
             .await?);
     };
     if attempt > context.config.queue.max_receives {
-        tracing::warn!(
-            attempts = attempt - 1,
-            "unit failed every attempt; moving it whole to the dead-letter queue"
-        );
+        let attempts = attempt - 1;
+        let reason = match context
+            .state
+            .ledger()
+            .last_error(&config.name, &unit.id)
+            .await?
+        {
+            Some(error) => format!("{attempts} write attempt(s) failed; the last with: {error}"),
+            None => format!(
+                "{attempts} write attempt(s) were cut short: the consumer writing the unit \
+                 stopped or died each time (see the consumer logs)"
+            ),
+        };
+        tracing::warn!(attempts, %reason, "moving the unit whole to the dead-letter queue");
+        let body =
+            whole_unit_dead_letter(&delivery.body, &config.name, &unit.id, &reason, attempts);
         kept.done();
         context
             .queues
-            .move_message(&queues.units, &delivery.message_id, &queues.dead)
+            .move_message_with_body(&queues.units, &delivery.message_id, &queues.dead, &body)
             .await?;
         return Ok(());
     }
     let batch = Arc::new(map_unit(config, &unit));
-    let outcome = write_with_retries(sink, batch.clone()).await;
-    let outcome = match outcome {
+    let outcome = match write_with_retries(sink, batch.clone()).await {
         Ok(outcome) => outcome,
-        Err(error) if error.is_transient() => {
+        Err(error) => {
+            // Kept for the unit's dead letter, should every attempt fail.
+            context
+                .state
+                .ledger()
+                .note_failed_attempt(&config.name, &unit.id, &error.to_string())
+                .await?;
+            if !error.is_transient() {
+                return Err(error.into());
+            }
             let planned = retry::REDELIVERY.wait(attempt.try_into().unwrap_or(u32::MAX));
             let retry_in =
                 retry::honour_hint(error.retry_after(), Some(planned)).unwrap_or(planned);
@@ -291,13 +315,20 @@ async fn handle(
                 .await?;
             return Ok(());
         }
-        Err(error) => return Err(error.into()),
     };
     let WriteOutcome {
         fresh,
         written,
         failures,
+        columns_added,
     } = outcome;
+    if !columns_added.is_empty() {
+        context
+            .state
+            .ledger()
+            .record_columns_added(&config.name, &unit.id, &columns_added)
+            .await?;
+    }
     let failures = sink::unit_failures(&batch.failures, failures);
     let dead_letters: Vec<Vec<u8>> = failures
         .iter()
@@ -369,6 +400,35 @@ async fn write_with_retries(
         .await
 }
 
+/// The dead-letter message for a unit that goes there whole: its envelope (which still
+/// decodes as the unit, so it can be replayed) with a `dead_letter` object saying why. Bytes
+/// that are not an envelope are kept as `raw` text.
+fn whole_unit_dead_letter(
+    body: &[u8],
+    sink: &str,
+    unit: &str,
+    reason: &str,
+    attempts: u64,
+) -> Vec<u8> {
+    let context = json!({
+        "id": unit,
+        "sink": sink,
+        "unit": unit,
+        "reason": reason,
+        "attempts": attempts,
+        "at_ms": now_ms(),
+    });
+    let context = serde_json::value::to_raw_value(&context).expect("JSON values serialize");
+    let mut message = serde_json::from_slice::<BTreeMap<String, Box<RawValue>>>(body)
+        .unwrap_or_else(|_| {
+            let raw = Value::String(String::from_utf8_lossy(body).into_owned());
+            let raw = serde_json::value::to_raw_value(&raw).expect("JSON values serialize");
+            BTreeMap::from([("raw".to_string(), raw)])
+        });
+    message.insert("dead_letter".into(), context);
+    serde_json::to_vec(&message).expect("dead letters serialize")
+}
+
 /// The dead-letter message for one failed entry of a unit: where it came from, why it failed,
 /// and the record (or raw line) itself, so it can be fixed and replayed.
 fn dead_letter(sink: &str, unit: &DataUnit, failure: &Failure) -> Vec<u8> {
@@ -385,7 +445,7 @@ fn dead_letter(sink: &str, unit: &DataUnit, failure: &Failure) -> Vec<u8> {
     let mut message = json!({});
     match unit.records.get(failure.index) {
         Some(record) => {
-            context["lines"] = Value::String(format!("{}-{}", unit.first_line, unit.last_line));
+            context["line"] = Value::from(unit.record_line(failure.index));
             message["record"] = serde_json::from_str(record.get())
                 .unwrap_or_else(|_| Value::String(record.get().to_string()));
         }

@@ -13,7 +13,7 @@ use super::{Finish, WorkerContext, WorkerError};
 use crate::queue::SinkQueues;
 use crate::source::WorkItem;
 use crate::source::{self, Entry, SourceError};
-use crate::unit::{DataUnit, record, unit_id};
+use crate::unit::{DataUnit, Record, Reject, record, unit_id};
 
 /// Units sent to Redis in one batched call.
 const SEND_BATCH: usize = 16;
@@ -155,11 +155,17 @@ fn spawn_reader(
         return Ok(tokio::spawn(async {}));
     };
     let source = source::from_config(&source_config);
-    let entries = source.open(item)?;
+    let entries = source.open(item, config.queue.max_record_bytes)?;
     let item = item.clone();
     let run = context.state.run_id().to_string();
     Ok(tokio::task::spawn_blocking(move || {
-        let mut cutter = Cutter::new(&config.job.name, &run, &item, config.queue.unit_records);
+        let mut cutter = Cutter::new(
+            &config.job.name,
+            &run,
+            &item,
+            config.queue.unit_records,
+            config.queue.max_record_bytes,
+        );
         for entry in entries {
             let cut = match entry {
                 Ok(entry) => cutter
@@ -210,50 +216,78 @@ async fn wait_for_room(
     Ok(!shutdown.is_set())
 }
 
-/// Cuts a stream of entries into units of `unit_records` entries with deterministic ids.
+/// Cuts a stream of entries into units with deterministic ids: a unit is cut when it holds
+/// `unit_records` entries or its records' text reaches `max_bytes` (so a unit of big records
+/// stays well under what Redis can hold). Records are serialized as they arrive.
 struct Cutter {
     job: String,
     run: String,
     item: WorkItem,
     size: usize,
+    max_bytes: usize,
     chunk: u64,
-    entries: Vec<Entry>,
+    records: Vec<Record>,
+    lines: Vec<u64>,
+    rejects: Vec<Reject>,
+    bytes: usize,
+    first_line: Option<u64>,
+    last_line: u64,
 }
 
 impl Cutter {
-    fn new(job: &str, run: &str, item: &WorkItem, size: usize) -> Cutter {
+    fn new(job: &str, run: &str, item: &WorkItem, size: usize, max_bytes: usize) -> Cutter {
         Cutter {
             job: job.to_string(),
             run: run.to_string(),
             item: item.clone(),
             size,
+            max_bytes,
             chunk: 0,
-            entries: Vec::with_capacity(size),
+            records: Vec::with_capacity(size),
+            lines: Vec::with_capacity(size),
+            rejects: Vec::new(),
+            bytes: 0,
+            first_line: None,
+            last_line: 0,
         }
     }
 
     fn push(&mut self, entry: Entry) -> Option<DataUnit> {
-        self.entries.push(entry);
-        (self.entries.len() >= self.size).then(|| self.cut())
+        let line = entry.line();
+        self.first_line.get_or_insert(line);
+        self.last_line = line;
+        match entry {
+            Entry::Record { value, .. } => {
+                let record = record(&value);
+                self.bytes += record.get().len();
+                self.records.push(record);
+                self.lines.push(line);
+            }
+            Entry::Rejected(reject) => {
+                self.bytes += reject.raw.len();
+                self.rejects.push(reject);
+            }
+        }
+        let entries = self.records.len() + self.rejects.len();
+        (entries >= self.size || self.bytes >= self.max_bytes).then(|| self.cut())
     }
 
     fn finish(&mut self) -> Option<DataUnit> {
-        (!self.entries.is_empty()).then(|| self.cut())
+        (self.first_line.is_some()).then(|| self.cut())
     }
 
     fn cut(&mut self) -> DataUnit {
-        let entries = std::mem::replace(&mut self.entries, Vec::with_capacity(self.size));
-        let (first_line, last_line) = (
-            entries.first().map_or(0, Entry::line),
-            entries.last().map_or(0, Entry::line),
-        );
-        let (mut records, mut rejects) = (Vec::with_capacity(entries.len()), Vec::new());
-        for entry in entries {
-            match entry {
-                Entry::Record { value, .. } => records.push(record(&value)),
-                Entry::Rejected(reject) => rejects.push(reject),
-            }
+        let first_line = self.first_line.take().unwrap_or(0);
+        let mut lines = std::mem::replace(&mut self.lines, Vec::with_capacity(self.size));
+        // Lines that simply count up from the first need not cross the wire.
+        if lines
+            .iter()
+            .enumerate()
+            .all(|(index, line)| *line == first_line + index as u64)
+        {
+            lines.clear();
         }
+        self.bytes = 0;
         DataUnit {
             id: unit_id(
                 &self.job,
@@ -265,9 +299,10 @@ impl Cutter {
             source: self.item.source.clone(),
             origin: self.item.origin.clone(),
             first_line,
-            last_line,
-            records,
-            rejects,
+            last_line: self.last_line,
+            records: std::mem::replace(&mut self.records, Vec::with_capacity(self.size)),
+            lines,
+            rejects: std::mem::take(&mut self.rejects),
         }
     }
 }

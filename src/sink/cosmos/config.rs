@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::document::{IdTemplate, PartitionKeyPath, Shape};
 use crate::mapping::Mapping;
-use crate::settings::{KindSettings, Secret, Section};
+use crate::settings::{HOUR, KindSettings, Secret, Section};
 
 /// Settings of the `cosmos` sink.
 #[derive(Debug, Clone)]
@@ -72,8 +72,12 @@ pub(super) fn read(
     map: Option<&Mapping>,
 ) -> Option<Arc<dyn KindSettings>> {
     let raw: Raw = section.read()?;
-    let throttle_max_wait =
-        section.duration(raw.throttle_max_wait.as_deref(), "30s", "throttle_max_wait");
+    let throttle_max_wait = section.duration(
+        raw.throttle_max_wait.as_deref(),
+        "30s",
+        "throttle_max_wait",
+        Duration::ZERO..=HOUR,
+    );
     let max_concurrency = raw.max_concurrency.unwrap_or(16);
     let max_requests_per_second = raw.max_requests_per_second.unwrap_or(1000.0);
     let max_ru_per_second = raw.max_ru_per_second.unwrap_or(0.0);

@@ -540,6 +540,7 @@ impl Sink for CosmosSink {
             fresh: true,
             written: rows - refused_rows,
             failures,
+            columns_added: Vec::new(),
         })
     }
 

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::super::write_mode::{WriteMode, check_keys};
+use super::super::write_mode::{WriteMode, check_keys, same_column};
 use super::connection::ConnectionSettings;
 use crate::mapping::Mapping;
-use crate::settings::{KindSettings, Secret, Section};
+use crate::settings::{HOUR, KindSettings, SECOND, Secret, Section};
 
 /// Settings of the `mssql` sink.
 #[derive(Debug, Clone)]
@@ -64,9 +64,18 @@ pub(super) fn read(
     let max_concurrency = raw.max_concurrency.unwrap_or(4);
     let pool_size = raw.pool_size.unwrap_or(max_concurrency);
     let batch_rows = raw.batch_rows.unwrap_or(5000);
-    let connect_timeout =
-        section.duration(raw.connect_timeout.as_deref(), "15s", "connect_timeout");
-    let pool_timeout = section.duration(raw.pool_timeout.as_deref(), "60s", "pool_timeout");
+    let connect_timeout = section.duration(
+        raw.connect_timeout.as_deref(),
+        "15s",
+        "connect_timeout",
+        SECOND..=HOUR,
+    );
+    let pool_timeout = section.duration(
+        raw.pool_timeout.as_deref(),
+        "60s",
+        "pool_timeout",
+        SECOND..=HOUR,
+    );
     let parts: Vec<&str> = raw.table.split('.').collect();
     if parts.len() > 2 {
         section.problem(
@@ -110,6 +119,11 @@ pub(super) fn read(
         );
     }
     check_keys(raw.mode, &raw.key, map, section);
+    if let Some(columns) = map.and_then(Mapping::columns)
+        && let Some(clash) = same_column(columns.iter().map(|c| c.column.as_str()))
+    {
+        section.problem("map", clash);
+    }
     Some(Arc::new(MssqlSinkConfig {
         connection: connection?,
         table: raw.table,

@@ -242,6 +242,7 @@ async fn record(
             fresh: true,
             written,
             failures,
+            columns_added: Vec::new(),
         }),
         Err(error) if matches!(error.code(), Some(2627 | 2601)) => {
             run(connection, sql::ROLLBACK_IF_OPEN)
@@ -436,5 +437,6 @@ async fn find_applied(
         fresh: false,
         written: written.max(0) as u64,
         failures,
+        columns_added: Vec::new(),
     }))
 }

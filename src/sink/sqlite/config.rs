@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::super::write_mode::{WriteMode, check_keys};
+use super::super::write_mode::{WriteMode, check_keys, same_column};
 use crate::mapping::Mapping;
-use crate::settings::{ExclusiveTarget, KindSettings, Section};
+use crate::settings::{ExclusiveTarget, HOUR, KindSettings, Section};
 
 /// Settings of the `sqlite` sink.
 #[derive(Debug, Clone)]
@@ -23,6 +23,24 @@ pub struct SqliteSinkConfig {
     pub key: Vec<String>,
     /// How long a write waits for another writer's lock before it counts as a failed attempt.
     pub busy_timeout: Duration,
+    /// Whether a record with a field the table lacks adds a column or is refused.
+    pub schema: SchemaPolicy,
+}
+
+/// What a sink without `[sink.map]` does with a field its table has no column for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchemaPolicy {
+    /// Add the column (logged, and listed in the run's summary).
+    Evolve,
+    /// Leave the table as it is: the record goes to the dead-letter queue with the reason.
+    Freeze,
+}
+
+impl SchemaPolicy {
+    fn evolve() -> SchemaPolicy {
+        SchemaPolicy::Evolve
+    }
 }
 
 impl KindSettings for SqliteSinkConfig {
@@ -52,6 +70,8 @@ struct Raw {
     #[serde(default)]
     key: Vec<String>,
     busy_timeout: Option<String>,
+    #[serde(default = "SchemaPolicy::evolve")]
+    schema: SchemaPolicy,
 }
 
 /// Reads `[[sink]] kind = "sqlite"`.
@@ -60,14 +80,25 @@ pub(super) fn read(
     map: Option<&Mapping>,
 ) -> Option<Arc<dyn KindSettings>> {
     let raw: Raw = section.read()?;
-    let busy_timeout = section.duration(raw.busy_timeout.as_deref(), "60s", "busy_timeout");
+    let busy_timeout = section.duration(
+        raw.busy_timeout.as_deref(),
+        "60s",
+        "busy_timeout",
+        Duration::ZERO..=HOUR,
+    );
     section.check_identifier("table", &raw.table);
     check_keys(raw.mode, &raw.key, map, section);
+    if let Some(columns) = map.and_then(Mapping::columns)
+        && let Some(clash) = same_column(columns.iter().map(|c| c.column.as_str()))
+    {
+        section.problem("map", clash);
+    }
     Some(Arc::new(SqliteSinkConfig {
         path: raw.path,
         table: raw.table,
         mode: raw.mode,
         key: raw.key,
         busy_timeout,
+        schema: raw.schema,
     }))
 }

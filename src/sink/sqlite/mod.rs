@@ -18,6 +18,7 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
+use super::write_mode::same_column;
 use super::{Batch, Failure, Sink, SinkError, SinkKind, WriteMode, WriteOutcome, unit_failures};
 use crate::config::SinkConfig;
 use crate::mapping::{Cast, Mapping, Row};
@@ -25,7 +26,7 @@ use crate::mapping::{Cast, Mapping, Row};
 mod config;
 mod errors;
 
-pub(crate) use config::SqliteSinkConfig;
+pub(crate) use config::{SchemaPolicy, SqliteSinkConfig};
 use errors::{classify, is_row_error};
 
 /// The `sqlite` kind.
@@ -102,44 +103,83 @@ impl SqliteSink {
         Ok(connection)
     }
 
-    async fn blocking<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&mut Connection, &Writer) -> Result<T, rusqlite::Error> + Send + 'static,
-    ) -> Result<T, SinkError> {
-        let connection = self.connect()?;
-        let writer = Writer {
-            config: self.config.clone(),
-            mapping: self.mapping.clone(),
+    fn not_a_file(&self) -> SinkError {
+        SinkError::fatal(
+            &self.name,
+            format!(
+                "{} is a directory; `path` names the database file",
+                self.config.path.display()
+            ),
+        )
+    }
+
+    /// Opens an existing database without creating anything; `None` when there is none yet
+    /// and one could be created where `path` says.
+    fn inspect(&self) -> Result<Option<Connection>, SinkError> {
+        let path = &self.config.path;
+        if path.is_dir() {
+            return Err(self.not_a_file());
+        }
+        if path.exists() {
+            let connection =
+                Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+                    .map_err(|e| self.error(e))?;
+            connection
+                .busy_timeout(self.config.busy_timeout)
+                .map_err(|e| self.error(e))?;
+            return Ok(Some(connection));
+        }
+        // The nearest directory that exists must take a new file (the rest is created).
+        let mut existing = path.parent();
+        while let Some(dir) = existing
+            && !dir.as_os_str().is_empty()
+            && !dir.exists()
+        {
+            existing = dir.parent();
+        }
+        let dir = existing
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        let cannot = |why: String| {
+            SinkError::fatal(
+                &self.name,
+                format!("cannot create {}: {why}", path.display()),
+            )
         };
-        let result = tokio::task::spawn_blocking(move || {
-            let mut connection = connection
+        if !dir.is_dir() {
+            return Err(cannot(format!("{} is not a directory", dir.display())));
+        }
+        let probe = dir.join(format!(".stevedore-check-{}", std::process::id()));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+            .map_err(|error| {
+                cannot(format!(
+                    "{} does not take new files: {error}",
+                    dir.display()
+                ))
+            })?;
+        let _ = std::fs::remove_file(&probe);
+        Ok(None)
+    }
+
+    /// Proves the database takes a write lock and that an existing table has every column
+    /// the mapping writes.
+    async fn fits_table(&self, connection: Arc<Mutex<Connection>>) -> Result<String, SinkError> {
+        let (name, table) = (self.name.clone(), self.config.table.clone());
+        let writer = self.writer();
+        let report = tokio::task::spawn_blocking(move || {
+            let connection = connection
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            work(&mut connection, &writer)
+            connection.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
+            let columns = table_columns(&connection, &writer.config.table)?;
+            Ok::<_, rusqlite::Error>((columns, writer.required_columns()))
         })
         .await
-        .map_err(|error| SinkError::fatal(&self.name, format!("writer thread failed: {error}")))?;
-        result.map_err(|e| self.error(e))
-    }
-}
-
-/// What the blocking side needs to know.
-struct Writer {
-    config: SqliteSinkConfig,
-    mapping: Mapping,
-}
-
-#[async_trait]
-impl Sink for SqliteSink {
-    async fn check(&self) -> Result<String, SinkError> {
-        let (name, table) = (self.name.clone(), self.config.table.clone());
-        let report = self
-            .blocking(move |connection, writer| {
-                connection.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
-                let columns = table_columns(connection, &writer.config.table)?;
-                Ok((columns, writer.required_columns()))
-            })
-            .await?;
+        .map_err(|error| SinkError::fatal(&self.name, format!("checker thread failed: {error}")))?
+        .map_err(|e| self.error(e))?;
         let (columns, required) = report;
         if columns.is_empty() {
             return Ok(format!(
@@ -167,6 +207,75 @@ impl Sink for SqliteSink {
             self.config.path.display(),
             columns.len()
         ))
+    }
+
+    fn writer(&self) -> Writer {
+        Writer {
+            config: self.config.clone(),
+            mapping: self.mapping.clone(),
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection, &Writer) -> Result<T, rusqlite::Error> + Send + 'static,
+    ) -> Result<T, SinkError> {
+        let connection = self.connect()?;
+        let writer = self.writer();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut connection = connection
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            work(&mut connection, &writer)
+        })
+        .await
+        .map_err(|error| SinkError::fatal(&self.name, format!("writer thread failed: {error}")))?;
+        result.map_err(|e| self.error(e))
+    }
+}
+
+/// What the blocking side needs to know.
+struct Writer {
+    config: SqliteSinkConfig,
+    mapping: Mapping,
+}
+
+#[async_trait]
+impl Sink for SqliteSink {
+    /// Looks without touching: no directory or database is created, no journal mode set.
+    async fn check(&self) -> Result<String, SinkError> {
+        let path = self.config.path.clone();
+        let Some(connection) = self.inspect()? else {
+            return Ok(format!(
+                "sqlite {}: database and table {} will be created",
+                path.display(),
+                self.config.table
+            ));
+        };
+        let connection = Arc::new(Mutex::new(connection));
+        self.fits_table(connection).await
+    }
+
+    /// Creates the database if needed and proves it takes writes and fits the mapping, so a
+    /// path that cannot work stops the run before any worker starts.
+    async fn prepare(&self) -> Result<(), SinkError> {
+        if self.config.path.is_dir() {
+            return Err(self.not_a_file());
+        }
+        let proof = match self.connect() {
+            Ok(connection) => self.fits_table(connection).await,
+            Err(error) => Err(error),
+        };
+        match proof {
+            Ok(line) => tracing::debug!(sink = %self.name, "{line}"),
+            // Another program holds the database now: writes wait for it (busy_timeout), and
+            // a unit that cannot get in is retried, then dead-lettered with the reason.
+            Err(error) if error.is_transient() => {
+                tracing::warn!(%error, "cannot prove the database takes writes yet; starting anyway")
+            }
+            Err(error) => return Err(error),
+        }
+        Ok(())
     }
 
     async fn write(&self, batch: Arc<Batch>) -> Result<WriteOutcome, SinkError> {
@@ -215,12 +324,21 @@ impl Writer {
                 fresh: false,
                 written,
                 failures: serde_json::from_str(&failures).unwrap_or_default(),
+                columns_added: Vec::new(),
             });
         }
         let mut columns = self.prepare_table(&transaction, &batch.rows)?;
         let mut failures = Vec::new();
         let mut written = 0;
+        let mut columns_added = Vec::new();
         for (index, row) in &batch.rows {
+            if let Some(refusal) = self.refusal(&columns, row) {
+                failures.push(Failure {
+                    index: *index,
+                    reason: refusal,
+                });
+                continue;
+            }
             // New columns and the insert share the row's savepoint: whatever the row's data
             // makes SQLite refuse is undone for that row alone.
             transaction.execute_batch("SAVEPOINT row")?;
@@ -233,7 +351,8 @@ impl Writer {
             match attempt {
                 Ok(added) => {
                     transaction.execute_batch("RELEASE row")?;
-                    columns.extend(added);
+                    columns.extend(added.iter().map(|name| name.to_lowercase()));
+                    columns_added.extend(added);
                     written += 1;
                 }
                 Err(error) if is_row_error(&error) => {
@@ -256,10 +375,14 @@ impl Writer {
             params![self.config.table, batch.unit_id, written as i64, recorded],
         )?;
         transaction.commit()?;
+        for column in &columns_added {
+            tracing::info!(table = %self.config.table, column, "added a column for a new field (schema = \"evolve\")");
+        }
         Ok(WriteOutcome {
             fresh: true,
             written,
             failures,
+            columns_added,
         })
     }
 
@@ -309,7 +432,27 @@ impl Writer {
         Ok(columns)
     }
 
-    /// Adds the row's fields that the table lacks; returns them (lower-cased) for the cache.
+    /// Why the row cannot be written as it is, if it cannot: two fields SQLite would take for
+    /// one column, or (with `schema = "freeze"`) a field the table has no column for.
+    fn refusal(&self, columns: &HashSet<String>, row: &Row) -> Option<String> {
+        if let Some(clash) = same_column(row.keys().map(String::as_str)) {
+            return Some(format!("refused: fields {clash}"));
+        }
+        if self.config.schema == SchemaPolicy::Freeze
+            && let Some(field) = row
+                .keys()
+                .find(|key| !columns.contains(&key.to_lowercase()))
+        {
+            return Some(format!(
+                "refused: field `{field}` has no column in table {} and schema = \"freeze\" \
+                 leaves the table as it is",
+                self.config.table
+            ));
+        }
+        None
+    }
+
+    /// Adds the row's fields that the table lacks; returns their names.
     fn add_missing_columns(
         &self,
         connection: &Connection,
@@ -318,14 +461,13 @@ impl Writer {
     ) -> Result<Vec<String>, rusqlite::Error> {
         let mut added = Vec::new();
         for key in row.keys() {
-            let lower = key.to_lowercase();
-            if !columns.contains(&lower) && !added.contains(&lower) {
+            if !columns.contains(&key.to_lowercase()) {
                 connection.execute_batch(&format!(
                     "ALTER TABLE {} ADD COLUMN {}",
                     quote(&self.config.table),
                     quote(key)
                 ))?;
-                added.push(lower);
+                added.push(key.clone());
             }
         }
         Ok(added)
@@ -420,6 +562,7 @@ mod tests {
             mode,
             key: key.iter().map(|k| k.to_string()).collect(),
             busy_timeout: Duration::from_secs(5),
+            schema: SchemaPolicy::Evolve,
         };
         SqliteSink::new("local", config, Mapping::passthrough())
     }
@@ -525,10 +668,13 @@ mod tests {
         ];
         let outcome = sink.write(batch("u/odd", &rows)).await.unwrap();
         assert_eq!(
-            outcome.written, 4,
-            "case-insensitive and quoted names all land: {:?}",
+            outcome.written, 3,
+            "case-insensitive and quoted names land: {:?}",
             outcome.failures
         );
+        // `id` and `ID` in one record are one column: refused, not one value dropped.
+        assert_eq!(outcome.failures.len(), 1);
+        assert_eq!(outcome.failures[0].index, 2);
         let connection = Connection::open(dir.path().join("out/test.db")).unwrap();
         let quoted: String = connection
             .query_row("SELECT \"na\"\"me\" FROM orders WHERE id = 2", [], |r| {
@@ -555,5 +701,132 @@ mod tests {
         let sink = sink(dir.path(), WriteMode::Upsert, &["id"]);
         let error = sink.check().await.unwrap_err().to_string();
         assert!(error.contains("no column(s) id"), "{error}");
+    }
+
+    fn files_under(dir: &Path) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(at) = stack.pop() {
+            for entry in std::fs::read_dir(&at).unwrap() {
+                let path = entry.unwrap().path();
+                found.push(path.strip_prefix(dir).unwrap().display().to_string());
+                if path.is_dir() {
+                    stack.push(path);
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    #[tokio::test]
+    async fn sqlite_check_leaves_no_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = sink(dir.path(), WriteMode::Append, &[])
+            .check()
+            .await
+            .unwrap();
+        assert!(line.contains("will be created"), "{line}");
+        assert!(
+            files_under(dir.path()).is_empty(),
+            "{:?}",
+            files_under(dir.path())
+        );
+        // An existing database keeps its journal mode.
+        std::fs::create_dir_all(dir.path().join("out")).unwrap();
+        let path = dir.path().join("out/test.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE orders (id INTEGER)")
+            .unwrap();
+        sink(dir.path(), WriteMode::Append, &[])
+            .check()
+            .await
+            .unwrap();
+        let mode: String = Connection::open(&path)
+            .unwrap()
+            .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(mode, "delete");
+        assert_eq!(files_under(dir.path()), ["out", "out/test.db"]);
+    }
+
+    #[tokio::test]
+    async fn sqlite_check_and_prepare_refuse_paths_that_cannot_be_a_database() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("out/test.db")).unwrap();
+        let sink = sink(dir.path(), WriteMode::Append, &[]);
+        for error in [
+            sink.check().await.unwrap_err(),
+            sink.prepare().await.unwrap_err(),
+        ] {
+            assert!(!error.is_transient());
+            assert!(error.to_string().contains("is a directory"), "{error}");
+        }
+        let config = SqliteSinkConfig {
+            path: "/proc/stevedore/out.db".into(),
+            ..sink.config.clone()
+        };
+        let under_proc = SqliteSink::new("local", config, Mapping::passthrough());
+        let error = under_proc.check().await.unwrap_err().to_string();
+        assert!(
+            error.contains("cannot create /proc/stevedore/out.db"),
+            "{error}"
+        );
+        assert!(under_proc.prepare().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn hardening_sqlite_refuses_fields_that_name_one_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = sink(dir.path(), WriteMode::Append, &[]);
+        let rows = [
+            json!({"id": 1, "a": "x"}),
+            json!({"id": 2, "ID": "upper", "Id": "mixed"}),
+        ];
+        let outcome = sink.write(batch("u/1", &rows)).await.unwrap();
+        assert_eq!(outcome.written, 1);
+        assert_eq!(outcome.failures.len(), 1);
+        assert_eq!(outcome.failures[0].index, 1);
+        assert!(
+            outcome.failures[0]
+                .reason
+                .contains("`id` and `ID` name the same column"),
+            "{}",
+            outcome.failures[0].reason
+        );
+    }
+
+    #[tokio::test]
+    async fn sqlite_schema_evolve_reports_added_columns_and_freeze_refuses_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let evolving = sink(dir.path(), WriteMode::Append, &[]);
+        evolving
+            .write(batch("u/1", &[json!({"id": 1})]))
+            .await
+            .unwrap();
+        let outcome = evolving
+            .write(batch("u/2", &[json!({"id": 2, "note": "new"})]))
+            .await
+            .unwrap();
+        assert_eq!(outcome.columns_added, ["note"]);
+        let mut config = evolving.config.clone();
+        config.schema = SchemaPolicy::Freeze;
+        let frozen = SqliteSink::new("local", config, Mapping::passthrough());
+        let outcome = frozen
+            .write(batch(
+                "u/3",
+                &[json!({"id": 3, "note": "ok"}), json!({"id": 4, "extra": 1})],
+            ))
+            .await
+            .unwrap();
+        assert_eq!((outcome.written, outcome.columns_added.len()), (1, 0));
+        assert_eq!(outcome.failures[0].index, 1);
+        assert!(
+            outcome.failures[0]
+                .reason
+                .contains("field `extra` has no column")
+        );
+        assert_eq!(count(dir.path()), 3);
     }
 }
