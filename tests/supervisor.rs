@@ -167,10 +167,12 @@ fn supervisor_fails_the_run_when_a_worker_crash_loops() {
         1_000,
         "max_restarts = 2\n        restart_window = \"1h\"",
     );
-    job.write(
-        "out.db/keep",
-        "a directory where the database file should be",
-    );
+    // A fault the preflight does not look for: another program made a table of the ledger's
+    // name, so every write fails fatally and consumers crash until the run gives up.
+    rusqlite::Connection::open(job.path("out.db"))
+        .unwrap()
+        .execute_batch("CREATE TABLE stevedore_applied (unrelated TEXT)")
+        .unwrap();
     let result = job.run();
     result.expect_code(1);
     let reason = result.summary["reason"].as_str().unwrap_or_default();
@@ -192,6 +194,18 @@ fn supervisor_refuses_a_second_run_of_a_job_that_is_running() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("job `locked` is already running (host"),
+        "{stderr}"
+    );
+    // When it started, in words a person reads: `since 2026-11-28 14:33:31.123 UTC`.
+    let since = stderr
+        .split(" since ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        since.len() > 27
+            && since[..4].parse::<u32>().is_ok()
+            && since[19..].starts_with(".")
+            && since[23..].starts_with(" UTC"),
         "{stderr}"
     );
     let result = job.finish(first);
@@ -261,4 +275,51 @@ fn supervisor_restarts_a_killed_producer_which_resumes_its_item_exactly_once() {
     assert_eq!(result.summary["sinks"]["local"]["written"], 150_000);
     assert_eq!(job.sqlite_count("out.db", "orders"), 150_000);
     assert_eq!(distinct_ids(&job), (1..=150_000).collect());
+}
+
+#[test]
+fn supervisor_takes_over_a_lock_whose_holder_on_this_host_no_longer_exists() {
+    let redis = TestRedis::start();
+    let job = generator_job(&redis, "stale", 1_000, "");
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = gone.id();
+    gone.wait().unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let holder = format!(
+        "host {} pid {dead_pid} since 2026-11-28 10:00:00.000 UTC",
+        host.trim()
+    );
+    let _: () = redis.query(
+        redis::cmd("SET")
+            .arg("stevedore:stale:lock")
+            .arg(&holder)
+            .arg("PX")
+            .arg(600_000),
+    );
+    let result = job.run();
+    result.expect_code(0);
+    assert!(
+        result.stderr.contains("took over the job lock") && result.stderr.contains(&holder),
+        "{}",
+        result.stderr
+    );
+    assert_eq!(job.sqlite_count("out.db", "orders"), 1_000);
+
+    // A holder on another host is never second-guessed.
+    let _: () = redis.query(
+        redis::cmd("SET")
+            .arg("stevedore:stale:lock")
+            .arg(format!(
+                "host elsewhere pid {dead_pid} since 2026-11-28 10:00:00.000 UTC"
+            ))
+            .arg("PX")
+            .arg(600_000),
+    );
+    let output = job.command("run").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("already running (host elsewhere"),
+        "{stderr}"
+    );
 }

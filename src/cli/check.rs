@@ -19,6 +19,14 @@ pub async fn check(config_path: &Path) -> i32 {
         config.job.name
     );
     let mut ok = true;
+    let data_dir = &config.job.data_dir;
+    if data_dir.exists() && !data_dir.is_dir() {
+        println!(
+            "data_dir: {} is a file, not a directory",
+            data_dir.display()
+        );
+        ok = false;
+    }
     match plan_sources(&config) {
         Ok(items) => println!("sources: {} work item(s)", items.len()),
         Err(error) => {

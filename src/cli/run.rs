@@ -1,32 +1,62 @@
 //! `stevedore run`: run a job once and report.
+//!
+//! Whatever happens, a `--summary-json` file is written (also when the config is bad or Redis
+//! cannot be reached), so automation always has a status and a reason to read. The paths the
+//! run writes to are checked before anything starts.
 
 use std::path::Path;
+use std::time::Instant;
 
-use super::{EXIT_CONFIG, EXIT_FAILED, load_config};
+use serde_json::json;
+
+use super::{EXIT_CONFIG, EXIT_FAILED};
 use crate::supervisor::{self, RunOptions};
 use crate::worker::LogFormat;
 
 /// Runs the job in `config_path` once; returns the exit code.
 pub async fn run(config_path: &Path, summary_json: Option<&Path>, log_format: LogFormat) -> i32 {
-    let Some(config) = load_config(config_path) else {
+    let started = Instant::now();
+    if let Some(path) = summary_json
+        && let Err(why) = check_output_file(path)
+    {
+        eprintln!("stevedore: --summary-json {}: {why}", path.display());
         return EXIT_CONFIG;
+    }
+    let early = EarlyExit {
+        summary_json,
+        started,
     };
+    let config = match crate::job::load(config_path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("stevedore: {error}");
+            return early.fail(None, &error.to_string(), EXIT_CONFIG);
+        }
+    };
+    let job = Some(config.job.name.as_str());
+    if let Err(why) = check_data_dir(&config.job.data_dir) {
+        let reason = format!("job.data_dir {}: {why}", config.job.data_dir.display());
+        eprintln!("stevedore: {reason}");
+        return early.fail(job, &reason, EXIT_CONFIG);
+    }
+    let name = config.job.name.clone();
     let options = RunOptions { log_format };
     let summary = match supervisor::run_once(config, options).await {
         Ok(summary) => summary,
         Err(error) => {
             eprintln!("stevedore: {error}");
-            return if error.is_config_error() {
+            let code = if error.is_config_error() {
                 EXIT_CONFIG
             } else {
                 EXIT_FAILED
             };
+            return early.fail(Some(&name), &error.to_string(), code);
         }
     };
     println!("{}", summary.render());
     if let Some(path) = summary_json {
-        let json = serde_json::to_string_pretty(&summary).expect("summaries serialize");
-        if let Err(error) = std::fs::write(path, json + "\n") {
+        let json = serde_json::to_value(&summary).expect("summaries serialize");
+        if let Err(error) = write_json(path, &json) {
             eprintln!(
                 "stevedore: cannot write the summary to {}: {error}",
                 path.display()
@@ -35,4 +65,77 @@ pub async fn run(config_path: &Path, summary_json: Option<&Path>, log_format: Lo
         }
     }
     summary.exit_code()
+}
+
+/// A run that ended before it had a summary of its own.
+struct EarlyExit<'a> {
+    summary_json: Option<&'a Path>,
+    started: Instant,
+}
+
+impl EarlyExit<'_> {
+    /// Writes the summary of a run that failed before its workers ran; returns `code`.
+    fn fail(&self, job: Option<&str>, reason: &str, code: i32) -> i32 {
+        let Some(path) = self.summary_json else {
+            return code;
+        };
+        let summary = json!({
+            "job": job,
+            "run": null,
+            "resumed": false,
+            "status": "failed",
+            "reason": reason,
+            "records_read": 0,
+            "sinks": {},
+            "workers": [],
+            "duration_s": self.started.elapsed().as_secs_f64(),
+            "log_dir": null,
+        });
+        if let Err(error) = write_json(path, &summary) {
+            eprintln!(
+                "stevedore: cannot write the summary to {}: {error}",
+                path.display()
+            );
+        }
+        code
+    }
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> std::io::Result<()> {
+    let json = serde_json::to_string_pretty(value).expect("JSON values serialize");
+    std::fs::write(path, json + "\n")
+}
+
+/// The summary file can be written: its directory exists and takes the file. Probed by
+/// opening it for appending, which leaves an existing file as it is.
+fn check_output_file(path: &Path) -> Result<(), String> {
+    if path.is_dir() {
+        return Err("is a directory".into());
+    }
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(format!("directory {} does not exist", dir.display()));
+    }
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map(drop)
+        .map_err(|error| format!("cannot be written: {error}"))
+}
+
+/// The data dir is a directory that can be created (0700) or already is one.
+fn check_data_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.exists() && !dir.is_dir() {
+        return Err("is a file, not a directory".into());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|error| format!("cannot be created: {error}"))
 }

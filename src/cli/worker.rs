@@ -36,7 +36,7 @@ pub async fn worker(args: &WorkerArgs, redis_url: &str) -> i32 {
     beating.abort();
     match result {
         Ok(Finish::Done) => {
-            tracing::info!(worker = %name, "work done");
+            tracing::info!(worker = %name, peak_rss_kib = peak_rss_kib(), "work done");
             0
         }
         Ok(Finish::Interrupted) => {
@@ -70,4 +70,18 @@ async fn listen_for_signals(trigger: worker::ShutdownTrigger) {
         tracing::info!("stop requested; finishing the unit in hand");
         trigger.trigger();
     }
+}
+
+/// The process's peak resident memory (`VmHWM`), logged when a worker finishes so that memory
+/// per worker can be watched (and is, by the tests of the record size cap).
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }

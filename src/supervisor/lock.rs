@@ -28,6 +28,39 @@ static RENEW: LazyLock<redis::Script> = LazyLock::new(|| {
     )
 });
 
+/// Replaces a lock held by a process known to be dead: KEYS = lock; ARGV = the dead holder's
+/// token, our token, TTL in ms. Changes nothing if the lock changed hands meanwhile.
+static TAKE_OVER: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        if redis.call('GET', KEYS[1]) == ARGV[1] then
+            redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+            return 1
+        end
+        return 0",
+    )
+});
+
+/// True when `holder` (`host H pid P ...`) names a process of host `host` that does not exist.
+fn holder_is_gone(holder: &str, host: &str) -> bool {
+    let words: Vec<&str> = holder.split_whitespace().collect();
+    let (Some(&"host"), Some(&held_by), Some(&"pid"), Some(pid)) =
+        (words.first(), words.get(1), words.get(2), words.get(3))
+    else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<i32>() else {
+        return false;
+    };
+    if held_by != host || host == "?" || pid <= 0 || pid as u32 == std::process::id() {
+        return false;
+    }
+    // Signal 0 only asks whether the process exists; ESRCH means it does not.
+    // SAFETY: kill with signal 0 sends nothing; it only checks the pid.
+    let result = unsafe { libc::kill(pid, 0) };
+    result == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
+
 static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
@@ -49,7 +82,8 @@ pub(crate) struct JobLock {
 pub(crate) enum LockError {
     /// Someone else runs the job.
     #[error(
-        "job `{job}` is already running ({holder}); wait for it to finish, or for its lock to expire {ttl} s after it stops"
+        "job `{job}` is already running ({holder}); wait for it to finish, or for its lock to \
+         expire {ttl} s after it stops"
     )]
     Held {
         /// The job.
@@ -71,11 +105,11 @@ impl JobLock {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "?".into());
-        let token = format!(
-            "host {host} pid {} at {}",
-            std::process::id(),
-            crate::clock::now_ms()
-        );
+        // Who and since when, for a person reading the refusal; unique per acquisition.
+        let now = chrono::DateTime::from_timestamp_millis(crate::clock::now_ms() as i64)
+            .unwrap_or_default();
+        let since = now.format("%Y-%m-%d %H:%M:%S%.3f UTC");
+        let token = format!("host {host} pid {} since {since}", std::process::id());
         let ttl_ms = LOCK_TTL.as_millis() as u64;
         let taken: Option<String> = link
             .query(
@@ -93,7 +127,28 @@ impl JobLock {
                 .query("reading the job lock", &redis::Cmd::get(&key))
                 .await?;
             // A retried SET whose first reply was lost finds our own token: that is success.
-            if holder.as_deref() != Some(token.as_str()) {
+            // A holder that was a process of this host which no longer exists is taken over.
+            let dead_local = holder
+                .as_deref()
+                .is_some_and(|holder| holder_is_gone(holder, &host));
+            let taken_over = match (&holder, dead_local) {
+                (Some(stale), true) => {
+                    let swapped: i64 = link
+                        .script(
+                            "taking over a stale job lock",
+                            &TAKE_OVER,
+                            std::slice::from_ref(&key),
+                            &[stale.clone(), token.clone(), ttl_ms.to_string()],
+                        )
+                        .await?;
+                    if swapped == 1 {
+                        tracing::warn!(job, previous = %stale, "took over the job lock: its holder, a process of this host, no longer exists");
+                    }
+                    swapped == 1
+                }
+                _ => false,
+            };
+            if !taken_over && holder.as_deref() != Some(token.as_str()) {
                 return Err(LockError::Held {
                     job: job.to_string(),
                     holder: holder.unwrap_or_else(|| "released just now".into()),

@@ -5,6 +5,7 @@
 //! group (a Ctrl-C at the terminal reaches the supervisor, which stops Redis last); and with a
 //! parent-death signal, so it never outlives a killed supervisor.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -91,7 +92,12 @@ pub(crate) struct ManagedRedis {
 impl ManagedRedis {
     /// Starts `bin` with its data in `dir` and waits until it answers.
     pub(crate) async fn start(bin: &Path, dir: &Path) -> Result<ManagedRedis, ManagedRedisError> {
-        std::fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
+        // The append-only file holds every unit's records: readable by its owner only.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io(format!("cannot create {}", dir.display())))?;
         let dir = dir.canonicalize().map_err(io(dir.display().to_string()))?;
         if let Some(pid) = live_pid(&dir.join("redis.pid")) {
             return Err(ManagedRedisError::InUse { dir, pid });
@@ -212,6 +218,8 @@ fn spawn(bin: &Path, dir: &Path, port: u16) -> Result<Child, ManagedRedisError> 
             "--save",
             "",
         ])
+        // A supervisor that gives up half way (a signal during start-up) leaves no server.
+        .kill_on_drop(true)
         .arg("--dir")
         .arg(dir)
         .arg("--pidfile")

@@ -51,6 +51,23 @@ pub(crate) enum SupervisorError {
     /// Redis was unreachable.
     #[error(transparent)]
     Link(#[from] LinkError),
+    /// Redis did not answer at start-up: nothing was started.
+    #[error(
+        "cannot reach {error}; nothing was started (is the server running, and is [redis] url \
+         right?)"
+    )]
+    Unreachable {
+        /// The last error; it names the URL, without its password.
+        error: LinkError,
+    },
+    /// A stop signal ended a wait outside the supervision loop.
+    #[error("interrupted by {signal} while {during}; run `stevedore run` again to go on")]
+    Interrupted {
+        /// The signal's name.
+        signal: &'static str,
+        /// What the supervisor was waiting for.
+        during: &'static str,
+    },
     /// The unfinished run cannot be resumed under the config as it is now: a config problem.
     #[error(
         "the unfinished run {run} of job {job} was planned from other sources or another \
@@ -142,6 +159,28 @@ impl Signals {
         })
     }
 
+    /// Waits for a signal that asks the run to stop, and names it.
+    async fn stop_requested(&mut self) -> &'static str {
+        loop {
+            if let Wake::Stop(name) = self.next().await {
+                return name;
+            }
+        }
+    }
+
+    /// Runs `work` unless a stop signal comes first: every wait before the workers start
+    /// (Redis starting, retries of an unreachable one) gives way to SIGINT and SIGTERM.
+    async fn unless_stopped<T, E: Into<SupervisorError>>(
+        &mut self,
+        during: &'static str,
+        work: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, SupervisorError> {
+        tokio::select! {
+            result = work => result.map_err(Into::into),
+            signal = self.stop_requested() => Err(SupervisorError::Interrupted { signal, during }),
+        }
+    }
+
     /// The next signal received.
     async fn next(&mut self) -> Wake {
         tokio::select! {
@@ -175,7 +214,14 @@ pub(crate) async fn run_once(
         RedisConfig::Managed {
             data_dir,
             server_bin,
-        } => Some(ManagedRedis::start(server_bin, data_dir).await?),
+        } => Some(
+            signals
+                .unless_stopped(
+                    "starting the managed redis, before any worker started",
+                    ManagedRedis::start(server_bin, data_dir),
+                )
+                .await?,
+        ),
         RedisConfig::External { .. } => None,
     };
     let redis_url = match (&managed, &config.redis) {
@@ -185,7 +231,11 @@ pub(crate) async fn run_once(
     };
     let result = async {
         let link = Arc::new(RedisLink::new(&redis_url)?);
-        let lock = JobLock::acquire(&link, &config.job.name).await?;
+        let before = "reaching redis, before any worker started";
+        signals.unless_stopped(before, reach(&link)).await?;
+        let lock = signals
+            .unless_stopped(before, JobLock::acquire(&link, &config.job.name))
+            .await?;
         tracing::debug!(fencing_token = lock.fencing_token, "holding the job lock");
         let invocation = Invocation {
             config: &config,
@@ -211,6 +261,47 @@ pub(crate) async fn run_once(
     Ok(summary)
 }
 
+/// Creates `dir` (0700, and its missing parents) and writes `file` in it (0600).
+fn write_private(dir: &std::path::Path, file: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(file)?;
+    // A resumed run's file may have been written by an older version, with wider rights.
+    out.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    out.write_all(text.as_bytes())
+}
+
+/// Probes Redis a few times, a second each, before anything starts: a wrong URL or a server
+/// that is down is reported in seconds, not after the minute of retries a running job gets.
+async fn reach(link: &RedisLink) -> Result<(), SupervisorError> {
+    let probe = link.with_patience(Patience::Impatient);
+    let mut last = None;
+    for attempt in 0..3 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        match probe
+            .query::<String>("reaching redis", &redis::cmd("PING"))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(error) => last = Some(error),
+        }
+    }
+    Err(SupervisorError::Unreachable {
+        error: last.expect("three attempts failed"),
+    })
+}
+
 async fn supervise(
     invocation: &Invocation<'_>,
     items: Vec<WorkItem>,
@@ -225,43 +316,53 @@ async fn supervise(
         lock,
     } = invocation;
     let queues = Queues::new(link.clone());
-    for sink in &config.sinks {
-        let names = SinkQueues::new(&config.job.name, &sink.name);
-        queues
-            .ensure(&names.units, config.queue.visibility_timeout)
-            .await?;
-        queues
-            .ensure(&names.dead, config.queue.visibility_timeout)
-            .await?;
-    }
-    let (state, resumed) = RunState::begin(link.clone(), &config.job.name, &new_run_id()).await?;
-    let log_dir = config.job.data_dir.join("logs").join(state.run_id());
+    let setup = async {
+        for sink in &config.sinks {
+            let names = SinkQueues::new(&config.job.name, &sink.name);
+            queues
+                .ensure(&names.units, config.queue.visibility_timeout)
+                .await?;
+            queues
+                .ensure(&names.dead, config.queue.visibility_timeout)
+                .await?;
+        }
+        let (state, resumed) =
+            RunState::begin(link.clone(), &config.job.name, &new_run_id()).await?;
+        let log_dir = config.job.data_dir.join("logs").join(state.run_id());
+        if let Planned::Changed { planned_from } =
+            state.items().plan(&items, &config.plan_basis()).await?
+        {
+            return Err(SupervisorError::Changed {
+                run: state.run_id().to_string(),
+                job: config.job.name.clone(),
+                planned_from,
+                snapshot: log_dir.join("job.toml"),
+            });
+        }
+        if resumed {
+            let released = state.items().release_held_items().await?;
+            tracing::info!(
+                run = state.run_id(),
+                released,
+                "resuming the unfinished run"
+            );
+        }
+        Ok::<_, SupervisorError>((state, resumed, log_dir))
+    };
+    let (state, resumed, log_dir) = signals
+        .unless_stopped(
+            "preparing the run in redis, before any worker started",
+            setup,
+        )
+        .await?;
     let snapshot = log_dir.join("job.toml");
-    if let Planned::Changed { planned_from } =
-        state.items().plan(&items, &config.plan_basis()).await?
-    {
-        return Err(SupervisorError::Changed {
-            run: state.run_id().to_string(),
-            job: config.job.name.clone(),
-            planned_from,
-            snapshot,
-        });
-    }
-    if resumed {
-        let released = state.items().release_held_items().await?;
-        tracing::info!(
-            run = state.run_id(),
-            released,
-            "resuming the unfinished run"
-        );
-    }
     // Workers read this copy, never the original: an edit of the config file while the run
     // goes on cannot reach a restarted worker. It holds `${VAR}`s, not their values.
-    std::fs::create_dir_all(&log_dir)
-        .and_then(|()| std::fs::write(&snapshot, &config.text))
-        .map_err(|source| {
-            SupervisorError::local(format!("cannot write {}", snapshot.display()), source)
-        })?;
+    // Private to the user who runs the job: the config may hold a literal secret, and the
+    // worker logs name what was loaded.
+    write_private(&log_dir, &snapshot, &config.text).map_err(|source| {
+        SupervisorError::local(format!("cannot write {}", snapshot.display()), source)
+    })?;
     let launcher = Launcher {
         exe: std::env::current_exe()
             .map_err(|source| SupervisorError::local("cannot find this executable", source))?,
@@ -348,7 +449,8 @@ async fn supervise(
         })
         .collect();
     let reason = monitor.stopping.clone();
-    summarize(
+    // Redis may be down now: its retries give way to a signal like every other wait.
+    let summary = summarize(
         config,
         &queues,
         &state,
@@ -356,8 +458,10 @@ async fn supervise(
         reason,
         worker_summaries,
         &log_dir,
-    )
-    .await
+    );
+    signals
+        .unless_stopped("summarizing the run (its workers have stopped)", summary)
+        .await
 }
 
 /// The supervisor's view of its workers during a run.

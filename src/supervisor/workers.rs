@@ -2,6 +2,7 @@
 //! subcommand), where their output goes, and when a dead one is restarted.
 
 use std::collections::VecDeque;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -37,6 +38,7 @@ impl Launcher {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(self.log_path(role, id))?;
         let args = WorkerArgs {
             role,

@@ -414,6 +414,11 @@ impl Writer {
                         .collect()
                 }
             };
+            if definitions.is_empty() {
+                // Nothing to write yet (a unit of rejected lines only): the table waits for
+                // the first record that has fields.
+                return Ok(columns);
+            }
             connection.execute_batch(&format!(
                 "CREATE TABLE IF NOT EXISTS {} ({})",
                 quote(table),
@@ -435,6 +440,9 @@ impl Writer {
     /// Why the row cannot be written as it is, if it cannot: two fields SQLite would take for
     /// one column, or (with `schema = "freeze"`) a field the table has no column for.
     fn refusal(&self, columns: &HashSet<String>, row: &Row) -> Option<String> {
+        if row.is_empty() {
+            return Some("refused: the record has no fields to write".to_string());
+        }
         if let Some(clash) = same_column(row.keys().map(String::as_str)) {
             return Some(format!("refused: fields {clash}"));
         }
@@ -828,5 +836,24 @@ mod tests {
                 .contains("field `extra` has no column")
         );
         assert_eq!(count(dir.path()), 3);
+    }
+
+    #[tokio::test]
+    async fn sqlite_unit_without_rows_or_with_empty_records_is_recorded_not_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = sink(dir.path(), WriteMode::Append, &[]);
+        let only_rejects = Arc::new(Batch {
+            unit_id: "u/rejects".into(),
+            rows: Vec::new(),
+            failures: vec![Failure {
+                index: 0,
+                reason: "invalid JSON".into(),
+            }],
+        });
+        let outcome = sink.write(only_rejects).await.unwrap();
+        assert_eq!((outcome.written, outcome.failures.len()), (0, 1));
+        let outcome = sink.write(batch("u/empty", &[json!({})])).await.unwrap();
+        assert_eq!(outcome.written, 0);
+        assert!(outcome.failures[0].reason.contains("no fields"));
     }
 }
