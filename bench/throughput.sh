@@ -4,12 +4,47 @@
 #
 #   bench/throughput.sh [RECORDS] [PRODUCERS] [CONSUMERS] [UNIT_RECORDS]
 #   defaults:           1000000   2           2           500
+#
+# SOURCE=jsonl or SOURCE=csv reads the same number of records from 8 files written first (the
+# files source's parsing path) instead of the generator. STEVEDORE=path/to/binary measures that
+# binary instead of building this tree (to compare two builds on the same input).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 records=${1:-1000000}; producers=${2:-2}; consumers=${3:-2}; unit=${4:-500}
+source_kind=${SOURCE:-generator}
 scripts/ensure-deps.sh
-cargo build --release --quiet
+if [ -z "${STEVEDORE:-}" ]; then
+  cargo build --release --quiet
+  STEVEDORE=target/release/stevedore
+fi
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+case "$source_kind" in
+  generator) source_toml="kind = \"generator\"
+count = $records" ;;
+  jsonl|csv)
+    mkdir -p "$work/data"
+    python3 - "$work/data" "$records" "$source_kind" <<'PY'
+import csv, json, sys
+directory, records, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+files = 8
+for part in range(files):
+    with open(f"{directory}/part-{part}.{kind}", "w", newline="") as out:
+        rows = range(part * records // files + 1, (part + 1) * records // files + 1)
+        if kind == "csv":
+            writer = csv.writer(out)
+            writer.writerow(["id", "customer", "amount", "note"])
+            for n in rows:
+                writer.writerow([n, f"customer-{n % 977}", f"{n * 1.25:.2f}", "plain, \"quoted\" text"])
+        else:
+            for n in rows:
+                out.write(json.dumps({"id": n, "customer": f"customer-{n % 977}",
+                                      "amount": n * 1.25, "note": "plain \"quoted\" text"}) + "\n")
+PY
+    source_toml="kind = \"files\"
+path = \"$work/data/*.$source_kind\"
+format = \"$source_kind\"" ;;
+  *) echo "SOURCE must be generator, jsonl or csv" >&2; exit 2 ;;
+esac
 cat > "$work/job.toml" <<TOML
 [job]
 name = "throughput"
@@ -24,13 +59,12 @@ consumers = $consumers
 unit_records = $unit
 [[source]]
 name = "synthetic"
-kind = "generator"
-count = $records
+$source_toml
 [[sink]]
 name = "nowhere"
 kind = "blackhole"
 TOML
-target/release/stevedore run --config "$work/job.toml" --summary-json "$work/summary.json" > "$work/out.txt" &
+"$STEVEDORE" run --config "$work/job.toml" --summary-json "$work/summary.json" > "$work/out.txt" &
 run=$!
 declare -A peak
 while kill -0 "$run" 2>/dev/null; do

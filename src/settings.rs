@@ -157,7 +157,7 @@ pub fn read_value<T: DeserializeOwned>(
 ) -> Option<T> {
     let mut value = value;
     let mut taken_out: Vec<String> = Vec::new();
-    let mut first_attempt = true;
+    let mut unknown_keys: Vec<String> = Vec::new();
     loop {
         let mut unknown = Vec::new();
         let result = {
@@ -165,39 +165,59 @@ pub fn read_value<T: DeserializeOwned>(
             let ignored = serde_ignored::Deserializer::new(value.clone(), &mut record_unknown);
             serde_path_to_error::deserialize::<_, T>(ignored)
         };
-        if first_attempt {
-            for field in unknown {
+        // serde stops at a type error, so later attempts find unknown keys further on.
+        for field in unknown {
+            if !unknown_keys.contains(&field) {
                 problems.push(join(path, &field), "unknown key");
+                unknown_keys.push(field);
             }
-            first_attempt = false;
         }
         let error = match result {
             Ok(read) => return (taken_out.is_empty()).then_some(read),
             Err(error) => error,
         };
         let inner = error.path().to_string();
-        let message = plain_error(error.inner().message());
-        if taken_out
-            .iter()
-            .any(|field| message.contains(&format!("`{}`", last_segment(field))))
-        {
-            return None; // the echo of a required field taken out above
+        // A required field taken out above is now reported missing: that echo is not a
+        // problem of its own, but the table holding the field cannot be read; take it out too.
+        if let Some(field) = missing_field(error.inner().message()) {
+            let full = if inner == "." {
+                field.to_string()
+            } else {
+                format!("{inner}.{field}")
+            };
+            if taken_out.contains(&full) {
+                if inner == "." || !take_out(&mut value, &inner) {
+                    return None;
+                }
+                taken_out.push(inner);
+                continue;
+            }
         }
+        let message = plain_error(error.inner().message());
         let at = if inner == "." {
             path.to_string()
         } else {
             join(path, &inner)
         };
         problems.push(at, message);
-        if inner == "." || taken_out.len() >= 32 || !take_out(&mut value, &inner) {
+        // An element of an array is taken out with its array: removing it alone would shift
+        // the ones after it, and their problems would be reported at the wrong index.
+        let field = match inner.rfind('[') {
+            Some(open) if inner.ends_with(']') => inner[..open].to_string(),
+            _ => inner,
+        };
+        if field.is_empty() || taken_out.len() >= 32 || !take_out(&mut value, &field) {
             return None;
         }
-        taken_out.push(inner);
+        taken_out.push(field);
     }
 }
 
-fn last_segment(path: &str) -> &str {
-    path.rsplit(['.', '[']).next().unwrap_or(path)
+/// The field a "missing field `x`" message names.
+fn missing_field(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
 }
 
 /// Removes the field at `path` (as serde_path_to_error writes it: `a.b[2].c`); false if absent.
@@ -413,5 +433,55 @@ mod tests {
         assert_eq!(format!("{secret:?}"), "Secret(***)");
         assert_eq!(secret.hide_in("login p@ss failed"), "login *** failed");
         assert_eq!(Secret::new("").hide_in("as is"), "as is");
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Sample {
+        name: String,
+        count: Option<u32>,
+        nested: Option<Nested>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Nested {
+        ratio: f64,
+        tags: Vec<String>,
+    }
+
+    #[test]
+    fn settings_every_type_error_is_reported_once_without_echoes() {
+        let value: toml::Value =
+            // `nested` first: its required `ratio`, once taken out, must not hide what follows.
+            toml::from_str("nested = { ratio = \"high\", tags = [\"a\", 2] }\nname = 5\ncount = \"x\"")
+                .unwrap();
+        let mut problems = Problems::default();
+        assert!(read_value::<Sample>(value, "s", &mut problems).is_none());
+        let report = problems.to_string();
+        assert_eq!(problems.len(), 4, "{report}");
+        for expected in [
+            "s.name: expected a string, found integer `5`",
+            "s.count: expected a whole number (0 to 4294967295), found string \"x\"",
+            "s.nested.ratio: expected a number, found string \"high\"",
+            "s.nested.tags[1]: expected a string, found integer `2`",
+        ] {
+            assert!(report.contains(expected), "`{expected}` in:\n{report}");
+        }
+        assert!(!report.contains("missing field"), "{report}");
+    }
+
+    #[test]
+    fn settings_unknown_keys_after_a_type_error_and_array_problems_are_reported_once() {
+        let value: toml::Value = toml::from_str(
+            "count = \"5\"\nname = \"n\"\ntypo = 1\nnested = { ratio = 1.0, tags = [\"a\", 2, 3] }",
+        )
+        .unwrap();
+        let mut problems = Problems::default();
+        assert!(read_value::<Sample>(value, "s", &mut problems).is_none());
+        let report = problems.to_string();
+        assert!(report.contains("s.typo: unknown key"), "{report}");
+        assert_eq!(report.matches("s.nested.tags[1]").count(), 1, "{report}");
+        assert_eq!(problems.len(), 3, "{report}");
     }
 }

@@ -191,9 +191,9 @@ fn hardening_a_signal_ends_a_run_still_waiting_for_redis() {
     let result: RunResult = job.finish(child);
     result.expect_code(1);
     assert!(
-        result
-            .stderr
-            .contains("interrupted by SIGTERM before any worker started"),
+        result.stderr.contains(
+            "interrupted by SIGTERM while starting the managed redis, before any worker started"
+        ),
         "{}",
         result.stderr
     );
@@ -377,4 +377,66 @@ fn hardening_schema_changes_are_counted_and_freeze_refuses_them() {
         .map(|row| row["id"].as_i64().unwrap())
         .collect();
     assert_eq!(ids, BTreeSet::from([1, 2, 3]));
+}
+
+/// A run planned by a build that cut units by record count only (its basis has no
+/// `unit_bytes=`) is resumed cut the same way: its unit ids must keep meaning the same records.
+#[test]
+fn hardening_a_run_planned_before_the_byte_budget_resumes_cut_by_record_count() {
+    let redis = TestRedis::start();
+    let job = files_job(&redis.url(), "legacy", "jsonl", "");
+    // 600 records of 40 KB: 24 MB per 600, so a byte budget of 16 MiB would cut at 419.
+    let pad = "p".repeat(40_000);
+    let lines: Vec<String> = (1..=600)
+        .map(|id| json!({"id": id, "pad": pad}).to_string())
+        .collect();
+    job.write("data/a.jsonl", &(lines.join("\n") + "\n"));
+    let config = std::fs::read_to_string(&job.config)
+        .unwrap()
+        .replace("unit_records = 50", "unit_records = 500");
+    std::fs::write(&job.config, config).unwrap();
+    // The state an older build leaves when interrupted right after planning.
+    let run = "20261101T000000Z-0ld0";
+    let origin = job.path("data/a.jsonl").display().to_string();
+    let basis = format!(
+        "unit_records=500; input files {}/data/*.jsonl Jsonl",
+        job.dir.path().display()
+    );
+    let item = json!({"source": "input", "index": 0, "origin": origin}).to_string();
+    let prefix = format!("stevedore:legacy:run:{run}");
+    let _: () = redis.query(
+        redis::cmd("SET")
+            .arg("stevedore:legacy:current_run")
+            .arg(run),
+    );
+    let _: () = redis.query(
+        redis::cmd("SET")
+            .arg(format!("{prefix}:planned"))
+            .arg(&basis),
+    );
+    let _: () = redis.query(
+        redis::cmd("RPUSH")
+            .arg(format!("{prefix}:items:pending"))
+            .arg(&item),
+    );
+
+    let result = job.run();
+    result.expect_code(0);
+    assert_eq!(result.summary["resumed"], true);
+    assert_eq!(result.summary["run"], run);
+    assert_eq!(result.summary["sinks"]["local"]["written"], 600);
+    let mut per_unit: Vec<u64> =
+        redis.query(redis::cmd("HVALS").arg(format!("{prefix}:written:local")));
+    per_unit.sort();
+    assert_eq!(per_unit, [100, 500], "cut by record count, as planned");
+
+    // A fresh run of the same job cuts by bytes too.
+    let result = job.run();
+    result.expect_code(0);
+    let fresh = result.summary["run"].as_str().unwrap().to_string();
+    let mut per_unit: Vec<u64> =
+        redis.query(redis::cmd("HVALS").arg(format!("stevedore:legacy:run:{fresh}:written:local")));
+    per_unit.sort();
+    assert_eq!(per_unit.iter().sum::<u64>(), 600);
+    assert!(per_unit.len() == 2 && per_unit[1] < 500, "{per_unit:?}");
 }

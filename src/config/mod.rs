@@ -22,6 +22,9 @@ use crate::settings::{KindSettings, Section, settings_of};
 pub use crate::settings::{Problem, Problems, Secret};
 pub use interpolate::interpolate;
 
+/// How a plan basis says that its units are also cut by bytes: `unit_bytes=<budget>`.
+pub const UNIT_BYTES_BASIS: &str = "unit_bytes=";
+
 /// A whole, validated job: what `stevedore run` and its workers act on.
 #[derive(Debug, Clone)]
 pub struct JobConfig {
@@ -242,17 +245,22 @@ impl JobConfig {
         }
     }
 
-    /// What a run's unit ids and checkpoints depend on: the sources and the unit size. A run
-    /// may only be resumed under the same basis.
+    /// What a run's unit ids and checkpoints depend on: the sources, the unit size in records
+    /// and in bytes. A run may only be resumed under the same basis.
     pub fn plan_basis(&self) -> String {
+        self.basis(Some(self.queue.max_record_bytes))
+    }
+
+    /// The basis a build without the byte budget wrote (units cut by record count only), when
+    /// the config would have had it: such a run resumes, cut as it was planned.
+    pub fn count_only_plan_basis(&self) -> Option<String> {
+        (self.queue.max_record_bytes == raw::DEFAULT_MAX_RECORD_BYTES).then(|| self.basis(None))
+    }
+
+    fn basis(&self, unit_bytes: Option<usize>) -> String {
         let mut basis = format!("unit_records={}", self.queue.unit_records);
-        // Units are also cut by bytes. Said only when not the default, so that runs planned
-        // before the cap existed still resume.
-        if self.queue.max_record_bytes != raw::DEFAULT_MAX_RECORD_BYTES {
-            basis.push_str(&format!(
-                " max_record_bytes={}",
-                self.queue.max_record_bytes
-            ));
+        if let Some(bytes) = unit_bytes {
+            basis.push_str(&format!(" {UNIT_BYTES_BASIS}{bytes}"));
         }
         for source in &self.sources {
             basis.push_str(&format!(

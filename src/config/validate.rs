@@ -39,6 +39,8 @@ pub(super) fn validate(config: &JobConfig, problems: &mut Problems) {
 
 /// Most worker processes of one role: each is a process with its own runtime and pools.
 pub(super) const MAX_WORKERS: u32 = 256;
+/// One day, the bound of the longest waits.
+const DAY: Duration = Duration::from_secs(86_400);
 /// Workers beat every second; a timeout under three beats kills healthy workers.
 pub(super) const MIN_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
 /// RSMQ keeps a unit hidden for at most 9,999,999 seconds.
@@ -66,8 +68,14 @@ fn check_workers(config: &JobConfig, problems: &mut Problems) {
             "must be at least 3s (workers beat once a second; less kills healthy workers)",
         );
     }
-    if workers.restart_window < Duration::from_secs(1) {
-        problems.push("workers.restart_window", "must be at least 1s");
+    if workers.heartbeat_timeout > DAY {
+        problems.push("workers.heartbeat_timeout", "must be at most 1 day");
+    }
+    if !(Duration::from_secs(1)..=7 * DAY).contains(&workers.restart_window) {
+        problems.push("workers.restart_window", "must be between 1s and 7 days");
+    }
+    if workers.max_restarts > 10_000 {
+        problems.push("workers.max_restarts", "must be at most 10000");
     }
 }
 
@@ -89,6 +97,12 @@ fn check_queue(config: &JobConfig, problems: &mut Problems) {
         problems.push(
             "queue.visibility_timeout",
             "must be at most 9999999s (about 115 days), the longest RSMQ can hide a unit",
+        );
+    }
+    if queue.compress_above > 1 << 30 {
+        problems.push(
+            "queue.compress_above",
+            "must be at most 1073741824 (a unit is never that large; use it to never compress)",
         );
     }
     if !RECORD_BYTES_RANGE.contains(&queue.max_record_bytes) {

@@ -106,9 +106,10 @@ impl RunState {
             "drain",
             "heartbeats",
         ];
-        let per_sink = sinks
-            .iter()
-            .flat_map(|sink| ["written", "dead", "attempts"].map(|kind| format!("{kind}:{sink}")));
+        let per_sink = sinks.iter().flat_map(|sink| {
+            ["written", "dead", "attempts", "errors", "columns"]
+                .map(|kind| format!("{kind}:{sink}"))
+        });
         fixed
             .into_iter()
             .map(str::to_string)

@@ -103,6 +103,17 @@ impl WorkItems<'_> {
         })
     }
 
+    /// The basis the run was planned from, if it was planned.
+    pub async fn planned_basis(&self) -> Result<Option<String>, LinkError> {
+        self.state
+            .link
+            .query(
+                "reading the plan's basis",
+                &redis::Cmd::get(self.state.key("planned")),
+            )
+            .await
+    }
+
     /// Puts items held by producers that no longer run back in front of the pending list.
     /// Called before any producer starts, so every holder is gone.
     pub async fn release_held_items(&self) -> Result<u64, LinkError> {

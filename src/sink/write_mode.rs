@@ -48,21 +48,18 @@ pub(super) fn check_keys(
     }
 }
 
-/// Names that SQL databases would take for one column (their names ignore case), said for a
-/// person: `fields `ID` and `id` name the same column ...`. `None` when all differ.
+/// Names that SQL databases would take for one column (their names ignore case, at least for
+/// ASCII letters), said for a person: `` `ID` and `id` name the same column ...``. `None` when
+/// all differ.
 pub(crate) fn same_column<'a>(names: impl Iterator<Item = &'a str>) -> Option<String> {
-    let mut seen: Vec<&str> = Vec::new();
+    let mut seen: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
     for name in names {
-        if let Some(earlier) = seen
-            .iter()
-            .find(|seen| seen.to_lowercase() == name.to_lowercase())
-        {
+        if let Some(earlier) = seen.insert(name.to_ascii_lowercase(), name) {
             return Some(format!(
                 "`{earlier}` and `{name}` name the same column (column names ignore case); \
                  one value would be lost"
             ));
         }
-        seen.push(name);
     }
     None
 }

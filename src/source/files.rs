@@ -2,6 +2,7 @@
 //! or record by record (CSV with a header row). A line that does not parse becomes a
 //! [`Reject`] carrying its line number, raw text and reason; the rest of the file still loads.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::sync::Arc;
@@ -193,8 +194,8 @@ impl<R: BufRead> Iterator for JsonLines<R> {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             self.buffer.clear();
-            // Never more than the cap (plus the byte that proves a line is longer) in memory.
-            let limit = self.max_bytes as u64 + 1;
+            // Never more than the cap (plus a line end, `\r\n`) in memory.
+            let limit = self.max_bytes as u64 + 2;
             match (&mut self.reader)
                 .take(limit)
                 .read_until(b'\n', &mut self.buffer)
@@ -205,12 +206,17 @@ impl<R: BufRead> Iterator for JsonLines<R> {
             }
             self.line += 1;
             let line = self.line;
-            if self.buffer.len() > self.max_bytes && self.buffer.last() != Some(&b'\n') {
-                let rest = match skip_line(&mut self.reader) {
-                    Ok(rest) => rest,
-                    Err(error) => return Some(Err(self.io_error(error))),
+            let complete = self.buffer.last() == Some(&b'\n') || (self.buffer.len() as u64) < limit;
+            let content = trim_line_end(&self.buffer).len();
+            if !complete || content > self.max_bytes {
+                let rest = match complete {
+                    true => 0,
+                    false => match skip_line(&mut self.reader) {
+                        Ok(rest) => rest,
+                        Err(error) => return Some(Err(self.io_error(error))),
+                    },
                 };
-                let length = self.buffer.len() as u64 + rest;
+                let length = content as u64 + rest;
                 let reject = Reject {
                     line,
                     raw: preview(&self.buffer),
@@ -241,34 +247,10 @@ impl<R: BufRead> Iterator for JsonLines<R> {
     }
 }
 
-/// Parses one JSONL line into an object, refusing a field named twice: a plain parse would
-/// keep the last value and silently drop the other.
+/// Parses one JSONL line into an object, refusing a field named twice in any object of it: a
+/// plain parse would keep the last value and silently drop the other.
 fn parse_object(text: &[u8]) -> Result<Map<String, Value>, String> {
-    use serde::de::{Deserializer as _, Error as _, MapAccess, Visitor};
-
-    struct UniqueFields;
-
-    impl<'de> Visitor<'de> for UniqueFields {
-        type Value = Map<String, Value>;
-
-        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
-            formatter.write_str("a JSON object")
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut object = Map::new();
-            while let Some(field) = map.next_key::<String>()? {
-                if object.contains_key(&field) {
-                    return Err(A::Error::custom(format!(
-                        "field `{field}` appears twice; the record is refused rather than \
-                         keeping one of its values"
-                    )));
-                }
-                object.insert(field, map.next_value()?);
-            }
-            Ok(object)
-        }
-    }
+    use serde::de::Deserializer as _;
 
     let mut parser = serde_json::Deserializer::from_slice(text);
     let parsed = parser
@@ -277,7 +259,11 @@ fn parse_object(text: &[u8]) -> Result<Map<String, Value>, String> {
     parsed.map_err(|error| {
         let message = error.to_string();
         if message.starts_with("invalid type") {
-            "line is valid JSON but not an object".to_string()
+            // Not an object: say whether it is JSON at all.
+            match serde_json::from_slice::<serde::de::IgnoredAny>(text) {
+                Ok(_) => "line is valid JSON but not an object".to_string(),
+                Err(error) => format!("invalid JSON: {error}"),
+            }
         } else if message.starts_with("field `") {
             message
                 .split(" at line ")
@@ -288,6 +274,97 @@ fn parse_object(text: &[u8]) -> Result<Map<String, Value>, String> {
             format!("invalid JSON: {error}")
         }
     })
+}
+
+/// Builds JSON values like `serde_json::Value` does, refusing an object that names a field
+/// twice, at any depth.
+struct UniqueFields;
+
+impl<'de> serde::de::Visitor<'de> for UniqueFields {
+    type Value = Map<String, Value>;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error as _;
+        let mut object = Map::new();
+        while let Some(field) = map.next_key::<String>()? {
+            if object.contains_key(&field) {
+                return Err(A::Error::custom(format!(
+                    "field `{field}` appears twice; the record is refused rather than keeping \
+                     one of its values"
+                )));
+            }
+            let value = map.next_value_seed(UniqueValue)?;
+            object.insert(field, value);
+        }
+        Ok(object)
+    }
+}
+
+/// Any JSON value, its objects read with [`UniqueFields`].
+struct UniqueValue;
+
+impl<'de> serde::de::DeserializeSeed<'de> for UniqueValue {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueValue {
+    type Value = Value;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<Value, E> {
+        Ok(Value::Bool(value))
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<Value, E> {
+        Ok(Value::from(value))
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<Value, E> {
+        Ok(Value::from(value))
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Value, E> {
+        Ok(Value::String(value.to_string()))
+    }
+
+    fn visit_string<E>(self, value: String) -> Result<Value, E> {
+        Ok(Value::String(value))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(UniqueValue)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Value, A::Error> {
+        UniqueFields.visit_map(map).map(Value::Object)
+    }
 }
 
 /// Reads past the rest of a line and its newline; returns how many bytes were skipped before
@@ -320,15 +397,27 @@ struct CsvRow<'a> {
     raw: &'a [u8],
     /// The row's length in bytes when it was over the cap (its fields were not kept).
     skipped_length: Option<u64>,
+    /// More fields than the reader keeps (see [`CsvRows::max_fields`]); none were kept.
+    too_many_fields: bool,
     fields: Vec<&'a [u8]>,
 }
 
-/// Splits a CSV stream into rows with `csv_core`, holding at most the cap's worth of one row:
-/// a longer row is read past, not buffered. Keeps each row's raw text for dead letters.
+/// Most columns a CSV header may have.
+const MAX_COLUMNS: usize = 16_384;
+
+/// Buffers grown past this for one big row are given back before the next.
+const KEEP_BUFFER: usize = 1 << 20;
+
+/// Splits a CSV stream into rows with `csv_core`, holding at most the cap's worth of one row
+/// and a bounded number of fields: a longer row is read past, not buffered. Keeps each row's
+/// raw text for dead letters.
 struct CsvRows<R> {
     reader: R,
     parser: csv_core::Reader,
     max_bytes: usize,
+    /// Fields kept per row: the header's count once the header is read (a row with more is
+    /// refused whatever they hold).
+    max_fields: usize,
     /// The line the reader is on (1-based).
     line: u64,
     output: Vec<u8>,
@@ -342,6 +431,7 @@ impl<R: BufRead> CsvRows<R> {
             reader,
             parser: csv_core::Reader::new(),
             max_bytes,
+            max_fields: MAX_COLUMNS,
             line: 1,
             output: vec![0; 4096],
             ends: vec![0; 64],
@@ -349,11 +439,30 @@ impl<R: BufRead> CsvRows<R> {
         }
     }
 
+    /// Gives back what one big row made the buffers grow to.
+    fn shrink_buffers(&mut self) {
+        if self.output.len() > KEEP_BUFFER {
+            self.output.truncate(4096);
+            self.output.shrink_to_fit();
+        }
+        if self.ends.len() > KEEP_BUFFER / 8 {
+            self.ends.truncate(64);
+            self.ends.shrink_to_fit();
+        }
+        if self.raw.capacity() > KEEP_BUFFER {
+            self.raw = Vec::new();
+        }
+    }
+
     /// The next row, `None` at the end of the input.
     fn next_row(&mut self) -> std::io::Result<Option<CsvRow<'_>>> {
         use csv_core::ReadRecordResult as Read;
+        self.shrink_buffers();
         self.raw.clear();
+        // The raw text and the fields are kept up to the cap plus a line end (`\r\n`).
+        let keep_bytes = self.max_bytes + 2;
         let (mut written, mut ended, mut length) = (0usize, 0usize, 0u64);
+        let (mut over_cap, mut too_many_fields) = (false, false);
         let mut start_line = None;
         let mut last_two = [0u8; 2];
         loop {
@@ -363,16 +472,17 @@ impl<R: BufRead> CsvRows<R> {
                 &mut self.output[written..],
                 &mut self.ends[ended..],
             );
-            let consumed = &input[..read];
-            for &byte in consumed {
+            for &byte in &input[..read] {
                 if start_line.is_none() && byte != b'\n' && byte != b'\r' {
                     start_line = Some(self.line);
                 }
                 if start_line.is_some() {
                     length += 1;
                     last_two = [last_two[1], byte];
-                    if self.raw.len() <= self.max_bytes {
+                    if self.raw.len() < keep_bytes {
                         self.raw.push(byte);
+                    } else {
+                        over_cap = true;
                     }
                 }
                 if byte == b'\n' {
@@ -380,32 +490,38 @@ impl<R: BufRead> CsvRows<R> {
                 }
             }
             self.reader.consume(read);
-            let oversized = self.raw.len() > self.max_bytes;
-            (written, ended) = if oversized {
-                (0, 0) // past the cap: parse on, keep nothing
-            } else {
-                (written + wrote, ended + ends)
-            };
+            (written, ended) = (written + wrote, ended + ends);
             match result {
                 Read::InputEmpty => {}
+                Read::OutputFull if self.output.len() >= keep_bytes => over_cap = true,
                 Read::OutputFull => {
-                    if !oversized {
-                        let size = (self.output.len() * 2).min(self.max_bytes + 1);
-                        self.output.resize(size.max(self.output.len() + 1), 0);
-                    }
+                    let size = (self.output.len() * 2).min(keep_bytes);
+                    self.output.resize(size, 0);
                 }
+                Read::OutputEndsFull if self.ends.len() > self.max_fields => too_many_fields = true,
                 Read::OutputEndsFull => {
-                    if !oversized {
-                        self.ends.resize(self.ends.len() * 2, 0);
-                    }
+                    let size = (self.ends.len() * 2).min(self.max_fields + 1);
+                    self.ends.resize(size, 0);
                 }
                 Read::Record => {
-                    let raw = trim_line_end(&self.raw);
-                    if oversized {
+                    let line = start_line.unwrap_or(self.line);
+                    let content = length - line_end_length(last_two);
+                    if over_cap || content > self.max_bytes as u64 {
                         return Ok(Some(CsvRow {
-                            line: start_line.unwrap_or(self.line),
+                            line,
                             raw: &self.raw[..self.raw.len().min(PREVIEW_BYTES)],
-                            skipped_length: Some(length - line_end_length(last_two)),
+                            skipped_length: Some(content),
+                            too_many_fields: false,
+                            fields: Vec::new(),
+                        }));
+                    }
+                    let raw = trim_line_end(&self.raw);
+                    if too_many_fields || ended > self.max_fields {
+                        return Ok(Some(CsvRow {
+                            line,
+                            raw,
+                            skipped_length: None,
+                            too_many_fields: true,
                             fields: Vec::new(),
                         }));
                     }
@@ -416,23 +532,28 @@ impl<R: BufRead> CsvRows<R> {
                         from = end;
                     }
                     return Ok(Some(CsvRow {
-                        line: start_line.unwrap_or(self.line),
+                        line,
                         raw,
                         skipped_length: None,
+                        too_many_fields: false,
                         fields,
                     }));
                 }
                 Read::End => return Ok(None),
             }
+            if over_cap || too_many_fields {
+                // Parse on to the row's end, keeping nothing more.
+                (written, ended) = (0, 0);
+            }
         }
     }
 }
 
-/// How many of a row's last two bytes are its line end (`\n` or `\r\n`).
+/// How many of a row's last two bytes are its line end (`\n`, `\r\n` or a lone `\r`).
 fn line_end_length(last_two: [u8; 2]) -> u64 {
     match last_two {
         [b'\r', b'\n'] => 2,
-        [_, b'\n'] => 1,
+        [_, b'\n' | b'\r'] => 1,
         _ => 0,
     }
 }
@@ -476,7 +597,11 @@ fn read_header(row: &CsvRow<'_>, max_bytes: usize) -> Header {
             "the file's rows were refused: its CSV header {why}"
         ))
     };
+    if row.too_many_fields {
+        return refuse(format!("has more than {MAX_COLUMNS} columns"));
+    }
     let mut names: Vec<String> = Vec::with_capacity(row.fields.len());
+    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(row.fields.len());
     for (index, field) in row.fields.iter().enumerate() {
         let Ok(name) = std::str::from_utf8(field) else {
             return refuse(format!("column {} is not valid UTF-8", index + 1));
@@ -484,7 +609,7 @@ fn read_header(row: &CsvRow<'_>, max_bytes: usize) -> Header {
         if name.trim().is_empty() {
             return refuse(format!("column {} has no name", index + 1));
         }
-        if let Some(earlier) = names.iter().position(|seen| seen == name) {
+        if let Some(earlier) = seen.insert(name, index) {
             return refuse(format!(
                 "names `{name}` twice (columns {} and {}); each row would keep one value of the two",
                 earlier + 1,
@@ -507,6 +632,9 @@ impl<R: BufRead> Iterator for CsvRecords<R> {
                 Ok(None) => return None,
                 Err(error) => return Some(Err(self.io_error(error))),
             };
+            if let Ok(names) = &header {
+                self.rows.max_fields = names.len();
+            }
             self.header = Some(header);
         }
         let row = match self.rows.next_row() {
@@ -538,6 +666,13 @@ impl<R: BufRead> Iterator for CsvRecords<R> {
         };
         if let Some(length) = row.skipped_length {
             return reject(too_long("CSV row", length, max_bytes));
+        }
+        if row.too_many_fields {
+            return reject(format!(
+                "invalid CSV record: more than {} fields where the header has {}",
+                names.len(),
+                names.len()
+            ));
         }
         if row.fields.len() != names.len() {
             return reject(format!(
@@ -735,7 +870,7 @@ mod tests {
         assert_eq!(ragged.raw, "1,\"a, b\",extra");
         assert_eq!(
             ragged.reason,
-            "invalid CSV record: 3 field(s) where the header has 2"
+            "invalid CSV record: more than 2 fields where the header has 2"
         );
     }
 
@@ -765,6 +900,100 @@ mod tests {
                 line: 6,
                 value: serde_json::json!({"id": "3", "note": "ok"})
             }
+        );
+    }
+
+    #[test]
+    fn hardening_lines_and_rows_of_exactly_the_cap_are_read_with_any_line_end() {
+        let exact = format!("{{\"pad\":\"{}\"}}", "x".repeat(1024 - 10));
+        assert_eq!(exact.len(), 1024);
+        for end in ["\n", "\r\n"] {
+            let text = format!("{exact}{end}{exact}x{end}");
+            let entries = read_capped(FileFormat::Jsonl, text.as_bytes(), 1024);
+            assert!(
+                matches!(&entries[0], Entry::Record { line: 1, .. }),
+                "{end:?}"
+            );
+            let over = reject(&entries[1]);
+            assert!(
+                over.reason.starts_with("line is 1025 bytes"),
+                "{end:?}: {}",
+                over.reason
+            );
+
+            let row = "y".repeat(1024);
+            let text = format!("a{end}{row}{end}{row}y{end}z{end}");
+            let entries = read_capped(FileFormat::Csv, text.as_bytes(), 1024);
+            assert!(
+                matches!(&entries[0], Entry::Record { line: 2, .. }),
+                "{end:?}"
+            );
+            let over = reject(&entries[1]);
+            assert_eq!(over.line, 3);
+            assert!(
+                over.reason.starts_with("CSV row is 1025 bytes"),
+                "{end:?}: {}",
+                over.reason
+            );
+            assert!(
+                matches!(&entries[2], Entry::Record { line: 4, .. }),
+                "{end:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn hardening_jsonl_refuses_nested_duplicates_and_names_broken_arrays_as_broken() {
+        let entries = read_all(
+            FileFormat::Jsonl,
+            "{\"a\":{\"b\":1,\"b\":2}}\n[1,2\n[1,2]\n{\"a\":[{\"c\":1,\"c\":1}]}\n",
+        );
+        assert!(
+            reject(&entries[0])
+                .reason
+                .contains("field `b` appears twice")
+        );
+        assert!(
+            reject(&entries[1]).reason.starts_with("invalid JSON"),
+            "{}",
+            reject(&entries[1]).reason
+        );
+        assert_eq!(
+            reject(&entries[2]).reason,
+            "line is valid JSON but not an object"
+        );
+        assert!(
+            reject(&entries[3])
+                .reason
+                .contains("field `c` appears twice")
+        );
+    }
+
+    #[test]
+    fn hardening_csv_keeps_no_more_fields_than_the_header_has() {
+        let commas = ",".repeat(100_000);
+        let text = format!("a,b\n1,2\n{commas}\n3,4\n");
+        let entries = read_capped(FileFormat::Csv, text.as_bytes(), 1 << 20);
+        assert_eq!(entries.len(), 3);
+        let wide = reject(&entries[1]);
+        assert_eq!(
+            wide.reason,
+            "invalid CSV record: more than 2 fields where the header has 2"
+        );
+        assert_eq!(wide.raw.len(), 100_000, "the row's raw text is kept");
+        assert!(matches!(&entries[2], Entry::Record { line: 4, .. }));
+        let wide_header = format!(
+            "{}\n1\n",
+            (0..=MAX_COLUMNS)
+                .map(|n| format!("c{n}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let entries = read_capped(FileFormat::Csv, wide_header.as_bytes(), 1 << 20);
+        assert!(
+            reject(&entries[0])
+                .reason
+                .contains("has more than 16384 columns")
         );
     }
 }

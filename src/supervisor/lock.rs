@@ -41,8 +41,26 @@ static TAKE_OVER: LazyLock<redis::Script> = LazyLock::new(|| {
     )
 });
 
-/// True when `holder` (`host H pid P ...`) names a process of host `host` that does not exist.
+/// Where this process's pid means something: the boot (`/proc/sys/kernel/random/boot_id`) and
+/// the pid namespace. Two supervisors with one hostname (containers sharing the host's
+/// network) are told apart by it, so neither takes the other's live lock for a dead one.
+fn process_space() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|id| id.trim().to_string())
+        .unwrap_or_else(|_| "?".into());
+    let namespace = std::fs::read_link("/proc/self/ns/pid")
+        .map(|link| link.display().to_string())
+        .unwrap_or_else(|_| "?".into());
+    format!("boot {boot} pidns {namespace}")
+}
+
+/// True when `holder` (`host H pid P since ... (boot B pidns N)`) names a process of this
+/// host, boot and pid namespace that does not exist.
 fn holder_is_gone(holder: &str, host: &str) -> bool {
+    let space = process_space();
+    if space.contains('?') || !holder.ends_with(&format!("({space})")) {
+        return false;
+    }
     let words: Vec<&str> = holder.split_whitespace().collect();
     let (Some(&"host"), Some(&held_by), Some(&"pid"), Some(pid)) =
         (words.first(), words.get(1), words.get(2), words.get(3))
@@ -109,7 +127,11 @@ impl JobLock {
         let now = chrono::DateTime::from_timestamp_millis(crate::clock::now_ms() as i64)
             .unwrap_or_default();
         let since = now.format("%Y-%m-%d %H:%M:%S%.3f UTC");
-        let token = format!("host {host} pid {} since {since}", std::process::id());
+        let token = format!(
+            "host {host} pid {} since {since} ({})",
+            std::process::id(),
+            process_space()
+        );
         let ttl_ms = LOCK_TTL.as_millis() as u64;
         let taken: Option<String> = link
             .query(

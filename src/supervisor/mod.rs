@@ -209,7 +209,6 @@ pub(crate) async fn run_once(
     let started = Instant::now();
     let mut signals = Signals::listen()?;
     let items = plan::plan_sources(&config)?;
-    plan::prepare_sinks(&config).await?;
     let mut managed = match &config.redis {
         RedisConfig::Managed {
             data_dir,
@@ -244,7 +243,18 @@ pub(crate) async fn run_once(
             link,
             lock,
         };
-        let result = supervise(&invocation, items, managed.as_mut(), &mut signals).await;
+        // Sinks are readied under the lock (a second run of a running job touches no sink),
+        // and a database that makes the preflight wait gives way to a signal.
+        let result = async {
+            signals
+                .unless_stopped(
+                    "preparing the sinks, before any worker started",
+                    plan::prepare_sinks(&config),
+                )
+                .await?;
+            supervise(&invocation, items, managed.as_mut(), &mut signals).await
+        }
+        .await;
         if let Err(error) = invocation.lock.release(&invocation.link).await {
             tracing::warn!(%error, "could not release the job lock; it expires by itself");
         }
@@ -269,6 +279,7 @@ fn write_private(dir: &std::path::Path, file: &std::path::Path, text: &str) -> s
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let mut out = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -332,12 +343,20 @@ async fn supervise(
         if let Planned::Changed { planned_from } =
             state.items().plan(&items, &config.plan_basis()).await?
         {
-            return Err(SupervisorError::Changed {
-                run: state.run_id().to_string(),
-                job: config.job.name.clone(),
-                planned_from,
-                snapshot: log_dir.join("job.toml"),
-            });
+            if config.count_only_plan_basis().as_deref() == Some(planned_from.as_str()) {
+                tracing::info!(
+                    run = state.run_id(),
+                    "the unfinished run was planned by a build that cut units by record count \
+                     only; it is resumed cut that way"
+                );
+            } else {
+                return Err(SupervisorError::Changed {
+                    run: state.run_id().to_string(),
+                    job: config.job.name.clone(),
+                    planned_from,
+                    snapshot: log_dir.join("job.toml"),
+                });
+            }
         }
         if resumed {
             let released = state.items().release_held_items().await?;

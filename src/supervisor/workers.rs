@@ -40,6 +40,8 @@ impl Launcher {
             .append(true)
             .mode(0o600)
             .open(self.log_path(role, id))?;
+        // A resumed run's log may have been created by an older version, with wider rights.
+        log.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         let args = WorkerArgs {
             role,
             id,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::{Finish, WorkerContext, WorkerError};
+use crate::config::UNIT_BYTES_BASIS;
 use crate::queue::SinkQueues;
 use crate::source::WorkItem;
 use crate::source::{self, Entry, SourceError};
@@ -55,7 +56,8 @@ async fn produce_item(
 ) -> Result<Finish, WorkerError> {
     let already_sent = context.state.items().checkpoint(item).await?;
     let (sender, mut receiver) = mpsc::channel::<Result<Cut, SourceError>>(SEND_BATCH * 2);
-    let reader = spawn_reader(context, item, sender)?;
+    let unit_bytes = unit_byte_budget(context).await?;
+    let reader = spawn_reader(context, item, unit_bytes, sender)?;
     let (mut inputs, mut batch, mut batch_inputs) = (0u64, Vec::with_capacity(SEND_BATCH), 0u64);
     let mut next_chunk = already_sent;
     while let Some(cut) = receiver.recv().await {
@@ -138,10 +140,21 @@ async fn flush(
     Ok(true)
 }
 
+/// The bytes of records after which a unit is cut: `queue.max_record_bytes`, unless the run
+/// was planned by a build that cut by record count only (its unit ids must stay the same).
+async fn unit_byte_budget(context: &WorkerContext) -> Result<usize, WorkerError> {
+    let basis = context.state.items().planned_basis().await?;
+    Ok(match basis {
+        Some(basis) if !basis.contains(UNIT_BYTES_BASIS) => usize::MAX,
+        _ => context.config.queue.max_record_bytes,
+    })
+}
+
 /// Reads and encodes on a blocking thread; stops when the receiver is dropped.
 fn spawn_reader(
     context: &WorkerContext,
     item: &WorkItem,
+    unit_bytes: usize,
     sender: mpsc::Sender<Result<Cut, SourceError>>,
 ) -> Result<tokio::task::JoinHandle<()>, WorkerError> {
     let config = context.config.clone();
@@ -164,6 +177,7 @@ fn spawn_reader(
             &run,
             &item,
             config.queue.unit_records,
+            unit_bytes,
             config.queue.max_record_bytes,
         );
         for entry in entries {
@@ -216,6 +230,9 @@ async fn wait_for_room(
     Ok(!shutdown.is_set())
 }
 
+/// How much of a record over the cap its dead letter shows.
+const PREVIEW_CHARS: usize = 256;
+
 /// Cuts a stream of entries into units with deterministic ids: a unit is cut when it holds
 /// `unit_records` entries or its records' text reaches `max_bytes` (so a unit of big records
 /// stays well under what Redis can hold). Records are serialized as they arrive.
@@ -225,6 +242,7 @@ struct Cutter {
     item: WorkItem,
     size: usize,
     max_bytes: usize,
+    max_record_bytes: usize,
     chunk: u64,
     records: Vec<Record>,
     lines: Vec<u64>,
@@ -235,13 +253,21 @@ struct Cutter {
 }
 
 impl Cutter {
-    fn new(job: &str, run: &str, item: &WorkItem, size: usize, max_bytes: usize) -> Cutter {
+    fn new(
+        job: &str,
+        run: &str,
+        item: &WorkItem,
+        size: usize,
+        max_bytes: usize,
+        max_record_bytes: usize,
+    ) -> Cutter {
         Cutter {
             job: job.to_string(),
             run: run.to_string(),
             item: item.clone(),
             size,
             max_bytes,
+            max_record_bytes,
             chunk: 0,
             records: Vec::with_capacity(size),
             lines: Vec::with_capacity(size),
@@ -259,9 +285,24 @@ impl Cutter {
         match entry {
             Entry::Record { value, .. } => {
                 let record = record(&value);
-                self.bytes += record.get().len();
-                self.records.push(record);
-                self.lines.push(line);
+                let length = record.get().len();
+                if length > self.max_record_bytes {
+                    // Read within the cap, but its JSON (escapes, CSV names) is over it.
+                    let raw: String = record.get().chars().take(PREVIEW_CHARS).collect();
+                    self.bytes += raw.len();
+                    self.rejects.push(Reject {
+                        line,
+                        raw,
+                        reason: format!(
+                            "record is {length} bytes as JSON, over queue.max_record_bytes ({})",
+                            self.max_record_bytes
+                        ),
+                    });
+                } else {
+                    self.bytes += length;
+                    self.records.push(record);
+                    self.lines.push(line);
+                }
             }
             Entry::Rejected(reject) => {
                 self.bytes += reject.raw.len();
@@ -304,5 +345,52 @@ impl Cutter {
             lines,
             rejects: std::mem::take(&mut self.rejects),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn item() -> WorkItem {
+        WorkItem {
+            source: "s".into(),
+            index: 0,
+            origin: "f.csv".into(),
+            range: None,
+        }
+    }
+
+    fn entry(line: u64, text: &str) -> Entry {
+        Entry::Record {
+            line,
+            value: json!({ "v": text }),
+        }
+    }
+
+    #[test]
+    fn producer_cutter_cuts_by_bytes_and_refuses_records_whose_json_is_over_the_cap() {
+        let mut cutter = Cutter::new("j", "r", &item(), 100, 200, 100);
+        // Control characters are one byte read, six as JSON: `\u0001`.
+        let escaped = "\u{1}".repeat(20);
+        assert!(cutter.push(entry(1, &escaped)).is_none());
+        assert!(cutter.push(entry(2, "short")).is_none());
+        let unit = cutter
+            .push(entry(4, &"x".repeat(80)))
+            .expect("the byte budget cuts");
+        assert_eq!(unit.records.len(), 2);
+        assert_eq!(unit.rejects.len(), 1);
+        assert_eq!(unit.rejects[0].line, 1);
+        assert!(
+            unit.rejects[0]
+                .reason
+                .starts_with("record is 128 bytes as JSON, over queue.max_record_bytes (100)"),
+            "{}",
+            unit.rejects[0].reason
+        );
+        assert_eq!((unit.record_line(0), unit.record_line(1)), (2, 4));
+        assert_eq!(unit.input_count(), 3);
+        assert!(cutter.finish().is_none());
     }
 }

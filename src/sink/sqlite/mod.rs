@@ -189,7 +189,7 @@ impl SqliteSink {
         }
         let missing: Vec<_> = required
             .iter()
-            .filter(|c| !columns.contains(&c.to_lowercase()))
+            .filter(|c| !columns.contains(&c.to_ascii_lowercase()))
             .cloned()
             .collect();
         if !missing.is_empty() {
@@ -351,7 +351,7 @@ impl Writer {
             match attempt {
                 Ok(added) => {
                     transaction.execute_batch("RELEASE row")?;
-                    columns.extend(added.iter().map(|name| name.to_lowercase()));
+                    columns.extend(added.iter().map(|name| name.to_ascii_lowercase()));
                     columns_added.extend(added);
                     written += 1;
                 }
@@ -387,7 +387,7 @@ impl Writer {
     }
 
     /// Creates the table (and the upsert key index) if needed; returns its columns,
-    /// lower-cased (SQLite column names are case-insensitive).
+    /// lower-cased (SQLite column names ignore ASCII case).
     fn prepare_table(
         &self,
         connection: &Connection,
@@ -409,7 +409,7 @@ impl Writer {
                         .iter()
                         .chain(rows.iter().flat_map(|(_, row)| row.keys()));
                     names
-                        .filter(|name| seen.insert(name.to_lowercase()))
+                        .filter(|name| seen.insert(name.to_ascii_lowercase()))
                         .map(|name| quote(name))
                         .collect()
                 }
@@ -449,7 +449,7 @@ impl Writer {
         if self.config.schema == SchemaPolicy::Freeze
             && let Some(field) = row
                 .keys()
-                .find(|key| !columns.contains(&key.to_lowercase()))
+                .find(|key| !columns.contains(&key.to_ascii_lowercase()))
         {
             return Some(format!(
                 "refused: field `{field}` has no column in table {} and schema = \"freeze\" \
@@ -469,7 +469,7 @@ impl Writer {
     ) -> Result<Vec<String>, rusqlite::Error> {
         let mut added = Vec::new();
         for key in row.keys() {
-            if !columns.contains(&key.to_lowercase()) {
+            if !columns.contains(&key.to_ascii_lowercase()) {
                 connection.execute_batch(&format!(
                     "ALTER TABLE {} ADD COLUMN {}",
                     quote(&self.config.table),
@@ -515,7 +515,8 @@ impl Writer {
 fn table_columns(connection: &Connection, table: &str) -> Result<HashSet<String>, rusqlite::Error> {
     let mut statement = connection.prepare("SELECT name FROM pragma_table_info(?1)")?;
     let names = statement.query_map([table], |row| {
-        row.get::<_, String>(0).map(|name| name.to_lowercase())
+        row.get::<_, String>(0)
+            .map(|name| name.to_ascii_lowercase())
     })?;
     names.collect()
 }
