@@ -186,10 +186,11 @@ pub fn read_value<T: DeserializeOwned>(
                 format!("{inner}.{field}")
             };
             if taken_out.contains(&full) {
-                if inner == "." || !take_out(&mut value, &inner) {
+                let holder = removal_target(inner);
+                if holder == "." || !take_out(&mut value, &holder) {
                     return None;
                 }
-                taken_out.push(inner);
+                taken_out.push(holder);
                 continue;
             }
         }
@@ -200,16 +201,21 @@ pub fn read_value<T: DeserializeOwned>(
             join(path, &inner)
         };
         problems.push(at, message);
-        // An element of an array is taken out with its array: removing it alone would shift
-        // the ones after it, and their problems would be reported at the wrong index.
-        let field = match inner.rfind('[') {
-            Some(open) if inner.ends_with(']') => inner[..open].to_string(),
-            _ => inner,
-        };
+        let field = removal_target(inner);
         if field.is_empty() || taken_out.len() >= 32 || !take_out(&mut value, &field) {
             return None;
         }
         taken_out.push(field);
+    }
+}
+
+/// What to take out for a problem at `path`: the field, or for an element of an array the
+/// whole array (removing the element alone would shift the ones after it, and their problems
+/// would be reported at the wrong index).
+fn removal_target(path: String) -> String {
+    match path.rfind('[') {
+        Some(open) if path.ends_with(']') => path[..open].to_string(),
+        _ => path,
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use testkit::{Job, TestRedis, kill, summary_worker, wait_for_rows, worker_pid};
+use testkit::{Job, TestRedis, kill, summary_worker, wait_for_rows, wait_until, worker_pid};
 
 fn generator_job(redis: &TestRedis, job_name: &str, count: u64, extra: &str) -> Job {
     Job::new(&format!(
@@ -324,4 +324,35 @@ fn supervisor_takes_over_a_lock_whose_holder_on_this_host_no_longer_exists() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("(boot other pidns"), "{stderr}");
+}
+
+/// A preflight that waits on a locked database longer than the job lock lives keeps the lock:
+/// a second run started meanwhile is refused, and the first finishes once the database is free.
+#[test]
+fn supervisor_keeps_the_job_lock_while_a_preflight_waits_on_a_locked_database() {
+    let redis = TestRedis::start();
+    let job = generator_job(&redis, "waitlock", 1_000, "");
+    let config = std::fs::read_to_string(&job.config).unwrap().replace(
+        "table = \"orders\"",
+        "table = \"orders\"\n        busy_timeout = \"40s\"",
+    );
+    std::fs::write(&job.config, config).unwrap();
+    let holder = rusqlite::Connection::open(job.path("out.db")).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let first = job.spawn_run();
+    // Longer than the lock's 15 s TTL: only renewals keep it.
+    wait_until("the first run holds the lock", || {
+        redis
+            .query::<Option<String>>(redis::cmd("GET").arg("stevedore:waitlock:lock"))
+            .is_some()
+    });
+    std::thread::sleep(std::time::Duration::from_secs(20));
+    let output = job.command("run").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is already running"), "{stderr}");
+    holder.execute_batch("COMMIT").unwrap();
+    let result = job.finish(first);
+    result.expect_code(0);
+    assert_eq!(job.sqlite_count("out.db", "orders"), 1_000);
 }

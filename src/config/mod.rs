@@ -23,7 +23,7 @@ pub use crate::settings::{Problem, Problems, Secret};
 pub use interpolate::interpolate;
 
 /// How a plan basis says that its units are also cut by bytes: `unit_bytes=<budget>`.
-pub const UNIT_BYTES_BASIS: &str = "unit_bytes=";
+const UNIT_BYTES_BASIS: &str = "unit_bytes=";
 
 /// A whole, validated job: what `stevedore run` and its workers act on.
 #[derive(Debug, Clone)]

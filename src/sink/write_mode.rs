@@ -48,13 +48,16 @@ pub(super) fn check_keys(
     }
 }
 
-/// Names that SQL databases would take for one column (their names ignore case, at least for
-/// ASCII letters), said for a person: `` `ID` and `id` name the same column ...``. `None` when
-/// all differ.
-pub(crate) fn same_column<'a>(names: impl Iterator<Item = &'a str>) -> Option<String> {
+/// Names that a SQL database would take for one column, its names being equal under `fold`
+/// (SQLite folds ASCII letters; SQL Server's usual collations fold every letter), said for a
+/// person: `` `ID` and `id` name the same column ...``. `None` when all differ.
+pub(crate) fn same_column<'a>(
+    names: impl Iterator<Item = &'a str>,
+    fold: fn(&str) -> String,
+) -> Option<String> {
     let mut seen: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
     for name in names {
-        if let Some(earlier) = seen.insert(name.to_ascii_lowercase(), name) {
+        if let Some(earlier) = seen.insert(fold(name), name) {
             return Some(format!(
                 "`{earlier}` and `{name}` name the same column (column names ignore case); \
                  one value would be lost"

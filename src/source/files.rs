@@ -439,15 +439,12 @@ impl<R: BufRead> CsvRows<R> {
         }
     }
 
-    /// Gives back what one big row made the buffers grow to.
+    /// Gives back what one big row made the buffers grow to (`ends` is bounded by the
+    /// columns allowed, so it is kept).
     fn shrink_buffers(&mut self) {
         if self.output.len() > KEEP_BUFFER {
             self.output.truncate(4096);
             self.output.shrink_to_fit();
-        }
-        if self.ends.len() > KEEP_BUFFER / 8 {
-            self.ends.truncate(64);
-            self.ends.shrink_to_fit();
         }
         if self.raw.capacity() > KEEP_BUFFER {
             self.raw = Vec::new();

@@ -89,6 +89,9 @@ pub(crate) enum SupervisorError {
     /// Another supervisor runs the job.
     #[error(transparent)]
     Lock(#[from] LockError),
+    /// The job lock expired before the workers started, and another supervisor took it.
+    #[error("lost the job lock before any worker started: another supervisor took over this job")]
+    LockLost,
     /// A sink's target does not fit the config (fatal), or cannot be reached (transient).
     #[error(transparent)]
     Sink(#[from] SinkError),
@@ -246,11 +249,11 @@ pub(crate) async fn run_once(
         // Sinks are readied under the lock (a second run of a running job touches no sink),
         // and a database that makes the preflight wait gives way to a signal.
         let result = async {
+            let preparing = holding(&invocation.lock, &invocation.link, async {
+                Ok(plan::prepare_sinks(&config).await?)
+            });
             signals
-                .unless_stopped(
-                    "preparing the sinks, before any worker started",
-                    plan::prepare_sinks(&config),
-                )
+                .unless_stopped("preparing the sinks, before any worker started", preparing)
                 .await?;
             supervise(&invocation, items, managed.as_mut(), &mut signals).await
         }
@@ -269,6 +272,30 @@ pub(crate) async fn run_once(
     summary.redis_restarts = redis_restarts;
     summary.duration_s = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// Runs `work` while renewing the job lock (a preflight may wait on a locked database longer
+/// than the lock lives): the lock must not expire under a supervisor before its loop renews it.
+async fn holding<T>(
+    lock: &JobLock,
+    link: &RedisLink,
+    work: impl std::future::Future<Output = Result<T, SupervisorError>>,
+) -> Result<T, SupervisorError> {
+    // One impatient attempt per renewal, so that a slow Redis never holds up `work`.
+    let renewer = link.with_patience(Patience::Impatient);
+    let mut renewal = tokio::time::interval(LOCK_TTL / 3);
+    renewal.tick().await;
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            result = &mut work => return result,
+            _ = renewal.tick() => match lock.renew(&renewer).await {
+                Ok(true) => {}
+                Ok(false) => return Err(SupervisorError::LockLost),
+                Err(error) => tracing::warn!(%error, "could not renew the job lock"),
+            },
+        }
+    }
 }
 
 /// Creates `dir` (0700, and its missing parents) and writes `file` in it (0600).
@@ -371,7 +398,7 @@ async fn supervise(
     let (state, resumed, log_dir) = signals
         .unless_stopped(
             "preparing the run in redis, before any worker started",
-            setup,
+            holding(lock, link, setup),
         )
         .await?;
     let snapshot = log_dir.join("job.toml");

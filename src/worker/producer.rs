@@ -10,7 +10,6 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::{Finish, WorkerContext, WorkerError};
-use crate::config::UNIT_BYTES_BASIS;
 use crate::queue::SinkQueues;
 use crate::source::WorkItem;
 use crate::source::{self, Entry, SourceError};
@@ -144,8 +143,9 @@ async fn flush(
 /// was planned by a build that cut by record count only (its unit ids must stay the same).
 async fn unit_byte_budget(context: &WorkerContext) -> Result<usize, WorkerError> {
     let basis = context.state.items().planned_basis().await?;
-    Ok(match basis {
-        Some(basis) if !basis.contains(UNIT_BYTES_BASIS) => usize::MAX,
+    // The same test as the supervisor's when it accepted the run (a path may hold any text).
+    Ok(match (basis, context.config.count_only_plan_basis()) {
+        (Some(planned), Some(count_only)) if planned == count_only => usize::MAX,
         _ => context.config.queue.max_record_bytes,
     })
 }
@@ -230,6 +230,19 @@ async fn wait_for_room(
     Ok(!shutdown.is_set())
 }
 
+/// The length of `text` as a JSON string: control characters take six bytes (`\u0001`),
+/// quotes and backslashes two.
+fn json_string_length(text: &str) -> usize {
+    2 + text
+        .bytes()
+        .map(|byte| match byte {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
 /// How much of a record over the cap its dead letter shows.
 const PREVIEW_CHARS: usize = 256;
 
@@ -304,8 +317,18 @@ impl Cutter {
                     self.lines.push(line);
                 }
             }
-            Entry::Rejected(reject) => {
-                self.bytes += reject.raw.len();
+            Entry::Rejected(mut reject) => {
+                // Rejects travel as JSON strings, uncompressed: measured escaped.
+                let mut length = json_string_length(&reject.raw);
+                if length > self.max_record_bytes {
+                    reject.raw = reject.raw.chars().take(PREVIEW_CHARS).collect();
+                    reject.reason.push_str(&format!(
+                        " (raw holds its first {PREVIEW_CHARS} characters: the whole line is \
+                         {length} bytes as JSON, over queue.max_record_bytes)"
+                    ));
+                    length = json_string_length(&reject.raw);
+                }
+                self.bytes += length;
                 self.rejects.push(reject);
             }
         }
@@ -392,5 +415,25 @@ mod tests {
         assert_eq!((unit.record_line(0), unit.record_line(1)), (2, 4));
         assert_eq!(unit.input_count(), 3);
         assert!(cutter.finish().is_none());
+    }
+
+    #[test]
+    fn producer_cutter_measures_rejects_as_json_and_cuts_one_over_the_cap() {
+        let mut cutter = Cutter::new("j", "r", &item(), 100, 1000, 300);
+        let reject = Reject {
+            line: 7,
+            raw: "\u{1}".repeat(100),
+            reason: "invalid JSON".into(),
+        };
+        assert_eq!(json_string_length(&reject.raw), 602);
+        assert!(cutter.push(Entry::Rejected(reject)).is_none());
+        let unit = cutter.finish().unwrap();
+        assert_eq!(unit.rejects[0].raw.chars().count(), 100.min(PREVIEW_CHARS));
+        assert!(
+            unit.rejects[0].reason.contains("602 bytes as JSON"),
+            "{}",
+            unit.rejects[0].reason
+        );
+        assert_eq!(json_string_length("a\"b\\c\n"), 2 + 1 + 2 + 1 + 2 + 1 + 2);
     }
 }

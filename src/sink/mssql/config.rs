@@ -120,7 +120,11 @@ pub(super) fn read(
     }
     check_keys(raw.mode, &raw.key, map, section);
     if let Some(columns) = map.and_then(Mapping::columns)
-        && let Some(clash) = same_column(columns.iter().map(|c| c.column.as_str()))
+        && let Some(clash) = same_column(
+            columns.iter().map(|c| c.column.as_str()),
+            // Case-insensitive collations fold every letter, not only ASCII ones.
+            str::to_lowercase,
+        )
     {
         section.problem("map", clash);
     }

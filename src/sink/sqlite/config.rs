@@ -89,7 +89,10 @@ pub(super) fn read(
     section.check_identifier("table", &raw.table);
     check_keys(raw.mode, &raw.key, map, section);
     if let Some(columns) = map.and_then(Mapping::columns)
-        && let Some(clash) = same_column(columns.iter().map(|c| c.column.as_str()))
+        && let Some(clash) = same_column(
+            columns.iter().map(|c| c.column.as_str()),
+            str::to_ascii_lowercase,
+        )
     {
         section.problem("map", clash);
     }

@@ -78,27 +78,7 @@ impl SqliteSink {
         if let Some(connection) = &*slot {
             return Ok(connection.clone());
         }
-        if let Some(parent) = self
-            .config
-            .path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(parent).map_err(|error| {
-                SinkError::fatal(
-                    &self.name,
-                    format!("cannot create directory {}: {error}", parent.display()),
-                )
-            })?;
-        }
-        let connection = Connection::open(&self.config.path).map_err(|e| self.error(e))?;
-        connection
-            .busy_timeout(self.config.busy_timeout)
-            .map_err(|e| self.error(e))?;
-        connection
-            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
-            .map_err(|e| self.error(e))?;
-        let connection = Arc::new(Mutex::new(connection));
+        let connection = Arc::new(Mutex::new(open_for_writing(&self.name, &self.config)?));
         *slot = Some(connection.clone());
         Ok(connection)
     }
@@ -234,6 +214,27 @@ impl SqliteSink {
     }
 }
 
+/// Opens the database for writing, creating it and its directory if needed, in WAL mode.
+fn open_for_writing(name: &str, config: &SqliteSinkConfig) -> Result<Connection, SinkError> {
+    if let Some(parent) = config.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|error| {
+            SinkError::fatal(
+                name,
+                format!("cannot create directory {}: {error}", parent.display()),
+            )
+        })?;
+    }
+    let error = |e| classify(name, &config.path, e);
+    let connection = Connection::open(&config.path).map_err(error)?;
+    connection
+        .busy_timeout(config.busy_timeout)
+        .map_err(error)?;
+    connection
+        .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
+        .map_err(error)?;
+    Ok(connection)
+}
+
 /// What the blocking side needs to know.
 struct Writer {
     config: SqliteSinkConfig,
@@ -262,8 +263,15 @@ impl Sink for SqliteSink {
         if self.config.path.is_dir() {
             return Err(self.not_a_file());
         }
-        let proof = match self.connect() {
-            Ok(connection) => self.fits_table(connection).await,
+        // Opened on a blocking thread: switching to WAL waits for another writer's lock, and
+        // the supervisor must stay free to take a signal meanwhile.
+        let (name, config) = (self.name.clone(), self.config.clone());
+        let opened = tokio::task::spawn_blocking(move || open_for_writing(&name, &config))
+            .await
+            .map_err(|error| SinkError::fatal(&self.name, format!("opener thread failed: {error}")))
+            .and_then(|opened| opened);
+        let proof = match opened {
+            Ok(connection) => self.fits_table(Arc::new(Mutex::new(connection))).await,
             Err(error) => Err(error),
         };
         match proof {
@@ -443,7 +451,7 @@ impl Writer {
         if row.is_empty() {
             return Some("refused: the record has no fields to write".to_string());
         }
-        if let Some(clash) = same_column(row.keys().map(String::as_str)) {
+        if let Some(clash) = same_column(row.keys().map(String::as_str), str::to_ascii_lowercase) {
             return Some(format!("refused: fields {clash}"));
         }
         if self.config.schema == SchemaPolicy::Freeze
