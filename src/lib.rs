@@ -26,6 +26,7 @@ pub(crate) mod plan;
 pub mod queue;
 pub(crate) mod retry;
 pub mod run_state;
+pub mod schedule;
 pub mod settings;
 pub mod sink;
 pub mod source;
