@@ -20,6 +20,19 @@ pub fn load(file: &Path) -> Result<JobConfig, ConfigError> {
     JobConfig::load(file, &kinds())
 }
 
+/// Loads the job file at `file` with variables from `env` (a supervise file checks each of
+/// its schedules' jobs with the environment it was read with).
+pub fn parse_file(
+    file: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<JobConfig, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+        file: file.to_path_buf(),
+        source,
+    })?;
+    parse(&text, file, env)
+}
+
 /// Parses job file `text` (named `file` in errors) with variables from `env`.
 pub fn parse(
     text: &str,

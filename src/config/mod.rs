@@ -209,6 +209,12 @@ pub enum ConfigError {
     },
 }
 
+/// Reads a `[redis]` table (`url`, and for `managed` its `data_dir` and `server_bin`), the
+/// same for jobs and for `stevedore supervise`; problems go under `redis.`.
+pub fn read_redis(value: toml::Value, problems: &mut Problems) -> Option<RedisConfig> {
+    raw::read_redis_table(value, problems)
+}
+
 impl JobConfig {
     /// Loads, interpolates and validates the config at `file` using the process environment,
     /// reading sources and sinks of the given `kinds`.

@@ -320,6 +320,11 @@ fn one_of(names: &[&str]) -> String {
     }
 }
 
+/// Reads a `[redis]` table at path `redis` (also `stevedore supervise`'s).
+pub(super) fn read_redis_table(value: toml::Value, problems: &mut Problems) -> Option<RedisConfig> {
+    section::<RawRedis>(value, "redis", problems).map(|redis| read_redis(redis, problems))
+}
+
 fn read_redis(redis: RawRedis, problems: &mut Problems) -> RedisConfig {
     let url = redis.url.unwrap_or_else(|| "managed".to_string());
     if url == "managed" {

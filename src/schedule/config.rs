@@ -1,0 +1,507 @@
+//! The `stevedore supervise` file: `[supervise]`, `[redis]` and one `[[schedule]]` per job. Read
+//! like job files: every problem at once, each at its field path, and every schedule's job file
+//! loaded and checked, so a bad schedule stops the daemon before anything runs.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::timing::{CronTiming, parse_zone};
+use crate::config::{ConfigError, Problems, RedisConfig, interpolate, read_redis};
+use crate::settings::{check_name, join, parse_duration, read_value};
+
+/// A whole, checked supervise file.
+#[derive(Debug, Clone)]
+pub struct SuperviseConfig {
+    /// The group of daemons sharing one Redis.
+    pub group: GroupSection,
+    /// The Redis every daemon of the group shares.
+    pub redis: RedisConfig,
+    /// The schedules, in file order.
+    pub schedules: Vec<ScheduleConfig>,
+}
+
+/// `[supervise]`: the group's name and this daemon's environment and local state.
+#[derive(Debug, Clone)]
+pub struct GroupSection {
+    /// Namespace of the group in Redis.
+    pub name: String,
+    /// The environment this daemon runs schedules for (`--env` overrides).
+    pub environment: String,
+    /// Where pass logs and summaries are kept, per schedule.
+    pub data_dir: PathBuf,
+    /// On SIGTERM, how long running passes may go on before they are stopped.
+    pub grace: Duration,
+}
+
+/// When a schedule's passes are due.
+#[derive(Debug, Clone)]
+pub enum Timing {
+    /// On the slots of a cron pattern in a zone (boxed: a parsed pattern is large).
+    Cron(Box<CronTiming>),
+    /// This long after the last pass finished.
+    Every(Duration),
+}
+
+/// What a daemon does with a due pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Runs it.
+    Active,
+    /// Runs it with `--dry-run`: reads, maps and checks, writes nothing.
+    DryRun,
+    /// Computes and logs it, runs nothing.
+    Observe,
+}
+
+/// What a slot does when it comes while a pass of the schedule runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    /// The slot is skipped (and counted).
+    Skip,
+    /// One slot waits for the running pass; further ones are skipped.
+    BufferOne,
+    /// The running pass is stopped, then the slot's pass starts.
+    CancelOther,
+}
+
+/// What happens to slots missed while no daemon ran the schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Catchup {
+    /// The latest missed slot runs; the others are counted.
+    Latest,
+    /// Every missed slot runs, oldest first.
+    All,
+    /// None runs; all are counted.
+    Skip,
+}
+
+/// One `[[schedule]]`.
+#[derive(Debug, Clone)]
+pub struct ScheduleConfig {
+    /// Unique name (default: the job's name).
+    pub name: String,
+    /// The job file, as `stevedore run` takes it (checked at load).
+    pub job: PathBuf,
+    /// When passes are due.
+    pub timing: Timing,
+    /// Environments whose daemons run it; empty means every one.
+    pub environments: Vec<String>,
+    /// Run, dry-run or only observe.
+    pub mode: Mode,
+    /// Slots that come while a pass runs.
+    pub overlap: Overlap,
+    /// Slots missed while no daemon ran.
+    pub catchup: Catchup,
+    /// Missed slots older than this are only counted.
+    pub catchup_window: Duration,
+    /// A pass running longer is stopped and counts as failed.
+    pub timeout: Option<Duration>,
+    /// Extra attempts within one slot after a failed pass.
+    pub retries: u32,
+    /// The wait before each of those attempts.
+    pub retry_delay: Duration,
+}
+
+impl ScheduleConfig {
+    /// True when a daemon of `environment` runs this schedule (the others show it as gated).
+    pub fn runs_in(&self, environment: &str) -> bool {
+        self.environments.is_empty() || self.environments.iter().any(|e| e == environment)
+    }
+}
+
+#[derive(Deserialize)]
+struct RawGroup {
+    name: String,
+    environment: Option<String>,
+    data_dir: Option<PathBuf>,
+    grace: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawSchedule {
+    name: Option<String>,
+    job: PathBuf,
+    cron: Option<String>,
+    every: Option<String>,
+    timezone: Option<String>,
+    #[serde(default)]
+    environments: Vec<String>,
+    #[serde(default = "active")]
+    mode: Mode,
+    #[serde(default = "skip_overlap")]
+    overlap: Overlap,
+    #[serde(default = "latest")]
+    catchup: Catchup,
+    catchup_window: Option<String>,
+    timeout: Option<String>,
+    #[serde(default)]
+    retries: u32,
+    retry_delay: Option<String>,
+}
+
+fn active() -> Mode {
+    Mode::Active
+}
+
+fn skip_overlap() -> Overlap {
+    Overlap::Skip
+}
+
+fn latest() -> Catchup {
+    Catchup::Latest
+}
+
+const SECTIONS: &[&str] = &["supervise", "redis", "schedule"];
+
+impl SuperviseConfig {
+    /// Loads `file` with the process environment; job paths are relative to the directory
+    /// `stevedore` runs in, like every path of a job file.
+    pub fn load(file: &Path) -> Result<SuperviseConfig, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, file, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses supervise `text` (named `file` in errors) with variables from `env`.
+    pub fn parse(
+        text: &str,
+        file: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<SuperviseConfig, ConfigError> {
+        let mut tree: toml::Value = toml::from_str::<toml::Table>(text)
+            .map(toml::Value::Table)
+            .map_err(|error| ConfigError::Syntax {
+                file: file.to_path_buf(),
+                message: error.to_string().trim_end().to_string(),
+            })?;
+        let mut problems = Problems::default();
+        interpolate(&mut tree, "", env, &mut problems);
+        let config = read(tree, env, &mut problems);
+        match config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => Err(ConfigError::Invalid {
+                file: file.to_path_buf(),
+                problems,
+            }),
+        }
+    }
+}
+
+fn read(
+    tree: toml::Value,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Problems,
+) -> Option<SuperviseConfig> {
+    let toml::Value::Table(mut root) = tree else {
+        return None;
+    };
+    for key in root.keys() {
+        if !SECTIONS.contains(&key.as_str()) {
+            problems.push(
+                key.clone(),
+                format!("unknown section (expected one of: {})", SECTIONS.join(", ")),
+            );
+        }
+    }
+    let group = match root.remove("supervise") {
+        Some(value) => read_value::<RawGroup>(value, "supervise", problems),
+        None => {
+            problems.push(
+                "supervise",
+                "missing section `[supervise]` (it needs at least `name`)",
+            );
+            None
+        }
+    };
+    let redis = match root.remove("redis") {
+        Some(value) => read_redis(value, problems),
+        None => read_redis(toml::Value::Table(toml::Table::new()), problems),
+    };
+    let group = group.map(|group| read_group(group, problems));
+    let schedules = match root.remove("schedule") {
+        Some(toml::Value::Array(items)) if !items.is_empty() => items
+            .into_iter()
+            .enumerate()
+            .filter_map(|(index, item)| read_schedule(item, index, env, problems))
+            .collect(),
+        Some(toml::Value::Array(_)) | None => {
+            problems.push("schedule", "the file has no [[schedule]]");
+            Vec::new()
+        }
+        Some(_) => {
+            problems.push(
+                "schedule",
+                "expected an array of tables (write each as [[schedule]])",
+            );
+            Vec::new()
+        }
+    };
+    let mut names = std::collections::HashSet::new();
+    for (index, schedule) in schedules.iter().enumerate() {
+        if !names.insert(schedule.name.as_str()) {
+            problems.push(
+                format!("schedule[{index}] ({}).name", schedule.name),
+                "another schedule has this name",
+            );
+        }
+    }
+    Some(SuperviseConfig {
+        group: group?,
+        redis: redis?,
+        schedules,
+    })
+}
+
+fn read_group(group: RawGroup, problems: &mut Problems) -> GroupSection {
+    check_name(&group.name, "supervise.name", problems);
+    let environment = group.environment.unwrap_or_else(|| "dev".to_string());
+    check_name(&environment, "supervise.environment", problems);
+    let grace = parse_duration(group.grace.as_deref(), "60s", "supervise.grace", problems);
+    GroupSection {
+        data_dir: group
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("var/supervise").join(&group.name)),
+        name: group.name,
+        environment,
+        grace,
+    }
+}
+
+fn read_schedule(
+    item: toml::Value,
+    index: usize,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Problems,
+) -> Option<ScheduleConfig> {
+    let named = item
+        .get("name")
+        .and_then(toml::Value::as_str)
+        .map(str::to_string);
+    let mut path = match &named {
+        Some(name) => format!("schedule[{index}] ({name})"),
+        None => format!("schedule[{index}]"),
+    };
+    let raw: RawSchedule = read_value(item, &path, problems)?;
+    // The job is loaded now: a schedule whose job has problems stops the daemon at start.
+    let job = match crate::job::parse_file(&raw.job, env) {
+        Ok(job) => Some(job),
+        Err(error) => {
+            problems.push(join(&path, "job"), error.to_string());
+            None
+        }
+    };
+    let name = raw
+        .name
+        .clone()
+        .or_else(|| job.as_ref().map(|job| job.job.name.clone()))
+        .unwrap_or_default();
+    if named.is_none() && !name.is_empty() {
+        path = format!("schedule[{index}] ({name})");
+    }
+    check_name(&name, &join(&path, "name"), problems);
+    let field = |name: &str| join(&path, name);
+    let timing = match (&raw.cron, &raw.every) {
+        (Some(pattern), None) => {
+            let zone = raw.timezone.as_deref().unwrap_or("UTC");
+            match CronTiming::parse(pattern, zone) {
+                Ok(timing) => Some(Timing::Cron(Box::new(timing))),
+                Err(error) => {
+                    let at = if parse_zone(zone).is_err() {
+                        "timezone"
+                    } else {
+                        "cron"
+                    };
+                    problems.push(field(at), error);
+                    None
+                }
+            }
+        }
+        (None, Some(every)) => {
+            if raw.timezone.is_some() {
+                problems.push(
+                    field("timezone"),
+                    "applies only to `cron` (`every` counts from the last pass's end)",
+                );
+            }
+            let every = parse_duration(Some(every), "", &field("every"), problems);
+            if every < Duration::from_secs(1) {
+                problems.push(field("every"), "must be at least 1s");
+            }
+            Some(Timing::Every(every))
+        }
+        (Some(_), Some(_)) => {
+            problems.push(path.clone(), "has both `cron` and `every`; keep one");
+            None
+        }
+        (None, None) => {
+            problems.push(
+                path.clone(),
+                "needs `cron = \"30 2 * * *\"` or `every = \"10m\"`",
+            );
+            None
+        }
+    };
+    for environment in &raw.environments {
+        check_name(environment, &field("environments"), problems);
+    }
+    let catchup_window = parse_duration(
+        raw.catchup_window.as_deref(),
+        "6h",
+        &field("catchup_window"),
+        problems,
+    );
+    let timeout = raw
+        .timeout
+        .as_deref()
+        .map(|timeout| parse_duration(Some(timeout), "", &field("timeout"), problems));
+    if timeout.is_some_and(|timeout| timeout < Duration::from_secs(1)) {
+        problems.push(field("timeout"), "must be at least 1s");
+    }
+    if raw.retries > 100 {
+        problems.push(field("retries"), "must be at most 100");
+    }
+    let retry_delay = parse_duration(
+        raw.retry_delay.as_deref(),
+        "1m",
+        &field("retry_delay"),
+        problems,
+    );
+    job?;
+    Some(ScheduleConfig {
+        name,
+        job: raw.job,
+        timing: timing?,
+        environments: raw.environments,
+        mode: raw.mode,
+        overlap: raw.overlap,
+        catchup: raw.catchup,
+        catchup_window,
+        timeout,
+        retries: raw.retries,
+        retry_delay,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JOB: &str = r#"
+[job]
+name = "orders"
+[[source]]
+name = "gen"
+kind = "generator"
+count = 10
+[[sink]]
+name = "nowhere"
+kind = "blackhole"
+"#;
+
+    fn parse(dir: &Path, text: &str) -> Result<SuperviseConfig, ConfigError> {
+        std::fs::write(dir.join("orders.toml"), JOB).unwrap();
+        std::fs::write(dir.join("broken.toml"), "[job]\nname = 5\n").unwrap();
+        let text = text.replace("{dir}", &dir.display().to_string());
+        let env = |name: &str| (name == "STEVEDORE_ENV").then(|| "prod".to_string());
+        SuperviseConfig::parse(&text, Path::new("supervise.toml"), &env)
+    }
+
+    #[test]
+    fn schedule_config_reads_a_group_and_its_schedules() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = parse(
+            dir.path(),
+            r#"
+[supervise]
+name = "loads"
+environment = "${STEVEDORE_ENV:-dev}"
+[redis]
+url = "redis://127.0.0.1:6379/0"
+[[schedule]]
+job = "{dir}/orders.toml"
+cron = "30 2 * * *"
+timezone = "Europe/Berlin"
+environments = ["prod"]
+overlap = "buffer_one"
+catchup = "all"
+timeout = "2h"
+retries = 1
+[[schedule]]
+name = "resync"
+job = "{dir}/orders.toml"
+every = "10m"
+mode = "dry_run"
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.group.environment, "prod");
+        assert_eq!(config.group.data_dir, PathBuf::from("var/supervise/loads"));
+        let [nightly, resync] = &config.schedules[..] else {
+            panic!("two schedules")
+        };
+        assert_eq!(nightly.name, "orders", "the job's name by default");
+        assert!(matches!(&nightly.timing, Timing::Cron(t) if t.pattern() == "30 2 * * *"));
+        assert_eq!(
+            (nightly.overlap, nightly.catchup, nightly.retries),
+            (Overlap::BufferOne, Catchup::All, 1)
+        );
+        assert!(nightly.runs_in("prod") && !nightly.runs_in("staging"));
+        assert!(matches!(resync.timing, Timing::Every(d) if d == Duration::from_secs(600)));
+        assert_eq!(resync.mode, Mode::DryRun);
+        assert!(resync.runs_in("staging"), "no environments: every one");
+    }
+
+    #[test]
+    fn schedule_config_reports_every_problem_naming_schedule_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = parse(
+            dir.path(),
+            r#"
+[supervise]
+name = "loads"
+[[schedule]]
+name = "nightly"
+job = "{dir}/orders.toml"
+cron = "61 2 * * *"
+[[schedule]]
+name = "zoned"
+job = "{dir}/orders.toml"
+cron = "30 2 * * *"
+timezone = "Europe/Atlantis"
+[[schedule]]
+name = "both"
+job = "{dir}/orders.toml"
+cron = "* * * * *"
+every = "1m"
+[[schedule]]
+name = "broken"
+job = "{dir}/broken.toml"
+every = "1m"
+[[schedule]]
+name = "missing"
+job = "{dir}/nope.toml"
+every = "1m"
+overlap = "queue_all"
+"#,
+        )
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "schedule[0] (nightly).cron: `61 2 * * *` is not a cron pattern",
+            "schedule[1] (zoned).timezone: unknown time zone `Europe/Atlantis`",
+            "schedule[2] (both): has both `cron` and `every`",
+            "schedule[3] (broken).job: config",
+            "job.name: expected a string, found integer `5`",
+            "schedule[4] (missing).overlap: unknown variant `queue_all`",
+        ] {
+            assert!(error.contains(expected), "`{expected}` in:\n{error}");
+        }
+    }
+}
