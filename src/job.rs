@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::config::{ConfigError, JobConfig, Kinds};
+use crate::config::{ConfigError, JobConfig, Kinds, process_env, read_text};
 use crate::{sink, source};
 
 /// Every registered kind, as the job file reads them.
@@ -17,7 +17,7 @@ pub fn kinds() -> Kinds {
 
 /// Loads, interpolates and validates the job file at `file` with the process environment.
 pub fn load(file: &Path) -> Result<JobConfig, ConfigError> {
-    JobConfig::load(file, &kinds())
+    parse_file(file, &process_env)
 }
 
 /// Loads the job file at `file` with variables from `env` (a supervise file checks each of
@@ -26,11 +26,7 @@ pub fn parse_file(
     file: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<JobConfig, ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
-        file: file.to_path_buf(),
-        source,
-    })?;
-    parse(&text, file, env)
+    parse(&read_text(file)?, file, env)
 }
 
 /// Parses job file `text` (named `file` in errors) with variables from `env`.

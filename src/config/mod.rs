@@ -215,40 +215,71 @@ pub fn read_redis(value: toml::Value, problems: &mut Problems) -> Option<RedisCo
     raw::read_redis_table(value, problems)
 }
 
-impl JobConfig {
-    /// Loads, interpolates and validates the config at `file` using the process environment,
-    /// reading sources and sinks of the given `kinds`.
-    pub fn load(file: &Path, kinds: &Kinds) -> Result<JobConfig, ConfigError> {
-        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
-            file: file.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text, file, &|name| std::env::var(name).ok(), kinds)
-    }
+/// The text of config `file`.
+pub fn read_text(file: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+        file: file.to_path_buf(),
+        source,
+    })
+}
 
-    /// Parses config `text` (named `file` in errors) with variables from `env`.
+/// The process environment, as `${VAR}` reads it.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// How every stevedore file is read (job files, supervise files): TOML, then `${VAR}`s from
+/// `env`, then `read` over the root table. Every problem found on the way is returned at once.
+pub fn parse_with<T>(
+    text: &str,
+    file: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    read: impl FnOnce(toml::Table, &mut Problems) -> Option<T>,
+) -> Result<T, ConfigError> {
+    let mut tree: toml::Value = toml::from_str::<toml::Table>(text)
+        .map(toml::Value::Table)
+        .map_err(|error| ConfigError::Syntax {
+            file: file.to_path_buf(),
+            message: error.to_string().trim_end().to_string(),
+        })?;
+    let mut problems = Problems::default();
+    interpolate(&mut tree, "", env, &mut problems);
+    let toml::Value::Table(root) = tree else {
+        unreachable!("parsed as a table above");
+    };
+    match read(root, &mut problems) {
+        Some(config) if problems.is_empty() => Ok(config),
+        _ => Err(ConfigError::Invalid {
+            file: file.to_path_buf(),
+            problems,
+        }),
+    }
+}
+
+/// Reports every top-level key of `root` that is not one of `sections`.
+pub fn check_sections(root: &toml::Table, sections: &[&str], problems: &mut Problems) {
+    for key in root.keys() {
+        if !sections.contains(&key.as_str()) {
+            problems.push(
+                key.clone(),
+                format!("unknown section (expected one of: {})", sections.join(", ")),
+            );
+        }
+    }
+}
+
+impl JobConfig {
+    /// Parses config `text` (named `file` in errors) with variables from `env`, reading
+    /// sources and sinks of the given `kinds`.
     pub fn parse(
         text: &str,
         file: &Path,
         env: &dyn Fn(&str) -> Option<String>,
         kinds: &Kinds,
     ) -> Result<JobConfig, ConfigError> {
-        let mut tree: toml::Value = toml::from_str::<toml::Table>(text)
-            .map(toml::Value::Table)
-            .map_err(|error| ConfigError::Syntax {
-                file: file.to_path_buf(),
-                message: error.to_string().trim_end().to_string(),
-            })?;
-        let mut problems = Problems::default();
-        interpolate(&mut tree, "", env, &mut problems);
-        let config = raw::read(tree, text, kinds, &mut problems);
-        match config {
-            Some(config) if problems.is_empty() => Ok(config),
-            _ => Err(ConfigError::Invalid {
-                file: file.to_path_buf(),
-                problems,
-            }),
-        }
+        parse_with(text, file, env, |root, problems| {
+            raw::read(root, text, kinds, problems)
+        })
     }
 
     /// What a run's unit ids and checkpoints depend on: the sources, the unit size in records

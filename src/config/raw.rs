@@ -54,22 +54,12 @@ const SECTIONS: &[&str] = &["job", "redis", "workers", "queue", "source", "sink"
 
 /// Reads the whole tree; returns `None` when a required part could not be read at all.
 pub(super) fn read(
-    tree: toml::Value,
+    mut root: toml::Table,
     text: &str,
     kinds: &Kinds,
     problems: &mut Problems,
 ) -> Option<JobConfig> {
-    let toml::Value::Table(mut root) = tree else {
-        return None;
-    };
-    for key in root.keys() {
-        if !SECTIONS.contains(&key.as_str()) {
-            problems.push(
-                key.clone(),
-                format!("unknown section (expected one of: {})", SECTIONS.join(", ")),
-            );
-        }
-    }
+    super::check_sections(&root, SECTIONS, problems);
     let job = match root.remove("job") {
         Some(value) => section::<RawJob>(value, "job", problems),
         None => {

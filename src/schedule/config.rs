@@ -8,7 +8,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::timing::{CronTiming, parse_zone};
-use crate::config::{ConfigError, Problems, RedisConfig, interpolate, read_redis};
+use crate::config::{
+    ConfigError, Problems, RedisConfig, check_sections, parse_with, process_env, read_redis,
+    read_text,
+};
 use crate::settings::{check_name, join, parse_duration, read_value};
 
 /// A whole, checked supervise file.
@@ -162,11 +165,7 @@ impl SuperviseConfig {
     /// Loads `file` with the process environment; job paths are relative to the directory
     /// `stevedore` runs in, like every path of a job file.
     pub fn load(file: &Path) -> Result<SuperviseConfig, ConfigError> {
-        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
-            file: file.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text, file, &|name| std::env::var(name).ok())
+        Self::parse(&read_text(file)?, file, &process_env)
     }
 
     /// Parses supervise `text` (named `file` in errors) with variables from `env`.
@@ -175,41 +174,16 @@ impl SuperviseConfig {
         file: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<SuperviseConfig, ConfigError> {
-        let mut tree: toml::Value = toml::from_str::<toml::Table>(text)
-            .map(toml::Value::Table)
-            .map_err(|error| ConfigError::Syntax {
-                file: file.to_path_buf(),
-                message: error.to_string().trim_end().to_string(),
-            })?;
-        let mut problems = Problems::default();
-        interpolate(&mut tree, "", env, &mut problems);
-        let config = read(tree, env, &mut problems);
-        match config {
-            Some(config) if problems.is_empty() => Ok(config),
-            _ => Err(ConfigError::Invalid {
-                file: file.to_path_buf(),
-                problems,
-            }),
-        }
+        parse_with(text, file, env, |root, problems| read(root, env, problems))
     }
 }
 
 fn read(
-    tree: toml::Value,
+    mut root: toml::Table,
     env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Problems,
 ) -> Option<SuperviseConfig> {
-    let toml::Value::Table(mut root) = tree else {
-        return None;
-    };
-    for key in root.keys() {
-        if !SECTIONS.contains(&key.as_str()) {
-            problems.push(
-                key.clone(),
-                format!("unknown section (expected one of: {})", SECTIONS.join(", ")),
-            );
-        }
-    }
+    check_sections(&root, SECTIONS, problems);
     let group = match root.remove("supervise") {
         Some(value) => read_value::<RawGroup>(value, "supervise", problems),
         None => {

@@ -121,23 +121,24 @@ impl Source for FilesSource {
     }
 
     fn open(&self, item: &WorkItem, max_record_bytes: usize) -> Result<Entries, SourceError> {
-        let file = File::open(&item.origin).map_err(|error| self.io_error(&item.origin, error))?;
+        let origin = FileOrigin {
+            source_name: self.name.clone(),
+            path: item.origin.clone(),
+        };
+        let file = File::open(&item.origin).map_err(|error| origin.error(error))?;
         let mut reader = BufReader::with_capacity(256 * 1024, file);
-        skip_bom(&mut reader).map_err(|error| self.io_error(&item.origin, error))?;
-        let (name, origin) = (self.name.clone(), item.origin.clone());
+        skip_bom(&mut reader).map_err(|error| origin.error(error))?;
         Ok(match self.format {
             FileFormat::Jsonl => Box::new(JsonLines {
                 reader,
                 line: 0,
                 buffer: Vec::new(),
                 max_bytes: max_record_bytes,
-                name,
                 origin,
             }),
             FileFormat::Csv => Box::new(CsvRecords {
                 rows: CsvRows::new(reader, max_record_bytes),
                 header: None,
-                name,
                 origin,
             }),
         })
@@ -169,23 +170,28 @@ fn too_long(what: &str, length: u64, max_bytes: usize) -> String {
     )
 }
 
+/// The file a reader reads, and its source: what a read error names.
+struct FileOrigin {
+    source_name: String,
+    path: String,
+}
+
+impl FileOrigin {
+    fn error(&self, error: std::io::Error) -> SourceError {
+        SourceError::Io {
+            source_name: self.source_name.clone(),
+            path: self.path.clone(),
+            error,
+        }
+    }
+}
+
 struct JsonLines<R> {
     reader: R,
     line: u64,
     buffer: Vec<u8>,
     max_bytes: usize,
-    name: String,
-    origin: String,
-}
-
-impl<R: BufRead> JsonLines<R> {
-    fn io_error(&self, error: std::io::Error) -> SourceError {
-        SourceError::Io {
-            source_name: self.name.clone(),
-            path: self.origin.clone(),
-            error,
-        }
-    }
+    origin: FileOrigin,
 }
 
 impl<R: BufRead> Iterator for JsonLines<R> {
@@ -202,7 +208,7 @@ impl<R: BufRead> Iterator for JsonLines<R> {
             {
                 Ok(0) => return None,
                 Ok(_) => {}
-                Err(error) => return Some(Err(self.io_error(error))),
+                Err(error) => return Some(Err(self.origin.error(error))),
             }
             self.line += 1;
             let line = self.line;
@@ -213,7 +219,7 @@ impl<R: BufRead> Iterator for JsonLines<R> {
                     true => 0,
                     false => match skip_line(&mut self.reader) {
                         Ok(rest) => rest,
-                        Err(error) => return Some(Err(self.io_error(error))),
+                        Err(error) => return Some(Err(self.origin.error(error))),
                     },
                 };
                 let length = content as u64 + rest;
@@ -566,18 +572,7 @@ type Header = Result<Vec<String>, String>;
 struct CsvRecords<R> {
     rows: CsvRows<R>,
     header: Option<Header>,
-    name: String,
-    origin: String,
-}
-
-impl<R: BufRead> CsvRecords<R> {
-    fn io_error(&self, error: std::io::Error) -> SourceError {
-        SourceError::Io {
-            source_name: self.name.clone(),
-            path: self.origin.clone(),
-            error,
-        }
-    }
+    origin: FileOrigin,
 }
 
 /// The header's names, refused when one is empty, not UTF-8, or repeated: two fields of one
@@ -627,7 +622,7 @@ impl<R: BufRead> Iterator for CsvRecords<R> {
             let header = match self.rows.next_row() {
                 Ok(Some(row)) => read_header(&row, max_bytes),
                 Ok(None) => return None,
-                Err(error) => return Some(Err(self.io_error(error))),
+                Err(error) => return Some(Err(self.origin.error(error))),
             };
             if let Ok(names) = &header {
                 self.rows.max_fields = names.len();
@@ -637,14 +632,7 @@ impl<R: BufRead> Iterator for CsvRecords<R> {
         let row = match self.rows.next_row() {
             Ok(Some(row)) => row,
             Ok(None) => return None,
-            Err(error) => {
-                let error = SourceError::Io {
-                    source_name: self.name.clone(),
-                    path: self.origin.clone(),
-                    error,
-                };
-                return Some(Err(error));
-            }
+            Err(error) => return Some(Err(self.origin.error(error))),
         };
         let header = self.header.as_ref().expect("read above");
         let reject = |reason: String| {
