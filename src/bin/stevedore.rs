@@ -27,7 +27,39 @@ fn main() {
             Command::Run {
                 config,
                 summary_json,
-            } => cli::run(config, summary_json.as_deref(), cli.log_format).await,
+                pass_redis,
+            } => {
+                cli::run(
+                    config,
+                    summary_json.as_deref(),
+                    pass_redis.as_deref(),
+                    cli.log_format,
+                )
+                .await
+            }
+            Command::Supervise { config, env } => {
+                cli::supervise(config, env.as_deref(), cli.log_format).await
+            }
+            Command::Status { config, env, json } => {
+                cli::status(config, env.as_deref(), *json).await
+            }
+            Command::Trigger { config, schedule } => {
+                cli::control(config, schedule, cli::Control::Trigger).await
+            }
+            Command::Stop { config, schedule } => {
+                cli::control(config, schedule, cli::Control::Stop).await
+            }
+            Command::Pause {
+                config,
+                schedule,
+                reason,
+            } => {
+                let reason = reason.clone();
+                cli::control(config, schedule, cli::Control::Pause { reason }).await
+            }
+            Command::Resume { config, schedule } => {
+                cli::control(config, schedule, cli::Control::Resume).await
+            }
             Command::Check { config } => cli::check(config).await,
             Command::Worker { args, redis } => cli::worker(args, redis).await,
         }
@@ -51,7 +83,12 @@ fn keep_error_backtraces_off() {
 /// `STEVEDORE_LOG` overrides.
 fn init_logging(cli: &Cli) {
     let default = match cli.command {
-        Command::Check { .. } => "warn",
+        Command::Check { .. }
+        | Command::Status { .. }
+        | Command::Trigger { .. }
+        | Command::Stop { .. }
+        | Command::Pause { .. }
+        | Command::Resume { .. } => "warn",
         _ => "info",
     };
     let filter =

@@ -5,7 +5,10 @@
 //! reported before any worker starts; 1 the run failed.
 
 mod check;
+mod control;
 mod run;
+mod status;
+mod supervise;
 mod worker;
 
 use std::path::PathBuf;
@@ -15,7 +18,10 @@ use clap::{Parser, Subcommand};
 use crate::worker::{LogFormat, WorkerArgs};
 
 pub use check::check;
+pub use control::{Control, control};
 pub use run::run;
+pub use status::status;
+pub use supervise::supervise;
 pub use worker::worker;
 
 /// Exit code: bad config or usage.
@@ -47,6 +53,67 @@ pub enum Command {
         /// Also write the summary as JSON to this file.
         #[arg(long)]
         summary_json: Option<PathBuf>,
+        /// Internal: the Redis a `supervise` pass runs on (the group's, whatever the job file
+        /// says). Set by the daemon in the environment, never on the command line.
+        #[arg(long, env = crate::schedule::pass::PASS_REDIS_ENV, hide = true, hide_env_values = true)]
+        pass_redis: Option<String>,
+    },
+    /// Run scheduled jobs (cron or cyclic) as a long-running daemon, one per host; daemons
+    /// sharing a Redis run each slot once.
+    Supervise {
+        /// The supervise config (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The environment this daemon runs schedules for (overrides `[supervise] environment`).
+        #[arg(long)]
+        env: Option<String>,
+    },
+    /// Show every schedule of a supervise group: next fire, running pass, last outcomes, daemons.
+    Status {
+        /// The supervise config (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Judge gating for this environment (default: the file's).
+        #[arg(long)]
+        env: Option<String>,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a pass of a schedule now (it goes through the schedule's overlap policy).
+    Trigger {
+        /// The supervise config (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The schedule's name.
+        schedule: String,
+    },
+    /// Stop the running pass of a schedule gracefully, wherever it runs.
+    Stop {
+        /// The supervise config (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The schedule's name.
+        schedule: String,
+    },
+    /// Start no new passes of a schedule until it is resumed.
+    Pause {
+        /// The supervise config (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The schedule's name.
+        schedule: String,
+        /// Why, shown by `status`.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Start passes of a paused schedule again.
+    Resume {
+        /// The supervise config (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The schedule's name.
+        schedule: String,
     },
     /// Validate a config and connect to Redis and every sink: exit 0 or 2.
     Check {

@@ -13,8 +13,14 @@ use super::{EXIT_CONFIG, EXIT_FAILED};
 use crate::supervisor::{self, RunOptions};
 use crate::worker::LogFormat;
 
-/// Runs the job in `config_path` once; returns the exit code.
-pub async fn run(config_path: &Path, summary_json: Option<&Path>, log_format: LogFormat) -> i32 {
+/// Runs the job in `config_path` once; returns the exit code. `pass_redis` (a pass of
+/// `stevedore supervise`) replaces the job's `[redis]` with the group's.
+pub async fn run(
+    config_path: &Path,
+    summary_json: Option<&Path>,
+    pass_redis: Option<&str>,
+    log_format: LogFormat,
+) -> i32 {
     let started = Instant::now();
     if let Some(path) = summary_json
         && let Err(why) = check_output_file(path)
@@ -27,7 +33,14 @@ pub async fn run(config_path: &Path, summary_json: Option<&Path>, log_format: Lo
         started,
     };
     let config = match crate::job::load(config_path) {
-        Ok(config) => config,
+        Ok(mut config) => {
+            if let Some(url) = pass_redis {
+                config.redis = crate::config::RedisConfig::External {
+                    url: url.to_string(),
+                };
+            }
+            config
+        }
         Err(error) => {
             eprintln!("stevedore: {error}");
             return early.fail(None, &error.to_string(), EXIT_CONFIG);

@@ -90,6 +90,8 @@ pub struct ScheduleConfig {
     pub name: String,
     /// The job file, as `stevedore run` takes it (checked at load).
     pub job: PathBuf,
+    /// The job's name (`[job] name`): its lock and run state in Redis are keyed by it.
+    pub job_name: String,
     /// When passes are due.
     pub timing: Timing,
     /// Environments whose daemons run it; empty means every one.
@@ -347,10 +349,11 @@ fn read_schedule(
         &field("retry_delay"),
         problems,
     );
-    job?;
+    let job_name = job?.job.name;
     Some(ScheduleConfig {
         name,
         job: raw.job,
+        job_name,
         timing: timing?,
         environments: raw.environments,
         mode: raw.mode,

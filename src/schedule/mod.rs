@@ -1,8 +1,13 @@
-//! Schedules for `stevedore supervise`: when each scheduled job's passes are due. So far: the
-//! supervise file ([`config`]) and the timing of slots ([`timing`]: cron in IANA time zones,
-//! DST-correct); the daemon, the slot claims in Redis and the fencing of passes build on them.
+//! Schedules for `stevedore supervise`: the supervise file ([`config`]), the timing of slots
+//! ([`timing`]: cron in IANA time zones, DST-correct), what becomes of due slots ([`slots`]),
+//! their progress in Redis shared by every daemon of a group ([`state`]), and the daemon that
+//! runs each pass as a child `stevedore run` ([`daemon`]).
 
 pub mod config;
+pub mod daemon;
+pub mod pass;
+pub mod slots;
+pub mod state;
 pub mod timing;
 
 pub use config::{Catchup, Mode, Overlap, ScheduleConfig, SuperviseConfig, Timing};

@@ -54,6 +54,13 @@ fn process_space() -> String {
     format!("boot {boot} pidns {namespace}")
 }
 
+/// This host's name, as locks and daemons name their holder (`?` if it cannot be read).
+pub(crate) fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
 /// True when `holder` (`host H pid P since ... (boot B pidns N)`) names a process of this
 /// host, boot and pid namespace that does not exist.
 fn holder_is_gone(holder: &str, host: &str) -> bool {
@@ -120,9 +127,7 @@ impl JobLock {
     /// Takes the lock of `job`, or says who has it.
     pub(crate) async fn acquire(link: &RedisLink, job: &str) -> Result<JobLock, LockError> {
         let key = format!("stevedore:{job}:lock");
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "?".into());
+        let host = host_name();
         // Who and since when, for a person reading the refusal; unique per acquisition.
         let now = chrono::DateTime::from_timestamp_millis(crate::clock::now_ms() as i64)
             .unwrap_or_default();

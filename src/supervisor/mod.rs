@@ -31,10 +31,11 @@ use crate::source::WorkItem;
 use crate::unit::DataUnit;
 use crate::worker::{EXIT_INTERRUPTED, LogFormat, Role};
 
-pub(crate) use lock::{JobLock, LOCK_TTL, LockError};
+pub(crate) use lock::{JobLock, LOCK_TTL, LockError, host_name};
 pub(crate) use managed_redis::{ManagedRedis, ManagedRedisError};
 pub(crate) use summary::{Status, Summary};
-use workers::{Launcher, State, WorkerProcess, log_tail, signal as send_signal};
+use workers::{Launcher, State, WorkerProcess, log_tail};
+pub(crate) use workers::{detach_from_terminal, signal as send_signal};
 
 /// How often the supervisor looks at its workers.
 const TICK: Duration = Duration::from_millis(250);

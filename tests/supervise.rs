@@ -1,0 +1,415 @@
+//! `stevedore supervise`: daemons on one real Redis running real passes (child `stevedore run`
+//! processes) on seconds-level schedules. Every wait is for an event (a pass recorded, a
+//! daemon beating); nothing here depends on how fast the machine is.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+use testkit::{Job, PATIENCE, TestRedis, kill, stevedore_bin, wait_until};
+
+/// A supervise group in a temporary directory: a job (a generator into SQLite) and a
+/// supervise file with `schedules` (where `{job}` is the job file), sharing `redis`.
+struct Group {
+    files: Job,
+    file: PathBuf,
+}
+
+/// A `stevedore supervise` process; killed if the test ends without stopping it.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    #[allow(dead_code)]
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then waits for the daemon to exit; returns its exit code.
+    fn stop(&mut self) -> i32 {
+        kill(self.child.id(), "TERM");
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the daemon did not stop; its log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Group {
+    fn new(redis: &TestRedis, records: u64, schedules: &str) -> Group {
+        let files = Job::new("");
+        let dir = files.dir.path().display().to_string();
+        let job = format!(
+            r#"
+            [job]
+            name = "orders"
+            data_dir = "{dir}/var"
+            [redis]
+            url = "{url}"
+            [workers]
+            producers = 1
+            consumers = 1
+            [queue]
+            unit_records = 100
+            visibility_timeout = "5s"
+            [[source]]
+            name = "synthetic"
+            kind = "generator"
+            count = {records}
+            [[sink]]
+            name = "local"
+            kind = "sqlite"
+            path = "{dir}/out.db"
+            table = "orders"
+            "#,
+            url = redis.url()
+        );
+        files.write("orders.toml", &job);
+        let supervise = format!(
+            r#"
+            [supervise]
+            name = "loads"
+            environment = "prod"
+            data_dir = "{dir}/supervise"
+            grace = "30s"
+            [redis]
+            url = "{url}"
+            {schedules}
+            "#,
+            url = redis.url(),
+            schedules = schedules.replace("{job}", &format!("{dir}/orders.toml")),
+        );
+        files.write("supervise.toml", &supervise);
+        let file = files.path("supervise.toml");
+        Group { files, file }
+    }
+
+    fn command(&self, subcommand: &str) -> Command {
+        let mut command = Command::new(stevedore_bin());
+        command
+            .arg(subcommand)
+            .arg("--config")
+            .arg(&self.file)
+            .current_dir(self.files.dir.path());
+        command
+    }
+
+    /// Starts a daemon of `environment`; its log goes to `daemon-<n>.log`.
+    fn daemon(&self, environment: &str, n: u32) -> Daemon {
+        let log = self.files.path(&format!("daemon-{n}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = self
+            .command("supervise")
+            .args(["--env", environment])
+            .env("STEVEDORE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("stevedore supervise starts");
+        Daemon { child, log }
+    }
+
+    /// `stevedore <subcommand> --config supervise.toml <args>`: exit code and output.
+    fn run(&self, subcommand: &str, args: &[&str]) -> (i32, String) {
+        let output = self.command(subcommand).args(args).output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.code().unwrap_or(-1), text)
+    }
+
+    fn status(&self) -> Value {
+        let (code, text) = self.run("status", &["--json"]);
+        assert_eq!(code, 0, "status: {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("status JSON ({e}): {text}"))
+    }
+
+    fn schedule(&self, name: &str) -> Value {
+        let status = self.status();
+        status["schedules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no schedule {name} in {status}"))
+    }
+
+    /// The history of schedule `name`, oldest first.
+    fn history(&self, name: &str) -> Vec<Value> {
+        let mut recent = self.schedule(name)["recent"].as_array().unwrap().clone();
+        recent.reverse();
+        recent
+    }
+
+    /// The runs whose units the SQLite ledger holds, with how many units each applied.
+    fn runs_in_sink(&self) -> BTreeMap<String, u64> {
+        let connection = rusqlite::Connection::open(self.files.path("out.db")).unwrap();
+        let mut statement = connection
+            .prepare("SELECT unit_id FROM stevedore_applied")
+            .unwrap();
+        let mut runs = BTreeMap::new();
+        for unit in statement
+            .query_map([], |row| row.get::<_, String>(0))
+            .unwrap()
+        {
+            let unit = unit.unwrap();
+            let run = unit.split('/').nth(1).unwrap().to_string();
+            *runs.entry(run).or_insert(0) += 1;
+        }
+        runs
+    }
+
+    /// Pass directories of schedule `name` (`<slot>-pass<n>`).
+    fn pass_dirs(&self, name: &str) -> Vec<String> {
+        let mut dirs: Vec<String> =
+            std::fs::read_dir(self.files.path(&format!("supervise/{name}")))
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+        dirs.sort();
+        dirs
+    }
+}
+
+fn outcomes(history: &[Value]) -> Vec<&str> {
+    history
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect()
+}
+
+fn millis(time: &Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(time.as_str().unwrap())
+        .unwrap()
+        .timestamp_millis()
+}
+
+#[test]
+fn supervise_two_then_three_daemons_run_every_slot_exactly_once() {
+    let redis = TestRedis::start();
+    let group = Group::new(
+        &redis,
+        200,
+        r#"
+        [[schedule]]
+        name = "orders"
+        job = "{job}"
+        cron = "*/2 * * * * *"
+        "#,
+    );
+    let mut daemons = vec![group.daemon("prod", 1), group.daemon("prod", 2)];
+    let slots_recorded = |at_least: usize| {
+        wait_until(&format!("{at_least} slots are recorded"), || {
+            group.history("orders").len() >= at_least
+        })
+    };
+    slots_recorded(12);
+    daemons.push(group.daemon("prod", 3));
+    wait_until("three daemons beat", || {
+        group.status()["daemons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["alive"] == true)
+            .count()
+            == 3
+    });
+    slots_recorded(30);
+    for daemon in &mut daemons {
+        assert_eq!(daemon.stop(), 0, "{}", daemon.log_text());
+    }
+
+    let history = group.history("orders");
+    let slots: Vec<i64> = history.iter().map(|e| millis(&e["slot"])).collect();
+    let distinct: BTreeSet<i64> = slots.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        slots.len(),
+        "a slot recorded twice: {history:#?}"
+    );
+    let (first, last) = (slots.iter().min().unwrap(), slots.iter().max().unwrap());
+    let expected: BTreeSet<i64> = (0..)
+        .map(|n| first + 2000 * n)
+        .take_while(|s| s <= last)
+        .collect();
+    assert_eq!(
+        distinct, expected,
+        "every slot from the first to the last, none lost"
+    );
+    let ran: Vec<&Value> = history.iter().filter(|e| e["outcome"] == "ok").collect();
+    assert!(
+        outcomes(&history)
+            .iter()
+            .all(|o| ["ok", "skipped", "missed"].contains(o)),
+        "{:?}",
+        outcomes(&history)
+    );
+    assert!(ran.len() >= 10, "most slots ran: {:?}", outcomes(&history));
+    // What landed says the same, without the daemons' bookkeeping: one run per slot that ran.
+    let runs = group.runs_in_sink();
+    let recorded_runs: BTreeSet<String> = ran
+        .iter()
+        .map(|e| e["run"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(recorded_runs.len(), ran.len(), "each pass its own run");
+    assert_eq!(runs.keys().cloned().collect::<BTreeSet<_>>(), recorded_runs);
+    assert!(runs.values().all(|units| *units == 2), "{runs:?}");
+    assert_eq!(group.pass_dirs("orders").len(), ran.len());
+}
+
+#[test]
+fn supervise_every_starts_the_next_pass_after_the_last_finished() {
+    let redis = TestRedis::start();
+    let group = Group::new(
+        &redis,
+        3000,
+        r#"
+        [[schedule]]
+        name = "resync"
+        job = "{job}"
+        every = "2s"
+        "#,
+    );
+    let mut daemon = group.daemon("prod", 1);
+    wait_until("four passes ran", || group.history("resync").len() >= 4);
+    assert_eq!(daemon.stop(), 0, "{}", daemon.log_text());
+    let history = group.history("resync");
+    assert!(
+        outcomes(&history).iter().all(|o| *o == "ok"),
+        "{history:#?}"
+    );
+    for pair in history.windows(2) {
+        let finished = millis(&pair[0]["finished_at"]);
+        let started = millis(&pair[1]["started_at"]);
+        assert!(
+            started >= finished + 2000,
+            "a pass started {} ms after the last finished: {pair:#?}",
+            started - finished
+        );
+    }
+}
+
+#[test]
+fn supervise_gates_schedules_by_environment() {
+    let redis = TestRedis::start();
+    let group = Group::new(
+        &redis,
+        100,
+        r#"
+        [[schedule]]
+        name = "nightly"
+        job = "{job}"
+        every = "1s"
+        environments = ["prod"]
+        [[schedule]]
+        name = "anywhere"
+        job = "{job}"
+        every = "1s"
+        "#,
+    );
+    let mut staging = group.daemon("staging", 1);
+    wait_until("the ungated schedule ran twice", || {
+        group.history("anywhere").len() >= 2
+    });
+    assert_eq!(staging.stop(), 0);
+    let (_, text) = group.run("status", &["--env", "staging"]);
+    assert!(
+        text.contains("[gated: not run in this environment]"),
+        "{text}"
+    );
+    let nightly = group.schedule("nightly");
+    assert!(
+        nightly["recent"].as_array().unwrap().is_empty(),
+        "{nightly}"
+    );
+    assert!(nightly["last"]["outcome"].is_null(), "{nightly}");
+    assert!(group.pass_dirs("nightly").is_empty());
+    assert!(
+        staging.log_text().contains("gated"),
+        "{}",
+        staging.log_text()
+    );
+}
+
+#[test]
+fn supervise_trigger_pause_resume_and_stop_do_what_they_say() {
+    let redis = TestRedis::start();
+    let group = Group::new(
+        &redis,
+        2_000_000,
+        r#"
+        [[schedule]]
+        name = "yearly"
+        job = "{job}"
+        cron = "0 0 0 1 1 *"
+        "#,
+    );
+    let mut daemon = group.daemon("prod", 1);
+    let (code, text) = group.run("pause", &["yearly", "--reason", "migrating the table"]);
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = group.run("trigger", &["yearly"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("triggered yearly"), "{text}");
+    let paused = group.schedule("yearly");
+    assert_eq!(paused["paused"]["reason"], "migrating the table");
+    assert_eq!(paused["pending"].as_array().unwrap().len(), 1, "{paused}");
+    assert!(paused["running"].is_null(), "paused: nothing starts");
+    let (code, _) = group.run("resume", &["yearly"]);
+    assert_eq!(code, 0);
+    wait_until("the triggered pass runs and writes", || {
+        !group.schedule("yearly")["running"].is_null()
+            && group.files.sqlite_count("out.db", "orders") > 0
+    });
+    // A second trigger while it runs: overlap = skip.
+    let (_, text) = group.run("trigger", &["yearly"]);
+    assert!(text.contains("not triggered"), "{text}");
+    let (code, text) = group.run("stop", &["yearly"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("asked pass 1 of yearly"), "{text}");
+    wait_until("the pass stopped", || {
+        group.schedule("yearly")["last"]["outcome"] == "stopped"
+    });
+    let history = group.history("yearly");
+    assert_eq!(outcomes(&history), ["skipped", "stopped"], "{history:#?}");
+    assert_eq!(history[1]["manual"], true);
+    assert!(
+        group.files.sqlite_count("out.db", "orders") < 2_000_000,
+        "stopped before the end"
+    );
+    let (_, text) = group.run("stop", &["yearly"]);
+    assert!(text.contains("no pass of yearly is running"), "{text}");
+    assert_eq!(daemon.stop(), 0);
+    let (code, text) = group.run("trigger", &["nightly"]);
+    assert_eq!(code, 2, "an unknown schedule: {text}");
+    assert!(text.contains("no schedule `nightly`"), "{text}");
+}
