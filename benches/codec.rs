@@ -78,6 +78,7 @@ comment = "comment""#,
             .map(|(index, record)| (index, mapping.apply_raw(record).unwrap()))
             .collect(),
         failures: Vec::new(),
+        fence: None,
     };
     let mut group = c.benchmark_group("unit_500_records");
     group.throughput(Throughput::Elements(500));

@@ -294,7 +294,7 @@ fn main() {
                 let units = encode_units(&records, unit, &name);
                 let config = Arc::new(sink_config(&server, &name, concurrency));
                 let sink = sink::from_config(&config);
-                runtime.block_on(sink.prepare()).expect("prepare");
+                runtime.block_on(sink.prepare(None)).expect("prepare");
                 let cpu = cpu_seconds();
                 let elapsed = runtime.block_on(consumer_path(sink, config, &units));
                 let cpu = cpu_seconds() - cpu;

@@ -138,7 +138,7 @@ fn main() {
         runtime.block_on(execute(&connection, &create_table(&piped_table)));
         let config = Arc::new(sink_config(&server, &piped_table, concurrency, unit));
         let sink = sink::from_config(&config);
-        runtime.block_on(sink.prepare()).expect("prepare");
+        runtime.block_on(sink.prepare(None)).expect("prepare");
         let client_started = Instant::now();
         for bytes in &units {
             let unit = DataUnit::decode(bytes).expect("decodes");

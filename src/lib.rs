@@ -20,6 +20,7 @@
 pub mod cli;
 pub(crate) mod clock;
 pub mod config;
+pub mod dry_run;
 pub mod job;
 pub mod mapping;
 pub(crate) mod plan;

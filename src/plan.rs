@@ -6,10 +6,14 @@ use crate::sink::{self, SinkError};
 use crate::source::{self, SourceError, WorkItem};
 
 /// Readies every sink's target before any worker starts: a table that does not fit the
-/// mapping stops the run here, once, with the sink's own words.
-pub(crate) async fn prepare_sinks(config: &JobConfig) -> Result<(), SinkError> {
+/// mapping stops the run here, once, with the sink's own words. Sinks that check fences record
+/// `fence`, so that no older holder of the job's lock writes from now on.
+pub(crate) async fn prepare_sinks(
+    config: &JobConfig,
+    fence: Option<&sink::Fence>,
+) -> Result<(), SinkError> {
     for sink in &config.sinks {
-        sink::from_config(sink).prepare().await?;
+        sink::from_config(sink).prepare(fence).await?;
     }
     Ok(())
 }

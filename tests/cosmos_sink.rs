@@ -70,10 +70,11 @@ fn cosmos_sink_throttle_retries_setting_reaches_the_sdk() {
                 ),
             )],
             failures: Vec::new(),
+            fence: None,
         };
         let before = server.throttle_counts().throttled;
         let result = block_on(async {
-            sink.prepare().await?;
+            sink.prepare(None).await?;
             sink.write(Arc::new(batch)).await
         });
         let requests = server.throttle_counts().throttled - before;

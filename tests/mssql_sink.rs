@@ -51,6 +51,7 @@ fn batch(unit_id: &str, rows: Vec<Value>) -> Arc<Batch> {
             })
             .collect(),
         failures: Vec::new(),
+        fence: None,
     })
 }
 

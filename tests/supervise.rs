@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
-use testkit::{Job, PATIENCE, TestRedis, kill, stevedore_bin, wait_until};
+use testkit::{Job, PATIENCE, TestRedis, kill, stevedore_bin, wait_until, worker_pid};
 
 /// A supervise group in a temporary directory: a job (a generator into SQLite) and a
 /// supervise file with `schedules` (where `{job}` is the job file), sharing `redis`.
@@ -30,7 +30,6 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
-    #[allow(dead_code)]
     fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -58,13 +57,47 @@ impl Daemon {
 }
 
 impl Group {
+    /// A group whose one job, `orders`, loads `records` generated records into SQLite.
     fn new(redis: &TestRedis, records: u64, schedules: &str) -> Group {
+        let group = Group::empty(redis, schedules);
+        group.job(redis, "orders", records, "");
+        group
+    }
+
+    /// A group with no job yet: `{dir}` in `schedules` is the group's directory.
+    fn empty(redis: &TestRedis, schedules: &str) -> Group {
         let files = Job::new("");
         let dir = files.dir.path().display().to_string();
+        let supervise = format!(
+            r#"
+            [supervise]
+            name = "loads"
+            environment = "prod"
+            data_dir = "{dir}/supervise"
+            grace = "30s"
+            [redis]
+            url = "{url}"
+            {schedules}
+            "#,
+            url = redis.url(),
+            schedules = schedules
+                .replace("{job}", &format!("{dir}/orders.toml"))
+                .replace("{dir}", &dir),
+        );
+        files.write("supervise.toml", &supervise);
+        let file = files.path("supervise.toml");
+        Group { files, file }
+    }
+
+    /// Writes job `name` (`<name>.toml`): `records` generated records into table `name` of
+    /// `out.db`, with `sink_extra` lines in its sink.
+    fn job(&self, redis: &TestRedis, name: &str, records: u64, sink_extra: &str) {
+        let dir = self.files.dir.path().display().to_string();
+        let table = if name == "orders" { "orders" } else { name };
         let job = format!(
             r#"
             [job]
-            name = "orders"
+            name = "{name}"
             data_dir = "{dir}/var"
             [redis]
             url = "{url}"
@@ -82,28 +115,12 @@ impl Group {
             name = "local"
             kind = "sqlite"
             path = "{dir}/out.db"
-            table = "orders"
+            table = "{table}"
+            {sink_extra}
             "#,
             url = redis.url()
         );
-        files.write("orders.toml", &job);
-        let supervise = format!(
-            r#"
-            [supervise]
-            name = "loads"
-            environment = "prod"
-            data_dir = "{dir}/supervise"
-            grace = "30s"
-            [redis]
-            url = "{url}"
-            {schedules}
-            "#,
-            url = redis.url(),
-            schedules = schedules.replace("{job}", &format!("{dir}/orders.toml")),
-        );
-        files.write("supervise.toml", &supervise);
-        let file = files.path("supervise.toml");
-        Group { files, file }
+        self.files.write(&format!("{name}.toml"), &job);
     }
 
     fn command(&self, subcommand: &str) -> Command {
@@ -412,4 +429,340 @@ fn supervise_trigger_pause_resume_and_stop_do_what_they_say() {
     let (code, text) = group.run("trigger", &["nightly"]);
     assert_eq!(code, 2, "an unknown schedule: {text}");
     assert!(text.contains("no schedule `nightly`"), "{text}");
+}
+
+/// Redis `TIME`, in milliseconds: the clock every daemon of the group goes by.
+fn redis_now(redis: &TestRedis) -> i64 {
+    let (seconds, micros): (i64, i64) = redis.query(&mut redis::cmd("TIME"));
+    seconds * 1000 + micros / 1000
+}
+
+/// The SQLite ledger in rowid (commit) order: unit id and the writer's fencing token.
+fn ledger(group: &Group) -> Vec<(String, i64)> {
+    let connection = rusqlite::Connection::open(group.files.path("out.db")).unwrap();
+    let mut statement = connection
+        .prepare("SELECT unit_id, fence FROM stevedore_applied ORDER BY rowid")
+        .unwrap();
+    statement
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// The highest fencing token the SQLite sink has seen for job `job` (0 before any).
+fn sink_fence(group: &Group, job: &str) -> i64 {
+    let Ok(connection) = rusqlite::Connection::open(group.files.path("out.db")) else {
+        return 0;
+    };
+    connection
+        .query_row(
+            "SELECT token FROM stevedore_fence WHERE job = ?1",
+            [job],
+            |row| row.get(0),
+        )
+        .unwrap_or(0)
+}
+
+fn assert_every_record_once(group: &Group, records: i64) {
+    let ids: BTreeSet<i64> = group
+        .files
+        .sqlite_rows("out.db", "orders")
+        .iter()
+        .map(|row| row["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        group.files.sqlite_count("out.db", "orders"),
+        records,
+        "no record twice"
+    );
+    assert_eq!(ids, (1..=records).collect(), "every record");
+}
+
+const YEARLY: &str = r#"
+    [[schedule]]
+    name = "orders"
+    job = "{job}"
+    cron = "0 0 0 1 1 *"
+"#;
+
+#[test]
+fn supervise_fence_a_paused_pass_commits_nothing_after_another_took_over() {
+    let redis = TestRedis::start();
+    let group = Group::empty(&redis, YEARLY);
+    // 1000 units at 20 a second: the pass outlasts the lease it loses.
+    group.job(&redis, "orders", 100_000, "max_units_per_second = 20");
+    let mut first = group.daemon("prod", 1);
+    let (code, text) = group.run("trigger", &["orders"]);
+    assert_eq!(code, 0, "{text}");
+    let mut pass = 0;
+    wait_until("the pass runs and writes", || {
+        pass = group.schedule("orders")["running"]["pid"]
+            .as_u64()
+            .unwrap_or(0) as u32;
+        pass != 0 && group.files.sqlite_count("out.db", "orders") > 0
+    });
+    let stale_consumer = worker_pid(&redis, "orders", "consumer-1");
+    let mut second = group.daemon("prod", 2);
+    // The host of the first daemon freezes: the daemon and the pass's supervisor stop; the
+    // pass's workers (process groups of their own) go on writing until they are fenced off.
+    kill(first.pid(), "STOP");
+    kill(pass, "STOP");
+    let old = sink_fence(&group, "orders");
+    assert!(old > 0, "the pass prepared the sink with its token");
+    wait_until(
+        "another daemon took the pass over and its run prepared the sink",
+        || sink_fence(&group, "orders") > old,
+    );
+    let new = sink_fence(&group, "orders");
+    // The stale consumer's next write is refused: it exits (a zombie, its parent is stopped).
+    wait_until("the stale consumer was fenced off", || {
+        std::fs::read_to_string(format!("/proc/{stale_consumer}/stat"))
+            .map(|stat| stat.split_whitespace().nth(2) == Some("Z"))
+            .unwrap_or(true)
+    });
+    kill(pass, "CONT");
+    kill(first.pid(), "CONT");
+    wait_until("the pass ran to the end", || {
+        group.schedule("orders")["last"]["outcome"] == "ok"
+    });
+    assert_eq!(first.stop(), 0, "{}", first.log_text());
+    assert_eq!(second.stop(), 0, "{}", second.log_text());
+
+    assert_every_record_once(&group, 100_000);
+    let ledger = ledger(&group);
+    let last_old = ledger.iter().rposition(|(_, token)| *token == old).unwrap();
+    let first_new = ledger.iter().position(|(_, token)| *token == new).unwrap();
+    assert!(
+        last_old < first_new,
+        "a unit committed under token {old} after token {new} wrote (rows {last_old} vs {first_new})"
+    );
+    assert!(
+        ledger
+            .iter()
+            .all(|(_, token)| *token == old || *token == new)
+    );
+    let history = group.history("orders");
+    assert_eq!(
+        outcomes(&history),
+        ["ok"],
+        "one pass, resumed: {history:#?}"
+    );
+    let logs = group.files.worker_logs();
+    assert!(
+        logs.contains("fenced"),
+        "the stale workers were refused:\n{logs}"
+    );
+}
+
+#[test]
+fn supervise_a_killed_daemons_pass_is_resumed_by_another_and_lands_once() {
+    let redis = TestRedis::start();
+    let group = Group::empty(&redis, YEARLY);
+    group.job(&redis, "orders", 60_000, "max_units_per_second = 20");
+    let mut first = group.daemon("prod", 1);
+    let (code, text) = group.run("trigger", &["orders"]);
+    assert_eq!(code, 0, "{text}");
+    wait_until("the pass writes", || {
+        !group.schedule("orders")["running"].is_null()
+            && group.files.sqlite_count("out.db", "orders") > 0
+    });
+    let mut second = group.daemon("prod", 2);
+    kill(first.pid(), "KILL");
+    let _ = first.child.wait();
+    wait_until("another daemon took the pass over", || {
+        group.schedule("orders")["running"]["takeovers"] == 1
+    });
+    wait_until("the pass ran to the end", || {
+        group.schedule("orders")["last"]["outcome"] == "ok"
+    });
+    assert_eq!(second.stop(), 0, "{}", second.log_text());
+    assert_every_record_once(&group, 60_000);
+    assert_eq!(outcomes(&group.history("orders")), ["ok"]);
+    assert_eq!(group.runs_in_sink().len(), 1, "the pass resumed its run");
+}
+
+#[test]
+fn supervise_missed_slots_follow_catchup_and_are_all_counted() {
+    let redis = TestRedis::start();
+    let mut schedules = String::new();
+    for catchup in ["latest", "all", "skip"] {
+        schedules.push_str(&format!(
+            "[[schedule]]\nname = \"{catchup}\"\njob = \"{{dir}}/{catchup}.toml\"\n\
+             cron = \"*/2 * * * * *\"\ncatchup = \"{catchup}\"\n"
+        ));
+    }
+    let group = Group::empty(&redis, &schedules);
+    for catchup in ["latest", "all", "skip"] {
+        group.job(&redis, catchup, 10, "");
+    }
+    let mut daemon = group.daemon("prod", 1);
+    wait_until("each schedule ran", || {
+        ["latest", "all", "skip"]
+            .iter()
+            .all(|name| group.history(name).iter().any(|e| e["outcome"] == "ok"))
+    });
+    assert_eq!(daemon.stop(), 0, "{}", daemon.log_text());
+    let down_from = redis_now(&redis);
+    wait_until("five slots passed with no daemon up", || {
+        redis_now(&redis) > down_from + 10_500
+    });
+    let up_at = redis_now(&redis);
+    let mut daemon = group.daemon("prod", 2);
+    wait_until("every schedule looked past the gap", || {
+        ["latest", "all", "skip"].iter().all(|name| {
+            group
+                .history(name)
+                .iter()
+                .any(|e| millis(&e["slot"]) > up_at + 4_000)
+        })
+    });
+    assert_eq!(daemon.stop(), 0, "{}", daemon.log_text());
+
+    // The gap: slots after the last one decided before the stop, up to the restart.
+    let gap = |name: &str| -> Vec<(i64, String)> {
+        let history = group.history(name);
+        let before = history
+            .iter()
+            .map(|e| millis(&e["slot"]))
+            .filter(|slot| *slot < down_from)
+            .max()
+            .unwrap();
+        history
+            .iter()
+            .map(|e| {
+                (
+                    millis(&e["slot"]),
+                    e["outcome"].as_str().unwrap().to_string(),
+                )
+            })
+            .filter(|(slot, _)| *slot > before && *slot <= up_at)
+            .collect()
+    };
+    let skip = gap("skip");
+    assert!(skip.len() >= 5, "{skip:?}");
+    assert!(skip.iter().all(|(_, o)| o == "missed"), "{skip:?}");
+    let all = gap("all");
+    assert!(all.len() >= 5, "{all:?}");
+    assert!(all.iter().all(|(_, o)| o == "ok"), "{all:?}");
+    let started: Vec<i64> = group
+        .history("all")
+        .iter()
+        .filter(|e| all.iter().any(|(slot, _)| *slot == millis(&e["slot"])))
+        .map(|e| millis(&e["started_at"]))
+        .collect();
+    assert!(
+        started.windows(2).all(|w| w[0] < w[1]),
+        "in slot order: {started:?}"
+    );
+    let latest = gap("latest");
+    assert!(latest.len() >= 5, "{latest:?}");
+    let ran = latest.iter().filter(|(_, o)| o == "ok").count();
+    assert!(ran <= 1, "at most the latest of the gap ran: {latest:?}");
+    assert!(
+        latest[..latest.len() - 1]
+            .iter()
+            .all(|(_, o)| o == "missed"),
+        "{latest:?}"
+    );
+    // Every missed slot is counted, and visible in status.
+    for name in ["latest", "skip"] {
+        let schedule = group.schedule(name);
+        let missed = group
+            .history(name)
+            .iter()
+            .filter(|e| e["outcome"] == "missed")
+            .count();
+        assert_eq!(schedule["missed"], missed as i64, "{schedule}");
+    }
+    assert_eq!(group.schedule("all")["missed"], 0);
+}
+
+#[test]
+fn supervise_goes_on_after_redis_restarts_from_its_append_only_file() {
+    let mut redis = TestRedis::start_with_aof();
+    let group = Group::new(
+        &redis,
+        200,
+        r#"
+        [[schedule]]
+        name = "orders"
+        job = "{job}"
+        cron = "*/2 * * * * *"
+        "#,
+    );
+    let mut daemon = group.daemon("prod", 1);
+    let ran = |group: &Group| {
+        group
+            .history("orders")
+            .iter()
+            .filter(|e| e["outcome"] == "ok")
+            .count()
+    };
+    wait_until("three passes ran", || ran(&group) >= 3);
+    redis.restart();
+    let after = ran(&group);
+    wait_until("three more passes ran after the restart", || {
+        ran(&group) >= after + 3
+    });
+    assert_eq!(daemon.stop(), 0, "{}", daemon.log_text());
+    let history = group.history("orders");
+    let slots: Vec<i64> = history.iter().map(|e| millis(&e["slot"])).collect();
+    let distinct: BTreeSet<i64> = slots.iter().copied().collect();
+    assert_eq!(distinct.len(), slots.len(), "no slot twice: {history:#?}");
+    let passes: BTreeSet<String> = history
+        .iter()
+        .filter(|e| e["outcome"] == "ok")
+        .map(|e| e["run"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        group
+            .runs_in_sink()
+            .keys()
+            .cloned()
+            .collect::<BTreeSet<_>>(),
+        passes,
+        "one run per pass, none doubled"
+    );
+}
+
+#[test]
+fn supervise_timeout_stops_a_pass_and_retries_try_the_slot_again() {
+    let redis = TestRedis::start();
+    let group = Group::empty(
+        &redis,
+        r#"
+        [[schedule]]
+        name = "orders"
+        job = "{job}"
+        cron = "0 0 0 1 1 *"
+        timeout = "2s"
+        retries = 1
+        retry_delay = "1s"
+        "#,
+    );
+    group.job(&redis, "orders", 100_000, "max_units_per_second = 5");
+    let mut daemon = group.daemon("prod", 1);
+    let (code, text) = group.run("trigger", &["orders"]);
+    assert_eq!(code, 0, "{text}");
+    wait_until("both attempts timed out", || {
+        group.history("orders").len() >= 2
+    });
+    assert_eq!(daemon.stop(), 0, "{}", daemon.log_text());
+    let history = group.history("orders");
+    assert_eq!(
+        outcomes(&history),
+        ["timed_out", "timed_out"],
+        "{history:#?}"
+    );
+    assert_eq!(history[0]["attempt"], 1);
+    assert_eq!(history[1]["attempt"], 2);
+    assert_eq!(history[0]["slot"], history[1]["slot"], "the same slot");
+    assert!(millis(&history[1]["started_at"]) >= millis(&history[0]["finished_at"]) + 1000);
+    let schedule = group.schedule("orders");
+    assert_eq!(schedule["consecutive_failures"], 2, "{schedule}");
+    assert!(
+        schedule["pending"].as_array().unwrap().is_empty(),
+        "no third attempt"
+    );
 }

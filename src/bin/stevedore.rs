@@ -27,15 +27,16 @@ fn main() {
             Command::Run {
                 config,
                 summary_json,
+                dry_run,
                 pass_redis,
             } => {
-                cli::run(
-                    config,
-                    summary_json.as_deref(),
-                    pass_redis.as_deref(),
-                    cli.log_format,
-                )
-                .await
+                let options = cli::RunFlags {
+                    summary_json: summary_json.as_deref(),
+                    dry_run: *dry_run,
+                    pass_redis: pass_redis.as_deref(),
+                    log_format: cli.log_format,
+                };
+                cli::run(config, options).await
             }
             Command::Supervise { config, env } => {
                 cli::supervise(config, env.as_deref(), cli.log_format).await

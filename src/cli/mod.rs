@@ -19,7 +19,7 @@ use crate::worker::{LogFormat, WorkerArgs};
 
 pub use check::check;
 pub use control::{Control, control};
-pub use run::run;
+pub use run::{RunFlags, run};
 pub use status::status;
 pub use supervise::supervise;
 pub use worker::worker;
@@ -53,6 +53,10 @@ pub enum Command {
         /// Also write the summary as JSON to this file.
         #[arg(long)]
         summary_json: Option<PathBuf>,
+        /// Read, map and validate every record and check every sink, writing nothing (not to
+        /// a sink, not to Redis); report what would be written and dead-lettered.
+        #[arg(long)]
+        dry_run: bool,
         /// Internal: the Redis a `supervise` pass runs on (the group's, whatever the job file
         /// says). Set by the daemon in the environment, never on the command line.
         #[arg(long, env = crate::schedule::pass::PASS_REDIS_ENV, hide = true, hide_env_values = true)]
@@ -156,6 +160,7 @@ mod tests {
             id: 2,
             config: PathBuf::from("/var/job dir/config.toml"),
             run: "20261128T000000Z-abcd".to_string(),
+            fence: 42,
         };
         let mut argv = vec![std::ffi::OsString::from("stevedore")];
         argv.extend(args.command_line(LogFormat::Json));

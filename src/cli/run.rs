@@ -13,14 +13,26 @@ use super::{EXIT_CONFIG, EXIT_FAILED};
 use crate::supervisor::{self, RunOptions};
 use crate::worker::LogFormat;
 
-/// Runs the job in `config_path` once; returns the exit code. `pass_redis` (a pass of
-/// `stevedore supervise`) replaces the job's `[redis]` with the group's.
-pub async fn run(
-    config_path: &Path,
-    summary_json: Option<&Path>,
-    pass_redis: Option<&str>,
-    log_format: LogFormat,
-) -> i32 {
+/// How `stevedore run` was asked to run.
+pub struct RunFlags<'a> {
+    /// `--summary-json`.
+    pub summary_json: Option<&'a Path>,
+    /// `--dry-run`: read, map and check; write nothing.
+    pub dry_run: bool,
+    /// A pass of `stevedore supervise` runs on the group's Redis, whatever the job's `[redis]`.
+    pub pass_redis: Option<&'a str>,
+    /// How workers log.
+    pub log_format: LogFormat,
+}
+
+/// Runs the job in `config_path` once; returns the exit code.
+pub async fn run(config_path: &Path, flags: RunFlags<'_>) -> i32 {
+    let RunFlags {
+        summary_json,
+        dry_run,
+        pass_redis,
+        log_format,
+    } = flags;
     let started = Instant::now();
     if let Some(path) = summary_json
         && let Err(why) = check_output_file(path)
@@ -46,6 +58,21 @@ pub async fn run(
             return early.fail(None, &error.to_string(), EXIT_CONFIG);
         }
     };
+    if dry_run {
+        let (report, misfit) = crate::dry_run::dry_run(&config).await;
+        print!("{}", report.render());
+        if let Some(path) = summary_json {
+            let json = serde_json::to_value(&report).expect("reports serialize");
+            if let Err(error) = write_json(path, &json) {
+                eprintln!(
+                    "stevedore: cannot write the summary to {}: {error}",
+                    path.display()
+                );
+                return EXIT_FAILED;
+            }
+        }
+        return report.exit_code(misfit);
+    }
     let job = Some(config.job.name.as_str());
     if let Err(why) = check_data_dir(&config.job.data_dir) {
         let reason = format!("job.data_dir {}: {why}", config.job.data_dir.display());

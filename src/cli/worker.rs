@@ -3,7 +3,7 @@
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::{EXIT_CONFIG, EXIT_FAILED, load_config};
-use crate::worker::{self, EXIT_INTERRUPTED, Finish, Role, WorkerArgs, WorkerContext};
+use crate::worker::{self, EXIT_FENCED, EXIT_INTERRUPTED, Finish, Role, WorkerArgs, WorkerContext};
 
 /// Runs one worker until its work is done or it is asked to stop; returns the exit code.
 pub async fn worker(args: &WorkerArgs, redis_url: &str) -> i32 {
@@ -13,7 +13,8 @@ pub async fn worker(args: &WorkerArgs, redis_url: &str) -> i32 {
         return EXIT_CONFIG;
     };
     let (trigger, shutdown) = worker::shutdown::channel();
-    let context = match WorkerContext::new(config, redis_url, run, id, shutdown.clone()) {
+    let fence = Some(args.fence);
+    let context = match WorkerContext::new(config, redis_url, run, id, shutdown.clone(), fence) {
         Ok(context) => context,
         Err(error) => {
             tracing::error!(%error, "cannot connect");
@@ -42,6 +43,10 @@ pub async fn worker(args: &WorkerArgs, redis_url: &str) -> i32 {
         Ok(Finish::Interrupted) => {
             tracing::info!(worker = %name, "stopped on request");
             EXIT_INTERRUPTED
+        }
+        Err(error) if error.is_fenced() => {
+            tracing::error!(worker = %name, %error, "fenced off: another run holds the job now");
+            EXIT_FENCED
         }
         Err(error) => {
             tracing::error!(worker = %name, %error, "worker failed");

@@ -41,6 +41,26 @@ pub enum LinkError {
         /// The last error.
         source: RsmqError,
     },
+    /// A run-state write was refused: a newer holder of the job's lock exists.
+    #[error(
+        "{what} refused: fenced (fencing token {token} is older than {highest}, a newer \
+         holder of the job's lock); this process stops and writes nothing more"
+    )]
+    Fenced {
+        /// The write.
+        what: String,
+        /// This writer's token.
+        token: u64,
+        /// The job's highest token.
+        highest: u64,
+    },
+}
+
+impl LinkError {
+    /// True when a newer holder of the job's lock refused this process's write.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, LinkError::Fenced { .. })
+    }
 }
 
 /// How hard a link tries before it reports an error.

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::RunState;
+use super::{FieldWrite, RunState};
 use crate::queue::LinkError;
 
 /// Exact results of a run, summed from the idempotent hashes.
@@ -43,19 +43,21 @@ impl UnitLedger<'_> {
         dead: u64,
         fresh: bool,
     ) -> Result<(), LinkError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hset(self.state.key(&format!("written:{sink}")), unit, written)
-            .hset(self.state.key(&format!("dead:{sink}")), unit, dead);
+        let mut writes = vec![
+            FieldWrite::set(self.state.key(&format!("written:{sink}")), unit, written),
+            FieldWrite::set(self.state.key(&format!("dead:{sink}")), unit, dead),
+        ];
         if fresh {
             let progress = self.state.key("progress");
-            pipe.hincr(&progress, format!("written:{sink}"), written)
-                .hincr(&progress, format!("dead:{sink}"), dead);
+            writes.push(FieldWrite::add(
+                progress.clone(),
+                format!("written:{sink}"),
+                written,
+            ));
+            writes.push(FieldWrite::add(progress, format!("dead:{sink}"), dead));
         }
-        pipe.ignore();
         self.state
-            .link
-            .query_pipe("recording a written unit", &pipe)
+            .write_fields("recording a written unit", &writes)
             .await
     }
 
@@ -99,11 +101,11 @@ impl UnitLedger<'_> {
         unit: &str,
         reason: &str,
     ) -> Result<(), LinkError> {
+        let key = self.state.key(&format!("errors:{sink}"));
         self.state
-            .link
-            .query(
+            .write_fields(
                 "noting a failed attempt",
-                &redis::Cmd::hset(self.state.key(&format!("errors:{sink}")), unit, reason),
+                &[FieldWrite::set(key, unit, reason)],
             )
             .await
     }
@@ -126,11 +128,11 @@ impl UnitLedger<'_> {
         unit: &str,
         records: u64,
     ) -> Result<(), LinkError> {
+        let key = self.state.key(&format!("dead:{sink}"));
         self.state
-            .link
-            .query(
+            .write_fields(
                 "recording a dead unit",
-                &redis::Cmd::hset(self.state.key(&format!("dead:{sink}")), unit, records),
+                &[FieldWrite::set(key, unit, records)],
             )
             .await
     }

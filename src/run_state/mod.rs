@@ -27,12 +27,58 @@ static DELETE_IF_EQUAL: LazyLock<redis::Script> = LazyLock::new(|| {
     )
 });
 
+/// Writes run-state fields only if the writer's fencing token is not older than the job's
+/// highest: KEYS = the job's fence counter, then one key per write; ARGV = token, then per
+/// write its command (HSET or HINCRBY), field and value. Returns -1, or the highest token.
+static FENCED_WRITES: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local highest = tonumber(redis.call('GET', KEYS[1]) or '0')
+        if tonumber(ARGV[1]) < highest then return highest end
+        for i = 2, #KEYS do
+            local at = 2 + (i - 2) * 3
+            redis.call(ARGV[at], KEYS[i], ARGV[at + 1], ARGV[at + 2])
+        end
+        return -1",
+    )
+});
+
 /// Handle on one run's state.
 #[derive(Clone)]
 pub struct RunState {
     link: Arc<RedisLink>,
     job: String,
     run: String,
+    /// The fencing token of the process writing (a worker of the run), if it checks one.
+    fence: Option<u64>,
+}
+
+/// One field write of a fenced group: `HSET` or `HINCRBY` `key` `field` `value`.
+pub(crate) struct FieldWrite {
+    command: &'static str,
+    key: String,
+    field: String,
+    value: String,
+}
+
+impl FieldWrite {
+    pub(crate) fn set(key: String, field: impl Into<String>, value: impl ToString) -> FieldWrite {
+        FieldWrite {
+            command: "HSET",
+            key,
+            field: field.into(),
+            value: value.to_string(),
+        }
+    }
+
+    pub(crate) fn add(key: String, field: impl Into<String>, value: impl ToString) -> FieldWrite {
+        FieldWrite {
+            command: "HINCRBY",
+            key,
+            field: field.into(),
+            value: value.to_string(),
+        }
+    }
 }
 
 /// A fresh run id: the UTC start time, e.g. `20261122T153000Z`, plus a few random hex digits.
@@ -58,7 +104,65 @@ impl RunState {
             link,
             job: job.to_string(),
             run: run.to_string(),
+            fence: None,
         }
+    }
+
+    /// The same state written under fencing token `token`: the writes that record progress
+    /// (units written, items done, checkpoints) are refused once a newer holder of the job's
+    /// lock exists, with [`LinkError::Fenced`].
+    pub fn fenced(mut self, token: u64) -> RunState {
+        self.fence = Some(token);
+        self
+    }
+
+    /// The job's fence counter: the highest token granted (see the job lock).
+    pub(crate) fn fence_key(job: &str) -> String {
+        format!("stevedore:{job}:fence")
+    }
+
+    /// Writes `writes` atomically, refused if this state is fenced and a newer token exists.
+    pub(crate) async fn write_fields(
+        &self,
+        what: &str,
+        writes: &[FieldWrite],
+    ) -> Result<(), LinkError> {
+        let Some(token) = self.fence else {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for write in writes {
+                pipe.cmd(write.command)
+                    .arg(&write.key)
+                    .arg(&write.field)
+                    .arg(&write.value)
+                    .ignore();
+            }
+            return self.link.query_pipe(what, &pipe).await;
+        };
+        let mut keys = vec![Self::fence_key(&self.job)];
+        let mut args = vec![token.to_string()];
+        for write in writes {
+            keys.push(write.key.clone());
+            args.extend([
+                write.command.to_string(),
+                write.field.clone(),
+                write.value.clone(),
+            ]);
+        }
+        let highest: i64 = self.link.script(what, &FENCED_WRITES, &keys, &args).await?;
+        if highest >= 0 {
+            return Err(LinkError::Fenced {
+                what: what.to_string(),
+                token,
+                highest: highest as u64,
+            });
+        }
+        Ok(())
+    }
+
+    /// The fencing token this state writes under, if any.
+    pub(crate) fn fence(&self) -> Option<u64> {
+        self.fence
     }
 
     /// Opens the job's unfinished run if there is one (`resumed = true`), else starts `fresh`.

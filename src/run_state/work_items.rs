@@ -4,7 +4,7 @@
 
 use std::sync::LazyLock;
 
-use super::RunState;
+use super::{FieldWrite, RunState};
 use crate::queue::LinkError;
 use crate::source::WorkItem;
 
@@ -40,14 +40,20 @@ static PLAN: LazyLock<redis::Script> = LazyLock::new(|| {
 });
 
 /// Records an item's count, marks it done and clears the producer's slot if it holds this
-/// item: KEYS = held hash, read hash, done set; ARGV = producer, item, item key, count.
+/// item: KEYS = held hash, read hash, done set, the job's fence counter; ARGV = producer,
+/// item, item key, count, fencing token ('' for none). Returns the job's highest token,
+/// without writing, when the given one is older; else -1.
 static COMPLETE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
+        if ARGV[5] ~= '' then
+            local highest = tonumber(redis.call('GET', KEYS[4]) or '0')
+            if tonumber(ARGV[5]) < highest then return highest end
+        end
         redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
         redis.call('SADD', KEYS[3], ARGV[3])
         if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
-        return 1",
+        return -1",
     )
 });
 
@@ -158,18 +164,30 @@ impl WorkItems<'_> {
             self.state.key("items:held"),
             self.state.key("read"),
             self.state.key("items:done"),
+            RunState::fence_key(&self.state.job),
         ];
+        let token = self.state.fence();
         let args = [
             producer.to_string(),
             item.encode(),
             item.key(),
             read.to_string(),
+            token.map(|t| t.to_string()).unwrap_or_default(),
         ];
-        self.state
+        let what = "completing a work item";
+        let highest: i64 = self
+            .state
             .link
-            .script::<i64>("completing a work item", &COMPLETE, &keys, &args)
-            .await
-            .map(drop)
+            .script(what, &COMPLETE, &keys, &args)
+            .await?;
+        match token {
+            Some(token) if highest >= 0 => Err(LinkError::Fenced {
+                what: what.into(),
+                token,
+                highest: highest as u64,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Work items not yet done: pending or held by a producer.
@@ -187,11 +205,11 @@ impl WorkItems<'_> {
 
     /// Records that the first `chunks` units of `item` are on the queues.
     pub async fn set_checkpoint(&self, item: &WorkItem, chunks: u64) -> Result<(), LinkError> {
+        let key = self.state.key("checkpoint");
         self.state
-            .link
-            .query(
+            .write_fields(
                 "saving a checkpoint",
-                &redis::Cmd::hset(self.state.key("checkpoint"), item.key(), chunks),
+                &[FieldWrite::set(key, item.key(), chunks)],
             )
             .await
     }

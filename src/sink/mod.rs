@@ -74,6 +74,21 @@ pub struct Batch {
     pub rows: Vec<(usize, Row)>,
     /// Entries that already failed before the write.
     pub failures: Vec<Failure>,
+    /// The writer's fencing token: a sink that checks it refuses the write if a newer holder
+    /// of the job's lock has written (or prepared) since.
+    pub fence: Option<Fence>,
+}
+
+/// A fencing token: the number the job lock had when this run's supervisor took it. It grows
+/// with every grant, so a sink that remembers the highest number it has seen for the job, in
+/// the same transaction as each write, can refuse a writer whose lock has since passed to
+/// another (a paused or cut-off process coming back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The job.
+    pub job: String,
+    /// The token.
+    pub token: u64,
 }
 
 /// What writing a batch did.
@@ -124,6 +139,22 @@ pub enum SinkError {
         /// What happened.
         message: String,
     },
+    /// A newer holder of the job's lock wrote or prepared this sink: this writer's lock has
+    /// passed on, and it must stop without writing (or dead-lettering) anything.
+    #[error(
+        "sink `{sink}`: fenced: fencing token {token} is older than {highest}, which a newer \
+         holder of job `{job}`'s lock wrote; this writer stops and writes nothing more"
+    )]
+    Fenced {
+        /// The sink's name.
+        sink: String,
+        /// The job.
+        job: String,
+        /// This writer's token.
+        token: u64,
+        /// The highest token the sink has seen.
+        highest: u64,
+    },
 }
 
 impl SinkError {
@@ -152,8 +183,13 @@ impl SinkError {
                 message,
                 retry_after: wait,
             },
-            fatal => fatal,
+            other => other,
         }
+    }
+
+    /// True when a newer holder of the job's lock has taken over this sink.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, SinkError::Fenced { .. })
     }
 
     /// True when the write may succeed if tried again.
@@ -165,7 +201,7 @@ impl SinkError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             SinkError::Transient { retry_after, .. } => *retry_after,
-            SinkError::Fatal { .. } => None,
+            SinkError::Fatal { .. } | SinkError::Fenced { .. } => None,
         }
     }
 }
@@ -206,7 +242,10 @@ pub trait Sink: Send + Sync {
 
     /// Readies the target before any worker starts (checks the mapping against the table,
     /// creates the ledger), so a misfit stops the run at once instead of in every consumer.
-    async fn prepare(&self) -> Result<(), SinkError> {
+    /// A sink that checks fences records `fence` here, so that from now on writes of any
+    /// older holder are refused, even before this run's workers write.
+    async fn prepare(&self, fence: Option<&Fence>) -> Result<(), SinkError> {
+        let _ = fence;
         Ok(())
     }
 

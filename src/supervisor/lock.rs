@@ -86,6 +86,18 @@ fn holder_is_gone(holder: &str, host: &str) -> bool {
     result == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
+/// Moves the fencing counter past ARGV[1] if it is below it: KEYS = counter. Returns the new
+/// token, or -1 if the counter was at or above (a newer holder exists).
+static RAISE_FENCE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        local counter = tonumber(redis.call('GET', KEYS[1]) or '0')
+        if counter >= tonumber(ARGV[1]) then return -1 end
+        redis.call('SET', KEYS[1], ARGV[1])
+        return redis.call('INCR', KEYS[1])",
+    )
+});
+
 static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
@@ -186,7 +198,7 @@ impl JobLock {
         let fencing_token = link
             .query(
                 "taking a fencing token",
-                &redis::Cmd::incr(format!("stevedore:{job}:fence"), 1),
+                &redis::Cmd::incr(crate::run_state::RunState::fence_key(job), 1),
             )
             .await?;
         Ok(JobLock {
@@ -207,6 +219,38 @@ impl JobLock {
             )
             .await?;
         Ok(renewed == 1)
+    }
+
+    /// Takes a fencing token above `highest`, a token a sink has seen that this Redis never
+    /// granted (its counter went back: the data was lost or replaced). Only when the counter
+    /// is below `highest`: a counter at or above it means a newer holder exists, and the
+    /// refusal stands (`false`).
+    pub(crate) async fn raise_fence(
+        &mut self,
+        link: &RedisLink,
+        job: &str,
+        highest: u64,
+    ) -> Result<bool, LinkError> {
+        let raised: i64 = link
+            .script(
+                "raising the fencing counter",
+                &RAISE_FENCE,
+                &[crate::run_state::RunState::fence_key(job)],
+                &[highest.to_string()],
+            )
+            .await?;
+        if raised < 0 {
+            return Ok(false);
+        }
+        tracing::warn!(
+            job,
+            highest,
+            token = raised,
+            "a sink has seen a fencing token this redis never granted (its data was lost or \
+             replaced): the counter continues above it"
+        );
+        self.fencing_token = raised as u64;
+        Ok(true)
     }
 
     /// Gives the lock up, if still held.

@@ -29,7 +29,7 @@ use crate::sink::SinkError;
 use crate::source::SourceError;
 use crate::source::WorkItem;
 use crate::unit::DataUnit;
-use crate::worker::{EXIT_INTERRUPTED, LogFormat, Role};
+use crate::worker::{EXIT_FENCED, EXIT_INTERRUPTED, LogFormat, Role};
 
 pub(crate) use lock::{JobLock, LOCK_TTL, LockError, host_name};
 pub(crate) use managed_redis::{ManagedRedis, ManagedRedisError};
@@ -240,7 +240,7 @@ pub(crate) async fn run_once(
             .unless_stopped(before, JobLock::acquire(&link, &config.job.name))
             .await?;
         tracing::debug!(fencing_token = lock.fencing_token, "holding the job lock");
-        let invocation = Invocation {
+        let mut invocation = Invocation {
             config: &config,
             options: &options,
             redis_url: &redis_url,
@@ -250,9 +250,7 @@ pub(crate) async fn run_once(
         // Sinks are readied under the lock (a second run of a running job touches no sink),
         // and a database that makes the preflight wait gives way to a signal.
         let result = async {
-            let preparing = holding(&invocation.lock, &invocation.link, async {
-                Ok(plan::prepare_sinks(&config).await?)
-            });
+            let preparing = prepare_fenced(&mut invocation.lock, &invocation.link, &config);
             signals
                 .unless_stopped("preparing the sinks, before any worker started", preparing)
                 .await?;
@@ -273,6 +271,36 @@ pub(crate) async fn run_once(
     summary.redis_restarts = redis_restarts;
     summary.duration_s = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// Prepares the sinks under the lock, recording its fencing token in those that check one. A
+/// sink that has seen a higher token than this Redis ever granted (the Redis lost its data)
+/// moves the counter past it, once; a token that a newer holder took stands.
+async fn prepare_fenced(
+    lock: &mut JobLock,
+    link: &RedisLink,
+    config: &JobConfig,
+) -> Result<(), SupervisorError> {
+    let mut raised = false;
+    loop {
+        let fence = crate::sink::Fence {
+            job: config.job.name.clone(),
+            token: lock.fencing_token,
+        };
+        let prepared = holding(lock, link, async {
+            Ok(plan::prepare_sinks(config, Some(&fence)).await?)
+        })
+        .await;
+        match prepared {
+            Err(SupervisorError::Sink(SinkError::Fenced { highest, .. })) if !raised => {
+                raised = lock.raise_fence(link, &config.job.name, highest).await?;
+                if !raised {
+                    return prepared;
+                }
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Runs `work` while renewing the job lock (a preflight may wait on a locked database longer
@@ -367,6 +395,8 @@ async fn supervise(
         }
         let (state, resumed) =
             RunState::begin(link.clone(), &config.job.name, &new_run_id()).await?;
+        // The supervisor's own writes (dead units it counts) are fenced like its workers'.
+        let state = state.fenced(lock.fencing_token);
         let log_dir = config.job.data_dir.join("logs").join(state.run_id());
         if let Planned::Changed { planned_from } =
             state.items().plan(&items, &config.plan_basis()).await?
@@ -418,6 +448,7 @@ async fn supervise(
         redis_url: redis_url.to_string(),
         log_dir: log_dir.clone(),
         log_format: options.log_format,
+        fence: lock.fencing_token,
     };
     tracing::info!(
         run = state.run_id(),
@@ -442,7 +473,8 @@ async fn supervise(
     // Per-tick reads go through an impatient view of Redis: one attempt of at most a second,
     // so an outage never stops the loop that handles signals, reaps workers and revives Redis.
     let ticker_link = Arc::new(link.with_patience(Patience::Impatient));
-    let ticker_state = RunState::new(ticker_link.clone(), &config.job.name, state.run_id());
+    let ticker_state = RunState::new(ticker_link.clone(), &config.job.name, state.run_id())
+        .fenced(lock.fencing_token);
     let mut monitor = Monitor {
         config,
         state: &ticker_state,
@@ -578,6 +610,7 @@ impl Monitor<'_> {
             self.signal_all(libc::SIGKILL);
         }
         let mut crash_loop = None;
+        let mut fenced = None;
         for worker in &mut self.workers {
             let State::Running(child) = &mut worker.state else {
                 continue;
@@ -586,6 +619,11 @@ impl Monitor<'_> {
                 continue;
             };
             let code = status.code();
+            if code == Some(EXIT_FENCED) {
+                worker.state = State::Exited(EXIT_FENCED);
+                fenced = Some(worker.name());
+                continue;
+            }
             if code == Some(0) || self.stopping.is_some() {
                 worker.state = State::Exited(code.unwrap_or(-1));
                 continue;
@@ -606,6 +644,12 @@ impl Monitor<'_> {
                 ));
                 worker.state = State::Exited(code.unwrap_or(-1));
             }
+        }
+        if let Some(worker) = fenced {
+            self.stop(format!(
+                "{worker} was fenced off: another run of this job took its lock (this one was \
+                 paused or cut off past the lock's lease); it writes nothing more"
+            ));
         }
         if let Some(reason) = crash_loop {
             self.stop(reason);

@@ -30,6 +30,8 @@ pub(crate) struct Launcher {
     pub log_dir: PathBuf,
     /// How workers log.
     pub log_format: LogFormat,
+    /// The job lock's fencing token, checked by every write of the workers.
+    pub fence: u64,
 }
 
 impl Launcher {
@@ -47,6 +49,7 @@ impl Launcher {
             id,
             config: self.config_path.clone(),
             run: self.run.clone(),
+            fence: self.fence,
         };
         let mut command = Command::new(&self.exe);
         command

@@ -291,10 +291,16 @@ async fn handle(
             .await?;
         return Ok(());
     }
-    let batch = Arc::new(map_unit(config, &unit));
+    let mut batch = map_unit(config, &unit);
+    batch.fence = context.fence.clone();
+    let batch = Arc::new(batch);
     let outcome = match write_with_retries(sink, batch.clone()).await {
         Ok(outcome) => outcome,
         Err(error) => {
+            if error.is_fenced() {
+                // Another run holds the job now: touch nothing more, not even the queue.
+                return Err(error.into());
+            }
             // Kept for the unit's dead letter, should every attempt fail.
             context
                 .state
@@ -383,6 +389,7 @@ pub fn map_unit(config: &SinkConfig, unit: &DataUnit) -> Batch {
         unit_id: unit.id.clone(),
         rows,
         failures,
+        fence: None,
     }
 }
 

@@ -87,6 +87,9 @@ pub struct WorkerArgs {
     /// The run id.
     #[arg(long)]
     pub run: String,
+    /// The fencing token of the run's job lock: every write that records progress checks it.
+    #[arg(long)]
+    pub fence: u64,
 }
 
 impl WorkerArgs {
@@ -105,6 +108,8 @@ impl WorkerArgs {
             &self.id.to_string(),
             "--run",
             &self.run,
+            "--fence",
+            &self.fence.to_string(),
             "--log-format",
             log_format.as_str(),
             "--config",
@@ -126,6 +131,10 @@ pub enum Finish {
     Interrupted,
 }
 
+/// Exit code of a worker whose write was refused by a fence: a newer holder of the job's lock
+/// exists, so the supervisor stops the run instead of restarting the worker.
+pub const EXIT_FENCED: i32 = 11;
+
 /// Why a worker failed.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -143,6 +152,17 @@ pub enum WorkerError {
     Sink(#[from] SinkError),
 }
 
+impl WorkerError {
+    /// True when a fence refused a write: a newer holder of the job's lock exists.
+    pub fn is_fenced(&self) -> bool {
+        match self {
+            WorkerError::Redis(error) => error.is_fenced(),
+            WorkerError::Sink(error) => error.is_fenced(),
+            _ => false,
+        }
+    }
+}
+
 /// Everything a worker loop needs.
 #[derive(Clone)]
 pub struct WorkerContext {
@@ -156,25 +176,36 @@ pub struct WorkerContext {
     pub id: u32,
     /// Stop taking work once set.
     pub shutdown: Shutdown,
+    /// The run's fencing token, for the sinks to check.
+    pub fence: Option<crate::sink::Fence>,
 }
 
 impl WorkerContext {
-    /// Connects a worker of run `run` to Redis at `redis_url`.
+    /// Connects a worker of run `run` to Redis at `redis_url`; its writes check `fence`.
     pub fn new(
         config: JobConfig,
         redis_url: &str,
         run: &str,
         id: u32,
         shutdown: Shutdown,
+        fence: Option<u64>,
     ) -> Result<WorkerContext, LinkError> {
         let link = Arc::new(RedisLink::new(redis_url)?);
-        let state = RunState::new(link.clone(), &config.job.name, run);
+        let mut state = RunState::new(link.clone(), &config.job.name, run);
+        if let Some(token) = fence {
+            state = state.fenced(token);
+        }
+        let fence = fence.map(|token| crate::sink::Fence {
+            job: config.job.name.clone(),
+            token,
+        });
         Ok(WorkerContext {
             config: Arc::new(config),
             queues: Queues::new(link),
             state,
             id,
             shutdown,
+            fence,
         })
     }
 }

@@ -501,6 +501,7 @@ mod tests {
             unit_id: "u".into(),
             rows,
             failures: Vec::new(),
+            fence: None,
         };
         let (requests, failures) = shape.requests(&batch);
         assert_eq!(failures.len(), 1);

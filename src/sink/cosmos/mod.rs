@@ -490,7 +490,7 @@ impl Sink for CosmosSink {
         ))
     }
 
-    async fn prepare(&self) -> Result<(), SinkError> {
+    async fn prepare(&self, _fence: Option<&crate::sink::Fence>) -> Result<(), SinkError> {
         let (container, _) = self.open(self.config.create_if_missing).await?;
         let _ = self.container.set(container);
         Ok(())

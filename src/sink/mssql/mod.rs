@@ -223,7 +223,7 @@ impl Sink for MssqlSink {
         ))
     }
 
-    async fn prepare(&self) -> Result<(), SinkError> {
+    async fn prepare(&self, _fence: Option<&crate::sink::Fence>) -> Result<(), SinkError> {
         self.plan().await.map(|_| ())
     }
 

@@ -25,6 +25,9 @@ pub struct SqliteSinkConfig {
     pub busy_timeout: Duration,
     /// Whether a record with a field the table lacks adds a column or is refused.
     pub schema: SchemaPolicy,
+    /// At most this many units per second per consumer process (a database file shared with
+    /// readers, or a disk that must not be saturated).
+    pub max_units_per_second: Option<f64>,
 }
 
 /// What a sink without `[sink.map]` does with a field its table has no column for.
@@ -72,6 +75,7 @@ struct Raw {
     busy_timeout: Option<String>,
     #[serde(default = "SchemaPolicy::evolve")]
     schema: SchemaPolicy,
+    max_units_per_second: Option<f64>,
 }
 
 /// Reads `[[sink]] kind = "sqlite"`.
@@ -96,7 +100,13 @@ pub(super) fn read(
     {
         section.problem("map", clash);
     }
+    if let Some(rate) = raw.max_units_per_second
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        section.problem("max_units_per_second", "must be a positive number");
+    }
     Some(Arc::new(SqliteSinkConfig {
+        max_units_per_second: raw.max_units_per_second,
         path: raw.path,
         table: raw.table,
         mode: raw.mode,

@@ -19,9 +19,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
 use super::write_mode::same_column;
-use super::{Batch, Failure, Sink, SinkError, SinkKind, WriteMode, WriteOutcome, unit_failures};
+use super::{
+    Batch, Failure, Fence, Sink, SinkError, SinkKind, WriteMode, WriteOutcome, unit_failures,
+};
 use crate::config::SinkConfig;
 use crate::mapping::{Cast, Mapping, Row};
+use crate::throttle::RateLimit;
 
 mod config;
 mod errors;
@@ -47,12 +50,16 @@ fn build(config: &SinkConfig) -> Arc<dyn Sink> {
 
 const LEDGER: &str = "stevedore_applied";
 
+/// The highest fencing token seen per job.
+const FENCES: &str = "stevedore_fence";
+
 /// The `sqlite` sink.
 pub struct SqliteSink {
     name: String,
     config: SqliteSinkConfig,
     mapping: Mapping,
     connection: Mutex<Option<Arc<Mutex<Connection>>>>,
+    rate: Option<RateLimit>,
 }
 
 impl SqliteSink {
@@ -60,6 +67,7 @@ impl SqliteSink {
     pub fn new(name: &str, config: SqliteSinkConfig, mapping: Mapping) -> SqliteSink {
         SqliteSink {
             name: name.to_string(),
+            rate: config.max_units_per_second.and_then(RateLimit::per_second),
             config,
             mapping,
             connection: Mutex::new(None),
@@ -189,6 +197,16 @@ impl SqliteSink {
         ))
     }
 
+    fn fenced(&self, fence: Option<Fence>, highest: u64) -> SinkError {
+        let fence = fence.expect("only a fenced write is refused by the fence");
+        SinkError::Fenced {
+            sink: self.name.clone(),
+            job: fence.job,
+            token: fence.token,
+            highest,
+        }
+    }
+
     fn writer(&self) -> Writer {
         Writer {
             config: self.config.clone(),
@@ -212,6 +230,40 @@ impl SqliteSink {
         .map_err(|error| SinkError::fatal(&self.name, format!("writer thread failed: {error}")))?;
         result.map_err(|e| self.error(e))
     }
+}
+
+/// The ledger of applied units: one row per unit, written in the unit's transaction, with the
+/// fencing token of the writer.
+fn create_ledger() -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {LEDGER} (target TEXT NOT NULL, unit_id TEXT NOT NULL, \
+         written INTEGER NOT NULL, failures TEXT NOT NULL, \
+         applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP, fence INTEGER, \
+         PRIMARY KEY (target, unit_id)); \
+         CREATE TABLE IF NOT EXISTS {FENCES} (job TEXT PRIMARY KEY, token INTEGER NOT NULL)"
+    )
+}
+
+/// Records `fence` as the job's highest token unless a higher one is there: `Some(highest)`
+/// when it is (the writer is fenced off). In the caller's transaction, so the check and the
+/// write it guards commit together.
+fn pass_fence(connection: &Connection, fence: &Fence) -> Result<Option<u64>, rusqlite::Error> {
+    let raised = connection.execute(
+        &format!(
+            "INSERT INTO {FENCES} (job, token) VALUES (?1, ?2) ON CONFLICT (job) DO UPDATE \
+             SET token = excluded.token WHERE excluded.token >= {FENCES}.token"
+        ),
+        params![fence.job, fence.token as i64],
+    )?;
+    if raised == 1 {
+        return Ok(None);
+    }
+    let highest: i64 = connection.query_row(
+        &format!("SELECT token FROM {FENCES} WHERE job = ?1"),
+        params![fence.job],
+        |row| row.get(0),
+    )?;
+    Ok(Some(highest as u64))
 }
 
 /// Opens the database for writing, creating it and its directory if needed, in WAL mode.
@@ -259,7 +311,7 @@ impl Sink for SqliteSink {
 
     /// Creates the database if needed and proves it takes writes and fits the mapping, so a
     /// path that cannot work stops the run before any worker starts.
-    async fn prepare(&self) -> Result<(), SinkError> {
+    async fn prepare(&self, fence: Option<&Fence>) -> Result<(), SinkError> {
         if self.config.path.is_dir() {
             return Err(self.not_a_file());
         }
@@ -283,12 +335,48 @@ impl Sink for SqliteSink {
             }
             Err(error) => return Err(error),
         }
-        Ok(())
+        // The ledger gains the fencing token's column if an older version made it, and the
+        // fence takes this run's token: from now on, an older holder's writes are refused.
+        let recorded = fence.cloned();
+        let highest = self
+            .blocking(move |connection, _| {
+                let transaction = connection
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                transaction.execute_batch(&create_ledger())?;
+                let columns = table_columns(&transaction, LEDGER)?;
+                if !columns.contains("fence") {
+                    transaction
+                        .execute_batch(&format!("ALTER TABLE {LEDGER} ADD COLUMN fence INTEGER"))?;
+                }
+                let highest = match &recorded {
+                    Some(fence) => pass_fence(&transaction, fence)?,
+                    None => None,
+                };
+                transaction.commit()?;
+                Ok(highest)
+            })
+            .await;
+        match highest {
+            Ok(Some(highest)) => Err(self.fenced(fence.cloned(), highest)),
+            Ok(None) => Ok(()),
+            // Locked by another program: the first write records the fence instead.
+            Err(error) if error.is_transient() => {
+                tracing::warn!(%error, "cannot record the fencing token yet; the first write does");
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
     }
 
     async fn write(&self, batch: Arc<Batch>) -> Result<WriteOutcome, SinkError> {
-        self.blocking(move |connection, writer| writer.write(connection, &batch))
-            .await
+        if let Some(rate) = &self.rate {
+            rate.ready().await;
+        }
+        let fence = batch.fence.clone();
+        let written = self
+            .blocking(move |connection, writer| writer.write(connection, &batch))
+            .await?;
+        written.map_err(|highest| self.fenced(fence, highest))
     }
 }
 
@@ -307,17 +395,21 @@ impl Writer {
         columns
     }
 
+    /// Writes `batch` in one transaction; `Ok(Err(highest))` when a newer fencing token than
+    /// the batch's was recorded (nothing is written).
     fn write(
         &self,
         connection: &mut Connection,
         batch: &Batch,
-    ) -> Result<WriteOutcome, rusqlite::Error> {
+    ) -> Result<Result<WriteOutcome, u64>, rusqlite::Error> {
         let transaction =
             connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        transaction.execute_batch(&format!(
-            "CREATE TABLE IF NOT EXISTS {LEDGER} (target TEXT NOT NULL, unit_id TEXT NOT NULL, written INTEGER NOT NULL, \
-             failures TEXT NOT NULL, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP, PRIMARY KEY (target, unit_id))"
-        ))?;
+        transaction.execute_batch(&create_ledger())?;
+        if let Some(fence) = &batch.fence
+            && let Some(highest) = pass_fence(&transaction, fence)?
+        {
+            return Ok(Err(highest));
+        }
         let previous = transaction
             .query_row(
                 &format!(
@@ -328,12 +420,12 @@ impl Writer {
             )
             .optional()?;
         if let Some((written, failures)) = previous {
-            return Ok(WriteOutcome {
+            return Ok(Ok(WriteOutcome {
                 fresh: false,
                 written,
                 failures: serde_json::from_str(&failures).unwrap_or_default(),
                 columns_added: Vec::new(),
-            });
+            }));
         }
         let mut columns = self.prepare_table(&transaction, &batch.rows)?;
         let mut failures = Vec::new();
@@ -378,20 +470,26 @@ impl Writer {
         let recorded = serde_json::to_string(&failures).expect("failures serialize");
         transaction.execute(
             &format!(
-                "INSERT INTO {LEDGER} (target, unit_id, written, failures) VALUES (?1, ?2, ?3, ?4)"
+                "INSERT INTO {LEDGER} (target, unit_id, written, failures, fence) VALUES (?1, ?2, ?3, ?4, ?5)"
             ),
-            params![self.config.table, batch.unit_id, written as i64, recorded],
+            params![
+                self.config.table,
+                batch.unit_id,
+                written as i64,
+                recorded,
+                batch.fence.as_ref().map(|fence| fence.token as i64)
+            ],
         )?;
         transaction.commit()?;
         for column in &columns_added {
             tracing::info!(table = %self.config.table, column, "added a column for a new field (schema = \"evolve\")");
         }
-        Ok(WriteOutcome {
+        Ok(Ok(WriteOutcome {
             fresh: true,
             written,
             failures,
             columns_added,
-        })
+        }))
     }
 
     /// Creates the table (and the upsert key index) if needed; returns its columns,
@@ -580,8 +678,98 @@ mod tests {
             key: key.iter().map(|k| k.to_string()).collect(),
             busy_timeout: Duration::from_secs(5),
             schema: SchemaPolicy::Evolve,
+            max_units_per_second: None,
         };
         SqliteSink::new("local", config, Mapping::passthrough())
+    }
+
+    fn fenced(batch: &Batch, token: u64) -> Arc<Batch> {
+        let mut batch = batch.clone();
+        batch.fence = Some(Fence {
+            job: "orders".into(),
+            token,
+        });
+        Arc::new(batch)
+    }
+
+    #[tokio::test]
+    async fn sqlite_fence_refuses_an_older_token_once_a_newer_one_prepared_or_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = sink(dir.path(), WriteMode::Append, &[]);
+        let old = Fence {
+            job: "orders".into(),
+            token: 4,
+        };
+        sink.prepare(Some(&old)).await.unwrap();
+        let outcome = sink
+            .write(fenced(&batch("u/1", &[json!({"id": 1})]), 4))
+            .await;
+        assert_eq!(outcome.unwrap().written, 1, "the holder writes");
+        // A newer holder prepares: the older one is refused from now on, and writes nothing.
+        let new = Fence {
+            job: "orders".into(),
+            token: 5,
+        };
+        sink.prepare(Some(&new)).await.unwrap();
+        let refused = sink
+            .write(fenced(&batch("u/2", &[json!({"id": 2})]), 4))
+            .await
+            .unwrap_err();
+        assert!(refused.is_fenced(), "{refused}");
+        assert!(
+            refused
+                .to_string()
+                .contains("fencing token 4 is older than 5"),
+            "{refused}"
+        );
+        assert_eq!(count(dir.path()), 1, "the refused unit left no row");
+        // The older one cannot prepare again either; the newer one writes and is recorded.
+        assert!(sink.prepare(Some(&old)).await.unwrap_err().is_fenced());
+        sink.write(fenced(&batch("u/2", &[json!({"id": 2})]), 5))
+            .await
+            .unwrap();
+        let connection = Connection::open(dir.path().join("out/test.db")).unwrap();
+        let tokens: Vec<(String, Option<i64>)> = connection
+            .prepare(&format!(
+                "SELECT unit_id, fence FROM {LEDGER} ORDER BY rowid"
+            ))
+            .unwrap()
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            tokens,
+            [("u/1".to_string(), Some(4)), ("u/2".to_string(), Some(5))]
+        );
+        // Other jobs have fences of their own.
+        let other = Fence {
+            job: "returns".into(),
+            token: 1,
+        };
+        sink.prepare(Some(&other)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn sqlite_prepare_adds_the_fence_column_to_a_ledger_made_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("out")).unwrap();
+        let connection = Connection::open(dir.path().join("out/test.db")).unwrap();
+        connection
+            .execute_batch(&format!(
+                "CREATE TABLE {LEDGER} (target TEXT NOT NULL, unit_id TEXT NOT NULL, \
+                 written INTEGER NOT NULL, failures TEXT NOT NULL, \
+                 applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP, PRIMARY KEY (target, unit_id))"
+            ))
+            .unwrap();
+        let sink = sink(dir.path(), WriteMode::Append, &[]);
+        sink.prepare(None).await.unwrap();
+        assert!(
+            table_columns(&connection, LEDGER)
+                .unwrap()
+                .contains("fence")
+        );
+        sink.write(batch("u/1", &[json!({"id": 1})])).await.unwrap();
     }
 
     fn batch(unit: &str, rows: &[Value]) -> Arc<Batch> {
@@ -594,6 +782,7 @@ mod tests {
             unit_id: unit.into(),
             rows,
             failures: vec![],
+            fence: None,
         })
     }
 
@@ -775,7 +964,7 @@ mod tests {
         let sink = sink(dir.path(), WriteMode::Append, &[]);
         for error in [
             sink.check().await.unwrap_err(),
-            sink.prepare().await.unwrap_err(),
+            sink.prepare(None).await.unwrap_err(),
         ] {
             assert!(!error.is_transient());
             assert!(error.to_string().contains("is a directory"), "{error}");
@@ -790,7 +979,7 @@ mod tests {
             error.contains("cannot create /proc/stevedore/out.db"),
             "{error}"
         );
-        assert!(under_proc.prepare().await.is_err());
+        assert!(under_proc.prepare(None).await.is_err());
     }
 
     #[tokio::test]
@@ -858,6 +1047,7 @@ mod tests {
                 index: 0,
                 reason: "invalid JSON".into(),
             }],
+            fence: None,
         });
         let outcome = sink.write(only_rejects).await.unwrap();
         assert_eq!((outcome.written, outcome.failures.len()), (0, 1));
