@@ -766,3 +766,124 @@ fn supervise_timeout_stops_a_pass_and_retries_try_the_slot_again() {
         "no third attempt"
     );
 }
+
+#[test]
+fn supervise_dry_run_mode_and_read_only_leave_every_sink_untouched() {
+    let redis = TestRedis::start();
+    let group = Group::empty(
+        &redis,
+        r#"
+        [[schedule]]
+        name = "rehearsal"
+        job = "{dir}/rehearsal.toml"
+        every = "1s"
+        mode = "dry_run"
+        [[schedule]]
+        name = "orders"
+        job = "{job}"
+        every = "1s"
+        "#,
+    );
+    group.job(&redis, "rehearsal", 500, "");
+    group.job(&redis, "orders", 500, "");
+    let (code, text) = group.run("read-only", &["--reason", "incident 42"]);
+    assert_eq!(code, 0, "{text}");
+    let mut daemon = group.daemon("prod", 1);
+    wait_until("both schedules ran two passes", || {
+        ["rehearsal", "orders"].iter().all(|name| {
+            group
+                .history(name)
+                .iter()
+                .filter(|e| e["outcome"] == "ok")
+                .count()
+                >= 2
+        })
+    });
+    let status = group.status();
+    assert!(
+        status["read_only"]
+            .as_str()
+            .unwrap()
+            .contains("incident 42"),
+        "{status}"
+    );
+    assert!(
+        !group.files.path("out.db").exists(),
+        "no pass wrote: read-only and dry_run passes touch no sink"
+    );
+    let keys: Vec<String> = redis.query(redis::cmd("KEYS").arg("stevedore:orders:*"));
+    assert!(
+        keys.is_empty(),
+        "a dry run starts no run in redis: {keys:?}"
+    );
+    let summaries: Vec<Value> = group
+        .pass_dirs("orders")
+        .iter()
+        .map(|dir| {
+            let text = std::fs::read_to_string(
+                group
+                    .files
+                    .path(&format!("supervise/orders/{dir}/summary.json")),
+            )
+            .unwrap();
+            serde_json::from_str(&text).unwrap()
+        })
+        .collect();
+    assert!(
+        summaries
+            .iter()
+            .all(|s| s["dry_run"] == true && s["sinks"]["local"]["would_write"] == 500),
+        "{summaries:#?}"
+    );
+    // Read-only off: the active schedule writes again; the dry_run one never does.
+    let (code, text) = group.run("read-only", &["--off"]);
+    assert_eq!(code, 0, "{text}");
+    wait_until("the active schedule wrote", || {
+        group.files.sqlite_count("out.db", "orders") >= 500
+    });
+    assert_eq!(daemon.stop(), 0, "{}", daemon.log_text());
+    assert_eq!(group.files.sqlite_count("out.db", "rehearsal"), 0);
+}
+
+#[test]
+fn supervise_sigterm_lets_passes_finish_within_grace_then_leaves_them_to_resume() {
+    let redis = TestRedis::start();
+    let group = Group::empty(&redis, YEARLY);
+    group.job(&redis, "orders", 40_000, "max_units_per_second = 20");
+    // A short grace: the pass cannot finish within it.
+    let text = std::fs::read_to_string(&group.file)
+        .unwrap()
+        .replace("grace = \"30s\"", "grace = \"1s\"");
+    std::fs::write(&group.file, text).unwrap();
+    let mut first = group.daemon("prod", 1);
+    let (code, text) = group.run("trigger", &["orders"]);
+    assert_eq!(code, 0, "{text}");
+    wait_until("the pass writes", || {
+        group.files.sqlite_count("out.db", "orders") > 0
+    });
+    assert_eq!(first.stop(), 0, "{}", first.log_text());
+    let left = group.schedule("orders");
+    assert!(
+        !left["running"].is_null(),
+        "the pass is left to resume: {left}"
+    );
+    assert!(
+        left["last"]["outcome"].is_null(),
+        "not recorded as ended: {left}"
+    );
+    assert!(
+        first.log_text().contains("grace is over"),
+        "{}",
+        first.log_text()
+    );
+    let landed = group.files.sqlite_count("out.db", "orders");
+    assert!(landed < 40_000, "stopped early ({landed})");
+    // The next daemon resumes it at once: the lease was given back, not left to lapse.
+    let mut second = group.daemon("prod", 2);
+    wait_until("the pass ran to the end", || {
+        group.schedule("orders")["last"]["outcome"] == "ok"
+    });
+    assert_eq!(second.stop(), 0, "{}", second.log_text());
+    assert_every_record_once(&group, 40_000);
+    assert_eq!(group.runs_in_sink().len(), 1, "one run, resumed");
+}

@@ -58,6 +58,14 @@ fn main() {
                 let reason = reason.clone();
                 cli::control(config, schedule, cli::Control::Pause { reason }).await
             }
+            Command::ReadOnly {
+                config,
+                reason,
+                off,
+            } => {
+                let reason = if *off { None } else { reason.as_deref() };
+                cli::read_only(config, reason).await
+            }
             Command::Resume { config, schedule } => {
                 cli::control(config, schedule, cli::Control::Resume).await
             }
@@ -89,7 +97,8 @@ fn init_logging(cli: &Cli) {
         | Command::Trigger { .. }
         | Command::Stop { .. }
         | Command::Pause { .. }
-        | Command::Resume { .. } => "warn",
+        | Command::Resume { .. }
+        | Command::ReadOnly { .. } => "warn",
         _ => "info",
     };
     let filter =

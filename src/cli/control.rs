@@ -25,6 +25,47 @@ pub enum Control {
     Resume,
 }
 
+/// Switches the whole group to read-only (every pass runs with `--dry-run`) with a reason, or
+/// back (`reason` is `None`).
+pub async fn read_only(config_path: &Path, reason: Option<&str>) -> i32 {
+    let Some(config) = load_supervise(config_path) else {
+        return EXIT_CONFIG;
+    };
+    let link = match group_link(&config) {
+        Ok(link) => link,
+        Err(error) => {
+            eprintln!("stevedore: {error}");
+            return EXIT_FAILED;
+        }
+    };
+    let state = GroupState::new(&link, &config.group.name);
+    let result = match reason {
+        Some(reason) => state
+            .set_read_only(Some(&format!("{reason} ({})", who())))
+            .await
+            .map(|()| {
+                format!(
+                    "group {} is read-only: passes that start from now run with --dry-run",
+                    config.group.name
+                )
+            }),
+        None => state
+            .set_read_only(None)
+            .await
+            .map(|()| format!("group {} writes again", config.group.name)),
+    };
+    match result {
+        Ok(line) => {
+            println!("{line}");
+            0
+        }
+        Err(error) => {
+            eprintln!("stevedore: {error}");
+            EXIT_FAILED
+        }
+    }
+}
+
 /// Carries out `control` on schedule `name` of the supervise file at `config_path`.
 pub async fn control(config_path: &Path, name: &str, control: Control) -> i32 {
     let Some(config) = load_supervise(config_path) else {

@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 use crate::worker::{LogFormat, WorkerArgs};
 
 pub use check::check;
-pub use control::{Control, control};
+pub use control::{Control, control, read_only};
 pub use run::{RunFlags, run};
 pub use status::status;
 pub use supervise::supervise;
@@ -110,6 +110,18 @@ pub enum Command {
         /// Why, shown by `status`.
         #[arg(long)]
         reason: Option<String>,
+    },
+    /// Switch a whole supervise group to read-only (every pass runs with --dry-run), or back.
+    ReadOnly {
+        /// The supervise config (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Why (shown by `status`); required to switch on.
+        #[arg(long, required_unless_present = "off")]
+        reason: Option<String>,
+        /// Switch read-only off: passes write again.
+        #[arg(long, conflicts_with = "reason")]
+        off: bool,
     },
     /// Start passes of a paused schedule again.
     Resume {

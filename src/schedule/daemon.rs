@@ -276,6 +276,9 @@ async fn look(watch: &mut Watch, state: &GroupState<'_>, me: &Me, launcher: &Pas
             None => state.start(&watch.config.name, &me.id, &me.host).await?,
         };
         if let Some(entry) = entry {
+            if let Some(reason) = &seen.read_only {
+                tracing::warn!(schedule = %watch.config.name, %reason, "the group is read-only: this pass runs with --dry-run");
+            }
             let dry_run = watch.config.mode == Mode::DryRun || seen.read_only.is_some();
             start_pass(watch, state, me, launcher, entry, dry_run).await;
         }

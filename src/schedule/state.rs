@@ -679,6 +679,18 @@ impl<'a> GroupState<'a> {
         Ok(())
     }
 
+    /// Switches the group to read-only with `reason`, or back (`None`).
+    pub async fn set_read_only(&self, reason: Option<&str>) -> Result<(), LinkError> {
+        let command = match reason {
+            Some(reason) => redis::Cmd::set(self.keys.read_only(), reason),
+            None => redis::Cmd::del(self.keys.read_only()),
+        };
+        self.link
+            .query::<redis::Value>("switching read-only", &command)
+            .await
+            .map(drop)
+    }
+
     /// The history of `name`, newest first.
     pub async fn recent(&self, name: &str) -> Result<Vec<RecentEntry>, LinkError> {
         let keys = self.keys.schedule(name);
