@@ -126,3 +126,56 @@ fn config_check_connects_to_redis_and_sinks() {
     assert_eq!(output.status.code(), Some(2), "{stdout}");
     assert!(stdout.contains("redis: redis://127.0.0.1"), "{stdout}");
 }
+
+#[test]
+fn config_supervise_refuses_a_bad_schedule_before_anything_runs() {
+    let redis = TestRedis::start();
+    let job = Job::new(&GOOD.replace("REDIS_URL", &redis.url()));
+    let supervise = format!(
+        r#"
+        [supervise]
+        name = "loads"
+        data_dir = "{dir}/supervise"
+        [redis]
+        url = "{url}"
+        [[schedule]]
+        name = "nightly"
+        job = "{config}"
+        cron = "30 25 * * *"
+        [[schedule]]
+        name = "zoned"
+        job = "{config}"
+        cron = "30 2 * * *"
+        timezone = "Europe/Atlantis"
+        [[schedule]]
+        name = "gone"
+        job = "{dir}/missing.toml"
+        every = "1m"
+        "#,
+        dir = job.dir.path().display(),
+        url = redis.url(),
+        config = job.config.display(),
+    );
+    job.write("supervise.toml", &supervise);
+    let output = std::process::Command::new(testkit::stevedore_bin())
+        .args(["supervise", "--config"])
+        .arg(job.path("supervise.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    for expected in [
+        "schedule[0] (nightly).cron: `30 25 * * *` is not a cron pattern",
+        "schedule[1] (zoned).timezone: unknown time zone `Europe/Atlantis`",
+        "schedule[2] (gone).job:",
+        "missing.toml",
+    ] {
+        assert!(stderr.contains(expected), "`{expected}` in:\n{stderr}");
+    }
+    let keys: Vec<String> = redis.query(redis::cmd("KEYS").arg("*"));
+    assert!(
+        keys.is_empty(),
+        "nothing ran, nothing was written: {keys:?}"
+    );
+    assert!(!job.path("supervise").exists());
+}

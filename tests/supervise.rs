@@ -352,6 +352,11 @@ fn supervise_gates_schedules_by_environment() {
         name = "anywhere"
         job = "{job}"
         every = "1s"
+        [[schedule]]
+        name = "watched"
+        job = "{job}"
+        cron = "* * * * * *"
+        mode = "observe"
         "#,
     );
     let mut staging = group.daemon("staging", 1);
@@ -376,6 +381,20 @@ fn supervise_gates_schedules_by_environment() {
         "{}",
         staging.log_text()
     );
+    // `observe` computes and logs its slots, and records and runs nothing.
+    assert!(
+        staging
+            .log_text()
+            .contains("observe: this slot would run now"),
+        "{}",
+        staging.log_text()
+    );
+    let watched = group.schedule("watched");
+    assert!(
+        watched["recent"].as_array().unwrap().is_empty(),
+        "{watched}"
+    );
+    assert!(group.pass_dirs("watched").is_empty());
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! redelivered unit is never counted twice; the exact totals of a run and its live progress.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use super::{FieldWrite, RunState};
 use crate::queue::LinkError;
@@ -27,6 +28,22 @@ pub struct Progress {
     /// Per sink: records dead-lettered so far.
     pub dead: HashMap<String, u64>,
 }
+
+/// Counts an attempt at a unit unless it is recorded as written: KEYS = written hash, attempts
+/// hash, the job's fence counter; ARGV = unit, fencing token ('' for none). Returns the
+/// attempt number, 0 when the unit is recorded, or minus the job's highest token when the
+/// given one is older (nothing counted).
+static BEGIN_ATTEMPT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        if ARGV[2] ~= '' then
+            local highest = tonumber(redis.call('GET', KEYS[3]) or '0')
+            if tonumber(ARGV[2]) < highest then return -highest end
+        end
+        if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
+        return redis.call('HINCRBY', KEYS[2], ARGV[1], 1)",
+    )
+});
 
 /// The unit-ledger part of a run's state ([`RunState::ledger`]).
 pub struct UnitLedger<'a> {
@@ -139,16 +156,35 @@ impl UnitLedger<'_> {
 
     /// Starts a write attempt of `unit` on `sink`, in one round trip: `None` when the unit was
     /// already fully handled (only its acknowledgement is missing), else the attempt number.
+    /// A fenced state is refused here, before the sink is touched: for a sink that cannot
+    /// check a fencing token itself (Cosmos DB), a stale writer gets no further than the
+    /// unit in hand.
     pub async fn begin_attempt(&self, sink: &str, unit: &str) -> Result<Option<u64>, LinkError> {
-        let mut pipe = redis::pipe();
-        pipe.hexists(self.state.key(&format!("written:{sink}")), unit)
-            .hincr(self.state.key(&format!("attempts:{sink}")), unit, 1);
-        let (recorded, attempt): (bool, u64) = self
+        let keys = [
+            self.state.key(&format!("written:{sink}")),
+            self.state.key(&format!("attempts:{sink}")),
+            RunState::fence_key(&self.state.job),
+        ];
+        let token = self.state.fence();
+        let args = [
+            unit.to_string(),
+            token.map(|t| t.to_string()).unwrap_or_default(),
+        ];
+        let what = "starting an attempt";
+        let answer: i64 = self
             .state
             .link
-            .query_pipe("starting an attempt", &pipe)
+            .script(what, &BEGIN_ATTEMPT, &keys, &args)
             .await?;
-        Ok((!recorded).then_some(attempt))
+        match (answer, token) {
+            (highest, Some(token)) if highest < 0 => Err(LinkError::Fenced {
+                what: what.to_string(),
+                token,
+                highest: highest.unsigned_abs(),
+            }),
+            (0, _) => Ok(None),
+            (attempt, _) => Ok(Some(attempt as u64)),
+        }
     }
 
     /// The exact totals for `sinks`.

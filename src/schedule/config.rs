@@ -436,6 +436,14 @@ mode = "dry_run"
     }
 
     #[test]
+    fn schedule_config_the_example_file_is_valid() {
+        let config = SuperviseConfig::load(Path::new("config/supervise.toml"))
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(config.schedules.len(), 2);
+        assert_eq!(config.schedules[0].job_name, "demo");
+    }
+
+    #[test]
     fn schedule_config_reports_every_problem_naming_schedule_and_field() {
         let dir = tempfile::tempdir().unwrap();
         let error = parse(

@@ -16,11 +16,17 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::config::{Mode, ScheduleConfig, SuperviseConfig, Timing};
 use super::pass::{Ending, Pass, PassLauncher};
 use super::slots::{decide, signature};
-use super::state::{DaemonInfo, GroupState, PassEnd, PassEntry, RecentEntry, Renewal};
+use super::state::{DaemonInfo, GroupState, LEASE_TTL, PassEnd, PassEntry, RecentEntry, Renewal};
 use crate::queue::{LinkError, Patience, RedisLink};
 
 /// How often the daemon looks at its schedules.
 const TICK: Duration = Duration::from_millis(200);
+
+/// How often a quiet look (nothing due) is recorded, at most.
+const QUIET_RECORD_MS: i64 = 1_000;
+
+/// How many times a lease is renewed within its TTL.
+const RENEWALS_PER_LEASE: u32 = 8;
 
 /// How often it tells the group it is alive.
 const BEAT_EVERY: Duration = Duration::from_secs(2);
@@ -229,14 +235,27 @@ async fn look(watch: &mut Watch, state: &GroupState<'_>, me: &Me, launcher: &Pas
         let seen = state.read(&watch.config.name).await?;
         let decision = decide(&watch.config, &seen.observed, false);
         let quiet = decision.is_quiet();
-        if state
-            .apply(&watch.config.name, &seen, &watch.signature, &decision)
-            .await?
-            && !quiet
-        {
-            log_decision(&watch.config.name, &decision);
+        // A quiet look is recorded about once a second (any daemon's record will do): enough
+        // to tell a gap in the watching, and Redis (fsync on every write with AOF) is spared.
+        let recently_recorded = seen
+            .observed
+            .checked_at
+            .is_some_and(|at| seen.observed.now_ms - at < QUIET_RECORD_MS);
+        if !quiet || !recently_recorded {
+            let applied = state
+                .apply(&watch.config.name, &seen, &watch.signature, &decision)
+                .await?;
+            if applied && !quiet {
+                log_decision(&watch.config.name, &decision);
+            }
         }
-        if watch.pass.is_some() {
+        if let Some(pass) = watch.pass.as_mut() {
+            // `stop` names the pass by number: a stop meant for an earlier pass is ignored.
+            let stop = seen.fields.get("stop").and_then(|s| s.parse::<u64>().ok());
+            if stop.is_some() && stop == pass.entry.pass && pass.ending.is_none() {
+                tracing::warn!(schedule = %watch.config.name, pass = pass.entry.pass, "asked to stop the pass: stopping it");
+                pass.ask_to_end(Ending::Stopped);
+            }
             return Ok(());
         }
         // A pass whose daemon's lease lapsed is taken over; else the next waiting slot starts.
@@ -370,13 +389,22 @@ async fn tend(watch: &mut Watch, state: &GroupState<'_>, me: &Me, grace_over: bo
         tracing::warn!(schedule = %name, pass = pass.entry.pass, ?timeout, "the pass timed out: stopping it");
         pass.ask_to_end(Ending::TimedOut);
     }
+    if let Some(ending) = pass.ending
+        && pass
+            .asked_at
+            .is_some_and(|at| at.elapsed() > Duration::from_secs(60))
+    {
+        tracing::warn!(schedule = %name, ?ending, "the pass is still there; asking again (now its workers are killed)");
+        pass.ask_to_end(ending);
+    }
+    if pass
+        .renewed
+        .is_some_and(|at| at.elapsed() < LEASE_TTL / RENEWALS_PER_LEASE)
+    {
+        return;
+    }
     match state.renew(&name, &me.id).await {
-        Ok(Renewal::Held { stop }) => {
-            if stop.is_some() && stop == pass.entry.pass && pass.ending.is_none() {
-                tracing::warn!(schedule = %name, pass = pass.entry.pass, "asked to stop the pass: stopping it");
-                pass.ask_to_end(Ending::Stopped);
-            }
-        }
+        Ok(Renewal::Held { .. }) => pass.renewed = Some(Instant::now()),
         Ok(Renewal::Lost) => {
             if pass.ending != Some(Ending::LeaseLost) {
                 tracing::error!(schedule = %name, pass = pass.entry.pass, "another daemon took this pass over (this one was cut off or paused): stopping it");
@@ -384,14 +412,6 @@ async fn tend(watch: &mut Watch, state: &GroupState<'_>, me: &Me, grace_over: bo
             pass.ask_to_end(Ending::LeaseLost);
         }
         Err(error) => tracing::debug!(%error, "cannot renew the lease"),
-    }
-    if let Some(ending) = pass.ending
-        && pass
-            .asked_at
-            .is_some_and(|at| at.elapsed() > Duration::from_secs(60))
-    {
-        tracing::warn!(schedule = %name, ?ending, "the pass is still there; asking again");
-        pass.ask_to_end(ending);
     }
 }
 

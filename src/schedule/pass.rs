@@ -49,6 +49,8 @@ pub struct Pass {
     pub ending: Option<Ending>,
     /// When the daemon last asked (a pass that ignores SIGTERM is asked again, then killed).
     pub asked_at: Option<Instant>,
+    /// When the daemon last renewed the pass's lease.
+    pub renewed: Option<Instant>,
 }
 
 /// How to start passes.
@@ -113,13 +115,15 @@ impl PassLauncher {
             dir,
             ending: None,
             asked_at: None,
+            renewed: None,
         })
     }
 }
 
 impl Pass {
-    /// Asks the pass to stop (SIGTERM: its workers finish or give back their units), once per
-    /// minute; a pass still there after three asks is killed.
+    /// Asks the pass to stop (SIGTERM: its workers finish or give back their units); asked
+    /// again a minute later, `stevedore run` kills its workers at once (units in flight are
+    /// delivered again later).
     pub fn ask_to_end(&mut self, why: Ending) {
         if self.ending.is_none() || why == Ending::LeaseLost {
             self.ending = Some(why);
