@@ -248,22 +248,31 @@ fn create_ledger() -> String {
 /// when it is (the writer is fenced off). In the caller's transaction, so the check and the
 /// write it guards commit together.
 fn pass_fence(connection: &Connection, fence: &Fence) -> Result<Option<u64>, rusqlite::Error> {
-    let raised = connection.execute(
-        &format!(
-            "INSERT INTO {FENCES} (job, token) VALUES (?1, ?2) ON CONFLICT (job) DO UPDATE \
-             SET token = excluded.token WHERE excluded.token >= {FENCES}.token"
-        ),
-        params![fence.job, fence.token as i64],
-    )?;
-    if raised == 1 {
-        return Ok(None);
+    // Read first: once prepare raised it, the row already holds this token, and a unit's
+    // transaction then writes no page of the fence table (the caller holds the write lock,
+    // so nothing changes between this read and the commit).
+    let stored: Option<i64> = connection
+        .query_row(
+            &format!("SELECT token FROM {FENCES} WHERE job = ?1"),
+            params![fence.job],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let token = fence.token as i64;
+    match stored {
+        Some(stored) if stored == token => Ok(None),
+        Some(stored) if stored > token => Ok(Some(stored as u64)),
+        _ => {
+            connection.execute(
+                &format!(
+                    "INSERT INTO {FENCES} (job, token) VALUES (?1, ?2) \
+                     ON CONFLICT (job) DO UPDATE SET token = excluded.token"
+                ),
+                params![fence.job, token],
+            )?;
+            Ok(None)
+        }
     }
-    let highest: i64 = connection.query_row(
-        &format!("SELECT token FROM {FENCES} WHERE job = ?1"),
-        params![fence.job],
-        |row| row.get(0),
-    )?;
-    Ok(Some(highest as u64))
 }
 
 /// Opens the database for writing, creating it and its directory if needed, in WAL mode.
