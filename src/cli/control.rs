@@ -5,6 +5,7 @@ use std::path::Path;
 
 use super::supervise::{group_link, load_supervise};
 use super::{EXIT_CONFIG, EXIT_FAILED};
+use crate::queue::RedisLink;
 use crate::schedule::slots::{decide, signature};
 use crate::schedule::state::{GroupState, Paused};
 use crate::schedule::{ScheduleConfig, SuperviseConfig};
@@ -28,32 +29,41 @@ pub enum Control {
 /// Switches the whole group to read-only (every pass runs with `--dry-run`) with a reason, or
 /// back (`reason` is `None`).
 pub async fn read_only(config_path: &Path, reason: Option<&str>) -> i32 {
-    let Some(config) = load_supervise(config_path) else {
-        return EXIT_CONFIG;
-    };
-    let link = match group_link(&config) {
-        Ok(link) => link,
-        Err(error) => {
-            eprintln!("stevedore: {error}");
-            return EXIT_FAILED;
-        }
+    let (config, link) = match open_group(config_path) {
+        Ok(opened) => opened,
+        Err(code) => return code,
     };
     let state = GroupState::new(&link, &config.group.name);
+    let group = &config.group.name;
     let result = match reason {
         Some(reason) => state
             .set_read_only(Some(&format!("{reason} ({})", who())))
             .await
             .map(|()| {
-                format!(
-                    "group {} is read-only: passes that start from now run with --dry-run",
-                    config.group.name
-                )
+                format!("group {group} is read-only: passes that start from now run with --dry-run")
             }),
         None => state
             .set_read_only(None)
             .await
-            .map(|()| format!("group {} writes again", config.group.name)),
+            .map(|()| format!("group {group} writes again")),
     };
+    report(result.map_err(|error| error.to_string()))
+}
+
+/// Loads the supervise file and links to its group's Redis; the exit code if either fails.
+pub(super) fn open_group(config_path: &Path) -> Result<(SuperviseConfig, RedisLink), i32> {
+    let config = load_supervise(config_path).ok_or(EXIT_CONFIG)?;
+    match group_link(&config) {
+        Ok(link) => Ok((config, link)),
+        Err(error) => {
+            eprintln!("stevedore: {error}");
+            Err(EXIT_FAILED)
+        }
+    }
+}
+
+/// Prints what a command did (exit 0) or why it failed (exit 1).
+fn report(result: Result<String, String>) -> i32 {
     match result {
         Ok(line) => {
             println!("{line}");
@@ -68,18 +78,12 @@ pub async fn read_only(config_path: &Path, reason: Option<&str>) -> i32 {
 
 /// Carries out `control` on schedule `name` of the supervise file at `config_path`.
 pub async fn control(config_path: &Path, name: &str, control: Control) -> i32 {
-    let Some(config) = load_supervise(config_path) else {
-        return EXIT_CONFIG;
+    let (config, link) = match open_group(config_path) {
+        Ok(opened) => opened,
+        Err(code) => return code,
     };
     let Some(schedule) = find(&config, name) else {
         return EXIT_CONFIG;
-    };
-    let link = match group_link(&config) {
-        Ok(link) => link,
-        Err(error) => {
-            eprintln!("stevedore: {error}");
-            return EXIT_FAILED;
-        }
     };
     let state = GroupState::new(&link, &config.group.name);
     let result = match control {
@@ -103,16 +107,7 @@ pub async fn control(config_path: &Path, name: &str, control: Control) -> i32 {
             .map(|()| format!("resumed {name}"))
             .map_err(|error| error.to_string()),
     };
-    match result {
-        Ok(line) => {
-            println!("{line}");
-            0
-        }
-        Err(error) => {
-            eprintln!("stevedore: {error}");
-            EXIT_FAILED
-        }
-    }
+    report(result)
 }
 
 /// The schedule called `name`, or a message listing the ones there are.

@@ -8,8 +8,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::supervise::{group_link, load_supervise};
-use super::{EXIT_CONFIG, EXIT_FAILED};
+use super::EXIT_FAILED;
 use crate::queue::{LinkError, RedisLink};
 use crate::run_state::RunState;
 use crate::schedule::daemon::DAEMON_ALIVE_MS;
@@ -19,15 +18,9 @@ use crate::schedule::{ScheduleConfig, SuperviseConfig, Timing};
 
 /// Prints the status of the group in `config_path` (as one JSON object with `json`).
 pub async fn status(config_path: &Path, environment: Option<&str>, json: bool) -> i32 {
-    let Some(config) = load_supervise(config_path) else {
-        return EXIT_CONFIG;
-    };
-    let link = match group_link(&config) {
-        Ok(link) => Arc::new(link),
-        Err(error) => {
-            eprintln!("stevedore: {error}");
-            return EXIT_FAILED;
-        }
+    let (config, link) = match super::control::open_group(config_path) {
+        Ok((config, link)) => (config, Arc::new(link)),
+        Err(code) => return code,
     };
     let environment = environment.unwrap_or(&config.group.environment);
     match collect(&config, &link, environment).await {

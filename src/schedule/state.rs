@@ -525,16 +525,9 @@ impl<'a> GroupState<'a> {
         host: &str,
     ) -> Result<Option<PassEntry>, LinkError> {
         let keys = self.keys.schedule(name);
-        let started: Option<String> = self
-            .link
-            .script(
-                "starting a pass",
-                &START,
-                &[keys.hash, keys.pending, keys.lease],
-                &[daemon.into(), lease_ms(), host.into()],
-            )
-            .await?;
-        Ok(started.and_then(|json| serde_json::from_str(&json).ok()))
+        let keys = [keys.hash, keys.pending, keys.lease];
+        self.claim("starting a pass", &START, &keys, daemon, host)
+            .await
     }
 
     /// Takes over `name`'s running pass if its daemon's lease lapsed.
@@ -545,16 +538,31 @@ impl<'a> GroupState<'a> {
         host: &str,
     ) -> Result<Option<PassEntry>, LinkError> {
         let keys = self.keys.schedule(name);
-        let taken: Option<String> = self
+        let keys = [keys.hash, keys.lease];
+        self.claim("taking over a pass", &TAKE_OVER, &keys, daemon, host)
+            .await
+    }
+
+    /// Runs a script that hands a pass to `daemon` (ARGV: daemon, lease TTL, host), returning
+    /// the pass it got, if any.
+    async fn claim(
+        &self,
+        what: &str,
+        script: &redis::Script,
+        keys: &[String],
+        daemon: &str,
+        host: &str,
+    ) -> Result<Option<PassEntry>, LinkError> {
+        let claimed: Option<String> = self
             .link
             .script(
-                "taking over a pass",
-                &TAKE_OVER,
-                &[keys.hash, keys.lease],
+                what,
+                script,
+                keys,
                 &[daemon.into(), lease_ms(), host.into()],
             )
             .await?;
-        Ok(taken.and_then(|json| serde_json::from_str(&json).ok()))
+        Ok(claimed.and_then(|json| serde_json::from_str(&json).ok()))
     }
 
     /// Records the running pass's details while `daemon` holds its lease.
