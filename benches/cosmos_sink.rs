@@ -296,7 +296,7 @@ fn main() {
                 let sink = sink::from_config(&config);
                 runtime.block_on(sink.prepare(None)).expect("prepare");
                 let cpu = cpu_seconds();
-                let elapsed = runtime.block_on(consumer_path(sink, config, &units));
+                let elapsed = runtime.block_on(consumer_path(sink, config, &units, None));
                 let cpu = cpu_seconds() - cpu;
                 runtime.block_on(finish(&container, &documents));
                 (elapsed, cpu)

@@ -4,14 +4,16 @@
 //! - bare: rows already converted to tiberius values (not timed), then per chunk
 //!   `bulk_insert` + `send` + `finalize` on one connection: the most a client can do.
 //! - stevedore: per unit, what a consumer does after receiving it: decode the envelope, map the
-//!   records, and `Sink::write` (ledger lookup, transaction, bulk load, ledger entry, commit),
-//!   up to the sink's `max_concurrency` units at once.
+//!   records, and `Sink::write` (transaction, bulk load, fence check, ledger entry, commit),
+//!   up to the sink's `max_concurrency` units at once, with a fencing token as a run's
+//!   consumers have (prepared first, as the run's supervisor does).
 //!
 //! The two loops take turns going first, round by round, so neither always meets a warmer or
 //! busier machine; the summary is the median of the per-round ratios.
 //!
 //! Settings (environment): `BENCH_ROWS` (default 200000), `BENCH_UNIT` (rows per unit and per
-//! bare chunk, default 1000), `BENCH_CONCURRENCY` (default 4, the sink's default `max_concurrency`), `BENCH_ROUNDS` (default 5).
+//! bare chunk, default 1000), `BENCH_CONCURRENCY` (default 4, the sink's default `max_concurrency`), `BENCH_ROUNDS` (default 5),
+//! `BENCH_FENCE` (default 1; 0 writes without a fencing token).
 
 mod common;
 
@@ -114,6 +116,10 @@ fn main() {
     let unit = setting("BENCH_UNIT", 1000);
     let concurrency = setting("BENCH_CONCURRENCY", 4);
     let rounds = setting("BENCH_ROUNDS", 5);
+    let fence = (setting("BENCH_FENCE", 1) != 0).then(|| sink::Fence {
+        job: "bench".into(),
+        token: 1,
+    });
     let records: Vec<Value> = (0..rows as u64).map(|n| generated_record(7, n)).collect();
     let chunks: Vec<Vec<TokenRow<'static>>> = records
         .chunks(unit)
@@ -128,7 +134,8 @@ fn main() {
         .expect("runtime");
     println!(
         "mssql sink vs bare tiberius bulk_insert: {rows} rows, {unit} rows per unit/chunk, \
-         concurrency {concurrency}, TDS test server"
+         concurrency {concurrency}, fencing token {}, TDS test server",
+        if fence.is_some() { "on" } else { "off" }
     );
     let (mut bare_rates, mut piped_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
@@ -138,7 +145,9 @@ fn main() {
         runtime.block_on(execute(&connection, &create_table(&piped_table)));
         let config = Arc::new(sink_config(&server, &piped_table, concurrency, unit));
         let sink = sink::from_config(&config);
-        runtime.block_on(sink.prepare(None)).expect("prepare");
+        runtime
+            .block_on(sink.prepare(fence.as_ref()))
+            .expect("prepare");
         let client_started = Instant::now();
         for bytes in &units {
             let unit = DataUnit::decode(bytes).expect("decodes");
@@ -149,10 +158,10 @@ fn main() {
             let bare_s = runtime.block_on(bare(&connection, &bare_table, &chunks));
             (
                 bare_s,
-                runtime.block_on(consumer_path(sink, config, &units)),
+                runtime.block_on(consumer_path(sink, config, &units, fence.clone())),
             )
         } else {
-            let piped_s = runtime.block_on(consumer_path(sink, config, &units));
+            let piped_s = runtime.block_on(consumer_path(sink, config, &units, fence.clone()));
             (
                 runtime.block_on(bare(&connection, &bare_table, &chunks)),
                 piped_s,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 use stevedore::mapping::Row;
-use stevedore::sink::{self, Batch, Sink};
+use stevedore::sink::{self, Batch, Fence, Sink};
 use testkit::block_on;
 use testkit::mssql::MssqlTarget;
 
@@ -398,6 +398,153 @@ fn mssql_check_names_missing_columns_and_unmapped_required_ones() {
             report.contains("id int NOT NULL, must nvarchar(5) NOT NULL"),
             "{report}"
         );
+    }
+}
+
+/// `unit` as written by the holder of `job`'s lock with `token`.
+fn fenced(unit: Arc<Batch>, job: &str, token: u64) -> Arc<Batch> {
+    let mut unit = (*unit).clone();
+    unit.fence = Some(Fence {
+        job: job.to_string(),
+        token,
+    });
+    Arc::new(unit)
+}
+
+#[test]
+fn mssql_fence_refuses_an_older_token_once_a_newer_one_prepared_or_wrote() {
+    for target in
+        MssqlTarget::all("mssql_fence_refuses_an_older_token_once_a_newer_one_prepared_or_wrote")
+    {
+        let table = orders_table(&target);
+        let sink = sink_for(&target, &table, "", ORDERS_MAP);
+        // Fence rows are per job and shared by every run on a real server: a job of its own.
+        let job = target.table("fencejob");
+        let fence = |token| Fence {
+            job: job.clone(),
+            token,
+        };
+        block_on(sink.prepare(Some(&fence(4)))).expect("the holder of token 4 prepares");
+        let outcome = block_on(sink.write(fenced(batch("u/1", orders(1..3, "a")), &job, 4)))
+            .expect("the holder writes");
+        assert_eq!(outcome.written, 2, "{}", target.label());
+        // A newer holder prepares: the older one is refused from now on, and writes nothing.
+        block_on(sink.prepare(Some(&fence(5)))).expect("the holder of token 5 prepares");
+        let refused = block_on(sink.write(fenced(batch("u/2", orders(3..5, "b")), &job, 4)))
+            .expect_err("the older holder is fenced off");
+        assert!(refused.is_fenced(), "{}: {refused}", target.label());
+        assert!(
+            refused
+                .to_string()
+                .contains("fencing token 4 is older than 5"),
+            "{refused}"
+        );
+        assert_eq!(target.count(&table), 2, "the refused unit left no row");
+        let ledger = |unit: &str| {
+            target.rows(&format!(
+                "SELECT unit_id, fence FROM stevedore_applied WHERE target = N'{table}' \
+                 AND unit_id = N'{unit}'"
+            ))
+        };
+        assert_eq!(
+            ledger("u/2"),
+            Vec::<Vec<Value>>::new(),
+            "nor a ledger entry"
+        );
+        // The older one cannot prepare again either; the newer one writes and is recorded.
+        let error = block_on(sink.prepare(Some(&fence(4)))).expect_err("prepare is fenced too");
+        assert!(error.is_fenced(), "{}: {error}", target.label());
+        let outcome = block_on(sink.write(fenced(batch("u/2", orders(3..5, "b")), &job, 5)))
+            .expect("the newer holder writes");
+        assert!(outcome.fresh);
+        assert_eq!(target.count(&table), 4);
+        assert_eq!(ledger("u/1"), vec![vec![json!("u/1"), json!(4)]]);
+        assert_eq!(ledger("u/2"), vec![vec![json!("u/2"), json!(5)]]);
+        // A newer token raises the fence at its first write too (its prepare could not).
+        let outcome = block_on(sink.write(fenced(batch("u/3", orders(5..6, "c")), &job, 6)))
+            .expect("token 6 writes without having prepared");
+        assert_eq!(outcome.written, 1);
+        let refused = block_on(sink.write(fenced(batch("u/4", orders(6..7, "d")), &job, 5)))
+            .expect_err("token 5 is fenced off by a write of token 6");
+        assert!(refused.to_string().contains("older than 6"), "{refused}");
+        // Other jobs have fences of their own, and writes without a token are not checked.
+        let other = target.table("otherjob");
+        block_on(sink.prepare(Some(&Fence {
+            job: other.clone(),
+            token: 1,
+        })))
+        .expect("another job's first token");
+        block_on(sink.write(fenced(batch("u/5", orders(7..8, "e")), &other, 1)))
+            .expect("another job writes");
+        block_on(sink.write(batch("u/6", orders(8..9, "f")))).expect("a write without a token");
+        assert_eq!(ledger("u/6"), vec![vec![json!("u/6"), Value::Null]]);
+        assert_eq!(target.count(&table), 7, "{}", target.label());
+    }
+}
+
+/// The ledger as stevedore made it before fencing tokens.
+const LEDGER_WITHOUT_FENCE: &str = "(target nvarchar(128) NOT NULL, unit_id nvarchar(300) NOT NULL, \
+     rows_written int NOT NULL, rows_failed int NOT NULL, failures nvarchar(max) NULL, \
+     applied_at datetime2(3) NOT NULL, CONSTRAINT PK_stevedore_applied PRIMARY KEY (target, unit_id))";
+
+#[test]
+fn mssql_prepare_adds_the_fence_column_to_a_ledger_made_without_it() {
+    for target in
+        MssqlTarget::all("mssql_prepare_adds_the_fence_column_to_a_ledger_made_without_it")
+    {
+        // A real server's ledger is shared by every test and run: this one gets a schema of
+        // its own there. The test server holds only this test's tables (all in dbo).
+        let schema = target
+            .server()
+            .is_none()
+            .then(|| target.table("fence_ledger"));
+        if let Some(schema) = &schema {
+            target.execute(&format!("CREATE SCHEMA [{schema}]"));
+        }
+        let qualify = |name: &str| match &schema {
+            Some(schema) => format!("[{schema}].[{name}]"),
+            None => name.to_string(),
+        };
+        let (orders_table, ledger) = (qualify("orders"), qualify("stevedore_applied"));
+        target.recreate(
+            &orders_table,
+            &format!("CREATE TABLE {orders_table} (id bigint NOT NULL PRIMARY KEY, name nvarchar(50) NULL, amount decimal(18,2) NULL)"),
+        );
+        target.recreate(
+            &ledger,
+            &format!("CREATE TABLE {ledger} {LEDGER_WITHOUT_FENCE}"),
+        );
+        let table = match &schema {
+            Some(schema) => format!("{schema}.orders"),
+            None => "orders".to_string(),
+        };
+        let sink = sink_for(&target, &table, "", ORDERS_MAP);
+        block_on(sink.prepare(None)).expect("prepare");
+        let sink = sink_for(&target, &table, "", ORDERS_MAP); // another process: a no-op
+        block_on(sink.prepare(Some(&Fence {
+            job: target.table("fenceledgerjob"),
+            token: 3,
+        })))
+        .expect("prepare again, with a token");
+        block_on(sink.write(fenced(
+            batch("u/1", orders(1..3, "a")),
+            &target.table("fenceledgerjob"),
+            3,
+        )))
+        .expect("write");
+        let rows = target.rows(&format!("SELECT unit_id, fence FROM {ledger}"));
+        assert_eq!(
+            rows,
+            vec![vec![json!("u/1"), json!(3)]],
+            "{}",
+            target.label()
+        );
+        if let Some(schema) = &schema {
+            for name in ["orders", "stevedore_applied", "stevedore_fence"] {
+                target.execute(&format!("DROP TABLE IF EXISTS [{schema}].[{name}]"));
+            }
+            target.execute(&format!("DROP SCHEMA [{schema}]"));
+        }
     }
 }
 

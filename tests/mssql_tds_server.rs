@@ -696,6 +696,103 @@ async fn mssql_tds_sink_statement_shapes() {
     assert_eq!(server_error(&error).0, 208);
 }
 
+async fn fence_rows(client: &mut Client) -> Vec<(String, i64)> {
+    client
+        .simple_query("SELECT job, token FROM dbo.fences ORDER BY job")
+        .await
+        .expect("select")
+        .into_first_result()
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            (
+                r.get::<&str, _>(0).expect("job").to_string(),
+                r.get::<i64, _>(1).expect("token"),
+            )
+        })
+        .collect()
+}
+
+/// What a fencing check sends: table hints (dropped; holding ones take the writer lock in a
+/// transaction), `IF [NOT] EXISTS (...) <statement>`, `THROW` ending the batch,
+/// `IF COL_LENGTH(...) IS NULL ALTER TABLE ... ADD`, and a binary collation.
+#[tokio::test]
+async fn mssql_tds_conditional_statements_table_hints_and_throw() {
+    let server = TdsServer::start();
+    let mut client = client(&server).await;
+    let create = "IF OBJECT_ID(N'dbo.fences', N'U') IS NULL CREATE TABLE dbo.[fences] (\
+                  job nvarchar(128) COLLATE Latin1_General_BIN2 NOT NULL, token bigint NOT NULL, \
+                  CONSTRAINT PK_fences PRIMARY KEY (job))";
+    exec(&mut client, create).await;
+    let pass = |job: &str, token: i64| {
+        format!(
+            "UPDATE dbo.[fences] SET token = {token} WHERE job = N'{job}' AND token < {token};\n\
+             IF NOT EXISTS (SELECT 1 FROM dbo.[fences] WHERE job = N'{job}') \
+             INSERT INTO dbo.[fences] (job, token) SELECT N'{job}', {token} WHERE NOT EXISTS \
+             (SELECT 1 FROM dbo.[fences] WITH (UPDLOCK, HOLDLOCK) WHERE job = N'{job}');\n\
+             IF EXISTS (SELECT 1 FROM dbo.[fences] WITH (REPEATABLEREAD) WHERE job = N'{job}' \
+             AND token > {token}) THROW 51000, N'fenced: it''s newer', 1;\n\
+             INSERT INTO dbo.[fences] (job, token) VALUES (N'after {job} {token}', {token})"
+        )
+    };
+    exec(
+        &mut client,
+        &format!(
+            "BEGIN TRANSACTION;\n{};\nCOMMIT TRANSACTION",
+            pass("orders", 4)
+        ),
+    )
+    .await;
+    exec(&mut client, &pass("Orders", 2)).await;
+    exec(&mut client, &pass("orders", 5)).await;
+    let error = match client.simple_query(pass("orders", 3)).await {
+        Ok(stream) => stream.into_results().await.map(drop),
+        Err(error) => Err(error),
+    }
+    .expect_err("a lower token throws");
+    assert_eq!(
+        server_error(&error),
+        (51000, "fenced: it's newer".to_string())
+    );
+    assert_eq!(
+        fence_rows(&mut client).await,
+        vec![
+            ("Orders".to_string(), 2),
+            ("after Orders 2".to_string(), 2),
+            ("after orders 4".to_string(), 4),
+            ("after orders 5".to_string(), 5),
+            ("orders".to_string(), 5),
+        ],
+        "raised, inserted once per job (case and all), and nothing ran after the THROW"
+    );
+
+    // A column added once, however often asked.
+    for _ in 0..2 {
+        exec(
+            &mut client,
+            "IF COL_LENGTH(N'dbo.fences', N'note') IS NULL ALTER TABLE dbo.[fences] ADD note nvarchar(max) NULL",
+        )
+        .await;
+    }
+    exec(
+        &mut client,
+        "UPDATE dbo.fences SET note = N'x' WHERE job = N'orders'",
+    )
+    .await;
+    let error = match client
+        .simple_query(
+            "IF COL_LENGTH(N'dbo.fences', N'note') IS NOT NULL THROW 50001, N'present', 1",
+        )
+        .await
+    {
+        Ok(stream) => stream.into_results().await.map(drop),
+        Err(error) => Err(error),
+    }
+    .expect_err("the column is there");
+    assert_eq!(server_error(&error).0, 50001);
+}
+
 #[tokio::test]
 async fn mssql_tds_fault_drop_during_bulk_load_stores_nothing() {
     let server = TdsServer::start();

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 use stevedore::config::SinkConfig;
-use stevedore::sink::Sink;
+use stevedore::sink::{Fence, Sink};
 use stevedore::unit::DataUnit;
 
 /// The environment variable `name` as a number, or `default`.
@@ -38,9 +38,15 @@ pub fn encode_units(records: &[Value], unit: usize, label: &str) -> Vec<Vec<u8>>
         .collect()
 }
 
-/// What a consumer does with each unit after receiving it (decode, map, `Sink::write`),
-/// `Sink::concurrency` units at once; every record must be written. Returns the seconds taken.
-pub async fn consumer_path(sink: Arc<dyn Sink>, config: Arc<SinkConfig>, units: &[Vec<u8>]) -> f64 {
+/// What a consumer does with each unit after receiving it (decode, map, `Sink::write` with the
+/// run's fencing token if any), `Sink::concurrency` units at once; every record must be
+/// written. Returns the seconds taken.
+pub async fn consumer_path(
+    sink: Arc<dyn Sink>,
+    config: Arc<SinkConfig>,
+    units: &[Vec<u8>],
+    fence: Option<Fence>,
+) -> f64 {
     let started = Instant::now();
     let mut running = tokio::task::JoinSet::new();
     for bytes in units {
@@ -52,10 +58,11 @@ pub async fn consumer_path(sink: Arc<dyn Sink>, config: Arc<SinkConfig>, units: 
                 .expect("running")
                 .expect("no panic");
         }
-        let (sink, config) = (sink.clone(), config.clone());
+        let (sink, config, fence) = (sink.clone(), config.clone(), fence.clone());
         running.spawn(async move {
             let unit = DataUnit::decode(&bytes).expect("decodes");
-            let batch = stevedore::worker::map_unit(&config, &unit);
+            let mut batch = stevedore::worker::map_unit(&config, &unit);
+            batch.fence = fence;
             let outcome = sink.write(Arc::new(batch)).await.expect("writes");
             assert!(outcome.failures.is_empty(), "{:?}", outcome.failures);
             assert_eq!(

@@ -232,6 +232,16 @@ impl SinkErrors {
     pub fn fatal(&self, message: &str) -> SinkError {
         SinkError::fatal(&self.sink, self.secret.hide_in(message))
     }
+
+    /// The refusal of a writer holding `fence` when `highest` is recorded for its job.
+    pub fn fenced(&self, fence: &Fence, highest: u64) -> SinkError {
+        SinkError::Fenced {
+            sink: self.sink.clone(),
+            job: fence.job.clone(),
+            token: fence.token,
+            highest,
+        }
+    }
 }
 
 /// What every kind of sink does.

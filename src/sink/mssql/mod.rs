@@ -4,8 +4,8 @@
 //! - **connection**: the ADO.NET string and each process's own deadpool of connections.
 //! - **schema**: the table's real columns, and the check of the mapping against them.
 //! - **encode**: JSON values to the columns' types.
-//! - **write**: one unit in one transaction: rows and a ledger entry together; a refused load
-//!   is split until the rows at fault are found.
+//! - **write**: one unit in one transaction: rows and a ledger entry together, checked against
+//!   the job's fence; a refused load is split until the rows at fault are found.
 //! - **errors**: which server errors are retried, isolated or fatal.
 //! - **sql**: every statement the sink sends.
 
@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use deadpool::managed::{Object, PoolError};
 use tokio::sync::OnceCell;
 
-use super::{Batch, Sink, SinkError, SinkErrors, SinkKind, WriteMode, WriteOutcome};
+use super::{Batch, Fence, Sink, SinkError, SinkErrors, SinkKind, WriteMode, WriteOutcome};
 use crate::config::SinkConfig;
 use crate::mapping::Mapping;
 use crate::throttle::RateLimit;
@@ -120,6 +120,40 @@ impl MssqlSink {
         })
     }
 
+    /// A write error as the sink reports it; `fence` is the writer's token.
+    fn write_error(&self, error: write::WriteError, fence: Option<&Fence>) -> SinkError {
+        match (error, fence) {
+            (write::WriteError::Server { what, error }, _) => self.server_error(what, &error),
+            (write::WriteError::Refused(message), _) => self.fatal(message),
+            (write::WriteError::Fenced { highest }, Some(fence)) => {
+                self.errors.fenced(fence, highest)
+            }
+            (write::WriteError::Fenced { highest }, None) => self.fatal(format!(
+                "fenced by token {highest} without a token of its own"
+            )),
+        }
+    }
+
+    /// Records `fence` as its job's highest token, in a transaction of its own.
+    async fn record_fence(&self, fence: &Fence) -> Result<(), SinkError> {
+        let check = write::fence_check(fence).map_err(|e| self.write_error(e, Some(fence)))?;
+        let fences = self.table.fences();
+        let mut connection = self.connection().await?;
+        let Err(error) = run(&mut connection, &sql::record_fence(&fences, &check)).await else {
+            return Ok(());
+        };
+        if run(&mut connection, sql::ROLLBACK_IF_OPEN).await.is_err() {
+            // Never hand a connection in an unknown state back to the pool.
+            drop(Object::take(connection));
+        } else if error.code() == Some(sql::FENCED) {
+            let highest = write::read_highest_fence(&mut connection, &fences, &fence.job)
+                .await
+                .map_err(|e| self.server_error("cannot read the fence", &e))?;
+            return Err(self.errors.fenced(fence, highest.unwrap_or_default()));
+        }
+        Err(self.server_error("cannot record the fencing token", &error))
+    }
+
     /// Reads the table's columns and checks the mapping against them.
     async fn read_target(&self, connection: &mut Connection) -> Result<Target, SinkError> {
         let quoted = self.table.quoted();
@@ -164,16 +198,24 @@ impl MssqlSink {
     }
 
     /// How units are written, once per process after the table was read and checked; creates
-    /// the ledger table if missing.
+    /// the ledger and fence tables if missing, and gives a ledger made before fencing tokens
+    /// its `fence` column.
     async fn plan(&self) -> Result<Arc<write::Plan>, SinkError> {
         self.plan
             .get_or_try_init(|| async {
                 let mut connection = self.connection().await?;
                 let target = self.read_target(&mut connection).await?;
-                let create = sql::create_ledger(&self.table.ledger());
-                run(&mut connection, &create)
+                let (ledger, fences) = (self.table.ledger(), self.table.fences());
+                run(&mut connection, &sql::create_ledger(&ledger, &fences))
                     .await
-                    .map_err(|e| self.server_error("cannot create the ledger table", &e))?;
+                    .map_err(|e| {
+                        self.server_error("cannot create the ledger and fence tables", &e)
+                    })?;
+                run(&mut connection, &sql::add_fence_column(&ledger))
+                    .await
+                    .map_err(|e| {
+                        self.server_error("cannot add the fence column to the ledger", &e)
+                    })?;
                 let key = match self.config.mode {
                     WriteMode::Append => None,
                     WriteMode::Upsert => Some(self.config.key.clone()),
@@ -223,8 +265,21 @@ impl Sink for MssqlSink {
         ))
     }
 
-    async fn prepare(&self, _fence: Option<&crate::sink::Fence>) -> Result<(), SinkError> {
-        self.plan().await.map(|_| ())
+    /// Checks the table, creates the ledger and fence tables, and records `fence` as the job's
+    /// highest token (refused if a higher one is recorded). A transient error while recording
+    /// only warns: every unit's commit passes the fence too, so the first write records it.
+    async fn prepare(&self, fence: Option<&Fence>) -> Result<(), SinkError> {
+        self.plan().await?;
+        let Some(fence) = fence else {
+            return Ok(());
+        };
+        match self.record_fence(fence).await {
+            Err(error) if error.is_transient() => {
+                tracing::warn!(%error, "cannot record the fencing token yet; the first write does");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     async fn write(&self, batch: Arc<Batch>) -> Result<WriteOutcome, SinkError> {
@@ -238,10 +293,7 @@ impl Sink for MssqlSink {
             // Never hand a connection in an unknown state back to the pool.
             drop(Object::take(connection));
         }
-        result.map_err(|error| match error {
-            write::WriteError::Server { what, error } => self.server_error(what, &error),
-            write::WriteError::Refused(message) => self.fatal(message),
-        })
+        result.map_err(|error| self.write_error(error, batch.fence.as_ref()))
     }
 
     fn concurrency(&self) -> usize {

@@ -2,12 +2,16 @@
 //!
 //! 1. Rows are encoded for the table's columns; a value that does not fit fails alone.
 //! 2. A transaction opens, and the rows are bulk-loaded in it, `batch_rows` at a time.
-//! 3. One last batch inserts the unit's ledger entry and commits if the insert went in: rows
-//!    and ledger entry land together or not at all. The ledger's primary key refuses a unit
-//!    applied before (its ack was lost) or meanwhile by another session (the server makes us
-//!    wait for it); then the transaction is rolled back and the recorded outcome returned.
-//!    Five round trips for a unit that goes well, and the table is written (locked) only from
-//!    the first load to the commit, never while the client is still encoding.
+//! 3. One last batch passes the fence (a writer with a fencing token: see
+//!    [`sql::pass_fence`]), inserts the unit's ledger entry and commits if the insert went in:
+//!    rows and ledger entry land together or not at all, and never after a newer holder of the
+//!    job's lock recorded its token (then the batch stops, and the transaction is rolled back).
+//!    The ledger's primary key refuses a unit applied before (its ack was lost) or meanwhile by
+//!    another session (the server makes us wait for it); then the transaction is rolled back
+//!    and the recorded outcome returned. Five round trips for a unit that goes well, and the
+//!    table is written (locked) only from the first load to the commit, never while the client
+//!    is still encoding; the fence's row is locked only by that last batch, and shared by the
+//!    writers of one token.
 //! 4. If the server refuses a load for a row's sake (NULL, duplicate key, constraint), the
 //!    transaction is rolled back. A unit the ledger holds (a redelivery refused by the table's
 //!    own keys) returns its recorded outcome. Otherwise the unit is written again with each load
@@ -29,13 +33,15 @@ use super::errors::{ErrorClass, classify, describe};
 use super::schema::Target;
 use super::sql::{self, STAGE, TableName};
 use crate::mapping::Row;
-use crate::sink::{Batch, Failure, WriteOutcome, unit_failures};
+use crate::sink::{Batch, Failure, Fence, WriteOutcome, unit_failures};
 
 /// What every unit of a sink is written with, built once per process when the table has been
 /// read: the columns and the statements that do not change from unit to unit.
 pub(super) struct Plan {
     target: Target,
     ledger: TableName,
+    /// The highest fencing token per job.
+    fences: TableName,
     /// The ledger's `target` value for this sink's table.
     ledger_target: String,
     /// Rows per bulk load.
@@ -64,6 +70,7 @@ impl Plan {
         });
         Plan {
             ledger: target.table.ledger(),
+            fences: target.table.fences(),
             ledger_target: target.table.to_string(),
             batch_rows: batch_rows.max(1),
             bulk_columns: names.iter().map(|name| sql::bracket(name)).collect(),
@@ -85,6 +92,11 @@ pub(super) enum WriteError {
     },
     /// The unit cannot be written as it is.
     Refused(String),
+    /// A newer holder of the job's lock recorded `highest`: nothing was written.
+    Fenced {
+        /// The highest token recorded for the job.
+        highest: u64,
+    },
 }
 
 fn at(what: &'static str) -> impl FnOnce(Error) -> WriteError {
@@ -100,6 +112,29 @@ struct EncodedRow<'a> {
 /// The longest unit id the ledger's key holds.
 const MAX_UNIT_ID: usize = 300;
 
+/// The longest job name the fence table holds.
+const MAX_JOB: usize = 128;
+
+/// `fence` as the fence table holds it.
+pub(super) fn fence_check(fence: &Fence) -> Result<sql::FenceCheck<'_>, WriteError> {
+    if fence.job.chars().count() > MAX_JOB {
+        return Err(WriteError::Refused(format!(
+            "job name `{}` is longer than the fence table's {MAX_JOB} characters",
+            fence.job
+        )));
+    }
+    let token = i64::try_from(fence.token).map_err(|_| {
+        WriteError::Refused(format!(
+            "fencing token {} does not fit the fence table's bigint",
+            fence.token
+        ))
+    })?;
+    Ok(sql::FenceCheck {
+        job: &fence.job,
+        token,
+    })
+}
+
 /// Writes `batch` over `connection` as `plan` says.
 pub(super) async fn write_unit(
     connection: &mut Connection,
@@ -112,7 +147,13 @@ pub(super) async fn write_unit(
             batch.unit_id
         )));
     }
-    let Batch { unit_id, rows, .. } = batch;
+    let Batch {
+        unit_id,
+        rows,
+        fence,
+        ..
+    } = batch;
+    let fence = fence.as_ref().map(fence_check).transpose()?;
     let mut failures = Vec::new();
     let mut sources = Vec::with_capacity(rows.len());
     let mut encoded = Vec::with_capacity(rows.len());
@@ -131,6 +172,7 @@ pub(super) async fn write_unit(
     let unit = Unit {
         id: unit_id,
         sources: &sources,
+        fence: fence.as_ref(),
     };
     // The ledger keeps the unit's whole outcome, failures found before writing included.
     let failures = unit_failures(&batch.failures, failures);
@@ -158,21 +200,29 @@ pub(super) async fn write_unit(
         }
     }
     if !refused {
-        return record(connection, plan, unit.id, planned, failures).await;
+        return record(connection, plan, &unit, planned, failures).await;
     }
     run(connection, sql::ROLLBACK_IF_OPEN)
         .await
         .map_err(at("roll back a refused load"))?;
     if let Some(outcome) = find_applied(connection, plan, unit_id).await? {
+        // Applied before; a fenced writer is still told so, as it would be at the commit.
+        if let Some(fence) = &unit.fence
+            && let Some(highest) = highest_fence(connection, plan, fence.job).await?
+            && highest > fence.token as u64
+        {
+            return Err(WriteError::Fenced { highest });
+        }
         return Ok(outcome);
     }
     write_isolating(connection, plan, &unit, failures).await
 }
 
-/// The rows of a unit that encoded, with their index in the unit.
+/// The rows of a unit that encoded, with their index in the unit, and its writer's token.
 struct Unit<'a> {
     id: &'a str,
     sources: &'a [(usize, &'a Row)],
+    fence: Option<&'a sql::FenceCheck<'a>>,
 }
 
 /// Writes the unit again with every load under a savepoint, splitting refused loads down to
@@ -224,26 +274,38 @@ async fn write_isolating(
         }
     }
     failures.sort_by_key(|f| f.index);
-    record(connection, plan, unit.id, landed, failures).await
+    record(connection, plan, unit, landed, failures).await
 }
 
-/// Records the unit in the ledger and commits. A unit the ledger already holds is rolled back
-/// and its recorded outcome returned.
+/// Passes the fence, records the unit in the ledger and commits. A unit the ledger already
+/// holds is rolled back and its recorded outcome returned; so is a fenced one, refused.
 async fn record(
     connection: &mut Connection,
     plan: &Plan,
-    unit_id: &str,
+    unit: &Unit<'_>,
     written: u64,
     failures: Vec<Failure>,
 ) -> Result<WriteOutcome, WriteError> {
-    let entry = ledger_entry(plan, unit_id, written, &failures);
-    match run(connection, &sql::record_and_commit(&plan.ledger, &entry)).await {
+    let unit_id = unit.id;
+    let entry = ledger_entry(plan, unit, written, &failures);
+    let statement = sql::record_and_commit(&plan.ledger, &plan.fences, &entry);
+    match run(connection, &statement).await {
         Ok(()) => Ok(WriteOutcome {
             fresh: true,
             written,
             failures,
             columns_added: Vec::new(),
         }),
+        Err(error) if error.code() == Some(sql::FENCED) && unit.fence.is_some() => {
+            run(connection, sql::ROLLBACK_IF_OPEN)
+                .await
+                .map_err(at("roll back a fenced unit"))?;
+            let job = unit.fence.map_or("", |fence| fence.job);
+            let highest = highest_fence(connection, plan, job).await?;
+            Err(WriteError::Fenced {
+                highest: highest.unwrap_or_default(),
+            })
+        }
         Err(error) if matches!(error.code(), Some(2627 | 2601)) => {
             run(connection, sql::ROLLBACK_IF_OPEN)
                 .await
@@ -275,13 +337,17 @@ async fn applied_before(
 /// The ledger row of a unit with these counts, applied now.
 fn ledger_entry<'a>(
     plan: &'a Plan,
-    unit_id: &'a str,
+    unit: &Unit<'a>,
     written: u64,
     failures: &[Failure],
 ) -> sql::LedgerEntry<'a> {
     sql::LedgerEntry {
         target: &plan.ledger_target,
-        unit_id,
+        unit_id: unit.id,
+        fence: unit.fence.map(|fence| sql::FenceCheck {
+            job: fence.job,
+            token: fence.token,
+        }),
         written,
         failed: failures.len(),
         failures: serde_json::to_string(failures).expect("failures serialize"),
@@ -403,6 +469,34 @@ fn last_per_key<'a>(
 pub(super) async fn run(connection: &mut Connection, text: &str) -> tiberius::Result<()> {
     connection.simple_query(text).await?.into_results().await?;
     Ok(())
+}
+
+/// The highest fencing token recorded for `job`, if any (read outside a transaction: for the
+/// refusal's message, and for a unit found applied before).
+pub(super) async fn highest_fence(
+    connection: &mut Connection,
+    plan: &Plan,
+    job: &str,
+) -> Result<Option<u64>, WriteError> {
+    read_highest_fence(connection, &plan.fences, job)
+        .await
+        .map_err(at("read the fence"))
+}
+
+/// The highest fencing token recorded in `fences` for `job`, if any.
+pub(super) async fn read_highest_fence(
+    connection: &mut Connection,
+    fences: &TableName,
+    job: &str,
+) -> tiberius::Result<Option<u64>> {
+    let row = connection
+        .query(sql::highest_fence(fences), &[&job])
+        .await?
+        .into_row()
+        .await?;
+    Ok(row
+        .and_then(|row| row.get::<i64, _>(0))
+        .map(|token| token.max(0) as u64))
 }
 
 /// The recorded outcome of a unit applied before, if it was.

@@ -145,7 +145,11 @@ fn writes(statement: &Statement) -> bool {
         | Statement::CommitIfRowcount(_)
         | Statement::Rollback { .. }
         | Statement::NotNullColumns(_)
+        | Statement::Throw { .. }
         | Statement::InsertBulk { .. } => false,
+        // Taken before the condition is evaluated, so that the check and the statement it
+        // guards are one step for other sessions.
+        Statement::If { then, .. } => writes(&translate::translate(then)),
         Statement::Sql { sql, .. } => !sql
             .trim_start()
             .get(..6)
@@ -479,7 +483,7 @@ impl Session {
         if self.bulk.is_some() && !matches!(stmt, Statement::InsertBulk { .. }) {
             self.bulk = None;
         }
-        if self.trancount > 0 && writes(&stmt) {
+        if self.trancount > 0 && (writes(&stmt) || translate::holds_locks(statement)) {
             self.open_transaction()?;
         }
         match stmt {
@@ -517,6 +521,23 @@ impl Session {
                 self.savepoints.push(name);
                 Ok(Outcome::default())
             }
+            Statement::If { condition, then } => {
+                if self.holds(&condition, params)? {
+                    self.execute(&then, params)
+                } else {
+                    Ok(Outcome::default())
+                }
+            }
+            Statement::Throw {
+                number,
+                message,
+                state,
+            } => Err(SqlError {
+                number,
+                state,
+                class: 16,
+                message,
+            }),
             Statement::SelectInto {
                 columns,
                 source,
@@ -543,6 +564,19 @@ impl Session {
                 star,
             } => self.sql(&sql, &tables, &items, star, params),
         }
+    }
+
+    /// Whether the SQLite expression `condition` (an IF's, rule 12) holds.
+    fn holds(&self, condition: &str, params: &Params) -> Result<bool, SqlError> {
+        let sql = format!("SELECT CASE WHEN {condition} THEN 1 ELSE 0 END");
+        let mut stmt = self
+            .db
+            .prepare(&sql)
+            .map_err(|e| self.map_err(e, None, None))?;
+        bind(&mut stmt, params)?;
+        let mut rows = stmt.raw_query();
+        let row = rows.next().map_err(|e| self.map_err(e, None, None))?;
+        Ok(row.and_then(|row| row.get::<_, i64>(0).ok()) == Some(1))
     }
 
     /// Takes the writer gate (waiting for another session's write transaction to end).

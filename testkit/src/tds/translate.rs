@@ -28,6 +28,18 @@
 //! 10. `INSERT INTO t (a, b) VALUES (x, y)[, (...)]`: every value that is a parameter or a
 //!     literal is converted to its column's declared type before binding (lengths, ranges,
 //!     canonical storage form), like a bulk-loaded value.
+//! 11. Table hints `WITH (UPDLOCK, HOLDLOCK, ...)` are dropped. Inside a transaction, a
+//!     statement with a hint that holds its locks until the transaction ends (UPDLOCK,
+//!     HOLDLOCK, SERIALIZABLE, REPEATABLEREAD, XLOCK, TABLOCKX) takes the session's writer
+//!     lock first, as a write would ([`holds_locks`]): the test server has one writer at a
+//!     time where SQL Server would lock rows, which is stricter, never looser.
+//! 12. `IF <condition> <statement>` (other than rules 5 and 8): the condition is evaluated by
+//!     SQLite (`EXISTS (...)`, `NOT EXISTS (...)`, `... IS NULL`), then the statement runs if
+//!     it holds (executed by the session). `COL_LENGTH(N't', N'c')` is non-NULL when table `t`
+//!     has column `c` (its value is not a length). In CREATE TABLE and `ALTER TABLE t ADD c
+//!     type`, rule 5's type rewrites apply, and `COLLATE x` is dropped for a binary or
+//!     case-sensitive collation (`_BIN`, `_BIN2`, `_CS_`), else becomes `COLLATE NOCASE`.
+//! 13. `THROW number, N'message', state` fails with that error (class 16) and ends the batch.
 //!
 //! Statements in a batch are separated by `;`, and also by a new line that starts with
 //! BEGIN, COMMIT, ROLLBACK, SAVE, SET or IF (outside quotes and brackets).
@@ -214,6 +226,22 @@ pub enum Statement {
     CommitIfRowcount(u64),
     /// `SAVE TRAN name`
     Save(String),
+    /// `IF <condition> <statement>` (rule 12).
+    If {
+        /// The condition, as a SQLite expression.
+        condition: String,
+        /// The statement to run if it holds, in T-SQL.
+        then: String,
+    },
+    /// `THROW number, message, state` (rule 13).
+    Throw {
+        /// The error number.
+        number: u32,
+        /// The message.
+        message: String,
+        /// The state.
+        state: u8,
+    },
     /// `SELECT .. INTO #target FROM source` (rule 3).
     SelectInto {
         /// The selected column names; empty for `*`.
@@ -304,7 +332,39 @@ fn render(toks: &[Tok], create_table: bool) -> String {
                 continue;
             }
         }
+        // Table hints (rule 11).
+        if tok.is_word("WITH")
+            && let Some(end) = table_hints(toks, i).map(|(_, end)| end)
+        {
+            i = end;
+            continue;
+        }
+        // COL_LENGTH(N'table', N'column') (rule 12)
+        if tok.is_word("COL_LENGTH")
+            && let Some((table, column, end)) = col_length(toks, i)
+        {
+            out.push_str(&format!(
+                "(SELECT 1 FROM pragma_table_info({}) WHERE name = {} COLLATE NOCASE)",
+                sql_literal(&table),
+                sql_literal(&column)
+            ));
+            i = end;
+            continue;
+        }
         if create_table {
+            if tok.is_word("COLLATE")
+                && let Some(j) = next_sig(i + 1)
+                && let Some(name) = toks[j].ident()
+            {
+                let upper = name.to_ascii_uppercase();
+                let binary =
+                    upper.ends_with("_BIN") || upper.ends_with("_BIN2") || upper.contains("_CS_");
+                if !binary {
+                    out.push_str("COLLATE NOCASE");
+                }
+                i = j + 1;
+                continue;
+            }
             if tok.is_word("CLUSTERED") || tok.is_word("NONCLUSTERED") {
                 i += 1;
                 continue;
@@ -327,6 +387,7 @@ fn render(toks: &[Tok], create_table: bool) -> String {
             }
             if tok.is_word("TABLE")
                 && next_sig(i + 1).is_some_and(|j| matches!(toks[j], Tok::Temp(_)))
+                && !out.trim_start().to_ascii_uppercase().starts_with("ALTER")
             {
                 out.push_str("TEMP TABLE");
                 i += 1;
@@ -340,6 +401,137 @@ fn render(toks: &[Tok], create_table: bool) -> String {
         out = format!("{} LIMIT {n}", out.trim_end());
     }
     out
+}
+
+/// Hints that hold their locks until the transaction ends.
+const HOLDING_HINTS: [&str; 6] = [
+    "UPDLOCK",
+    "HOLDLOCK",
+    "SERIALIZABLE",
+    "REPEATABLEREAD",
+    "XLOCK",
+    "TABLOCKX",
+];
+
+/// Every table hint rule 11 knows.
+const TABLE_HINTS: [&str; 16] = [
+    "UPDLOCK",
+    "HOLDLOCK",
+    "SERIALIZABLE",
+    "REPEATABLEREAD",
+    "XLOCK",
+    "TABLOCKX",
+    "TABLOCK",
+    "ROWLOCK",
+    "PAGLOCK",
+    "NOLOCK",
+    "READUNCOMMITTED",
+    "READCOMMITTED",
+    "READCOMMITTEDLOCK",
+    "READPAST",
+    "NOWAIT",
+    "FORCESEEK",
+];
+
+/// `WITH (hint, ...)` at `toks[i]`: the hints and the index after the closing parenthesis.
+fn table_hints(toks: &[Tok], i: usize) -> Option<(Vec<String>, usize)> {
+    let mut j = i + 1;
+    let next = |j: &mut usize| {
+        while *j < toks.len() && toks[*j].is_space() {
+            *j += 1;
+        }
+        let tok = toks.get(*j).cloned();
+        *j += 1;
+        tok
+    };
+    if next(&mut j)? != Tok::Punct('(') {
+        return None;
+    }
+    let mut hints = Vec::new();
+    loop {
+        match next(&mut j)? {
+            Tok::Word(w) if TABLE_HINTS.iter().any(|h| h.eq_ignore_ascii_case(&w)) => {
+                hints.push(w.to_ascii_uppercase())
+            }
+            _ => return None,
+        }
+        match next(&mut j)? {
+            Tok::Punct(',') => {}
+            Tok::Punct(')') => return Some((hints, j)),
+            _ => return None,
+        }
+    }
+}
+
+/// Whether `statement` has a table hint that holds its locks until the transaction ends
+/// (rule 11).
+pub fn holds_locks(statement: &str) -> bool {
+    let toks = lex(statement);
+    (0..toks.len()).any(|i| {
+        toks[i].is_word("WITH")
+            && table_hints(&toks, i)
+                .is_some_and(|(hints, _)| hints.iter().any(|h| HOLDING_HINTS.contains(&h.as_str())))
+    })
+}
+
+/// `COL_LENGTH(N'table', N'column')` at `toks[i]`: the table's own name (schema and brackets
+/// removed), the column, and the index after the closing parenthesis.
+fn col_length(toks: &[Tok], i: usize) -> Option<(String, String, usize)> {
+    let sig: Vec<(usize, &Tok)> = toks
+        .iter()
+        .enumerate()
+        .skip(i + 1)
+        .filter(|(_, t)| !t.is_space())
+        .take(5)
+        .collect();
+    match sig.as_slice() {
+        [
+            (_, Tok::Punct('(')),
+            (_, Tok::Str(table)),
+            (_, Tok::Punct(',')),
+            (_, Tok::Str(column)),
+            (end, Tok::Punct(')')),
+        ] => {
+            let table = table.replace("''", "'");
+            let own = table.rsplit('.').next().unwrap_or("");
+            let own = own.trim_matches(['[', ']', '"']).to_string();
+            Some((own, column.replace("''", "'"), end + 1))
+        }
+        _ => None,
+    }
+}
+
+/// A SQLite string literal.
+fn sql_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// Words that start the statement of an `IF` (rule 12).
+const STATEMENT_WORDS: [&str; 17] = [
+    "INSERT", "UPDATE", "DELETE", "MERGE", "SELECT", "THROW", "ALTER", "CREATE", "DROP",
+    "TRUNCATE", "BEGIN", "COMMIT", "ROLLBACK", "SAVE", "SET", "EXEC", "PRINT",
+];
+
+/// `IF <condition> <statement>` (rule 12): the condition's tokens and the statement's, split
+/// at the first statement word outside parentheses.
+fn split_if(toks: &[Tok]) -> Option<(&[Tok], &[Tok])> {
+    let start = toks.iter().position(|t| !t.is_space())?;
+    if !toks[start].is_word("IF") {
+        return None;
+    }
+    let mut depth = 0i32;
+    for (i, tok) in toks.iter().enumerate().skip(start + 1) {
+        match tok {
+            Tok::Punct('(') => depth += 1,
+            Tok::Punct(')') => depth -= 1,
+            t if depth == 0 && STATEMENT_WORDS.iter().any(|w| t.is_word(w)) => {
+                let condition = &toks[start + 1..i];
+                return (!significant(condition).is_empty()).then_some((condition, &toks[i..]));
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Reads a possibly qualified name at `sig[i..]`; returns the last part and the next index.
@@ -481,6 +673,27 @@ pub fn translate(statement: &str) -> Statement {
             };
         }
     }
+    if word(0, "IF")
+        && let Some((condition, then)) = split_if(&toks)
+    {
+        return Statement::If {
+            condition: render(condition, false).trim().to_string(),
+            then: then.iter().map(Tok::render_tsql).collect(),
+        };
+    }
+    if word(0, "THROW")
+        && let (Some(Tok::Num(number)), Some(Tok::Str(message)), Some(Tok::Num(state))) =
+            (sig.get(1), sig.get(3), sig.get(5))
+        && sig.get(2) == Some(&Tok::Punct(','))
+        && sig.get(4) == Some(&Tok::Punct(','))
+        && let (Ok(number), Ok(state)) = (number.parse(), state.parse())
+    {
+        return Statement::Throw {
+            number,
+            message: message.replace("''", "'"),
+            state,
+        };
+    }
     if word(0, "INSERT")
         && word(1, "BULK")
         && let Some((table, i)) = qualified_name(&sig, 2)
@@ -576,8 +789,9 @@ pub fn translate(statement: &str) -> Statement {
             }
         }
     }
-    let create_table =
-        word(0, "CREATE") && (word(1, "TABLE") || sig.iter().take(3).any(|t| t.is_word("TABLE")));
+    let create_table = (word(0, "CREATE")
+        && (word(1, "TABLE") || sig.iter().take(3).any(|t| t.is_word("TABLE"))))
+        || (word(0, "ALTER") && word(1, "TABLE"));
     let sql = render(&toks, create_table);
     // Tables after FROM / JOIN, and the select list, for result metadata.
     let mut tables = Vec::new();
@@ -667,4 +881,64 @@ pub fn named_constraint(create_sql: &str, keyword: &str) -> Option<String> {
             .then(|| w[1].ident())
             .flatten()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tds_table_hints_are_dropped_and_holding_ones_noticed() {
+        let text = "SELECT 1 FROM dbo.[t] WITH (UPDLOCK, HOLDLOCK) WHERE job = N'a'";
+        assert!(holds_locks(text));
+        assert!(!holds_locks("UPDATE t WITH (ROWLOCK) SET a = 1"));
+        assert!(!holds_locks("WITH x AS (SELECT 1 AS a) SELECT a FROM x"));
+        match translate(text) {
+            Statement::Sql { sql, .. } => {
+                assert_eq!(sql, "SELECT 1 FROM \"t\"  WHERE job = 'a'")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn tds_if_splits_a_condition_from_its_statement() {
+        let text = "IF NOT EXISTS (SELECT 1 FROM dbo.[t] WHERE a = N'x') \
+                    INSERT INTO dbo.[t] (a) SELECT N'x' WHERE NOT EXISTS (SELECT 1 FROM t)";
+        match translate(text) {
+            Statement::If { condition, then } => {
+                assert_eq!(condition, "NOT EXISTS (SELECT 1 FROM \"t\" WHERE a = 'x')");
+                assert!(
+                    then.starts_with("INSERT INTO dbo.[t] (a) SELECT N'x'"),
+                    "{then}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match translate(
+            "IF COL_LENGTH(N'dbo.[t]', N'c') IS NULL ALTER TABLE t ADD c decimal(9,2) NULL",
+        ) {
+            Statement::If { condition, then } => {
+                assert_eq!(
+                    condition,
+                    "(SELECT 1 FROM pragma_table_info('t') WHERE name = 'c' COLLATE NOCASE) IS NULL"
+                );
+                match translate(&then) {
+                    Statement::Sql { sql, .. } => {
+                        assert_eq!(sql, "ALTER TABLE t ADD c decimal text(9,2) NULL")
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+        match translate("THROW 51000, N'it''s over', 2") {
+            Statement::Throw {
+                number,
+                message,
+                state,
+            } => assert_eq!((number, message.as_str(), state), (51000, "it's over", 2)),
+            other => panic!("{other:?}"),
+        }
+    }
 }
