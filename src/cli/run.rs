@@ -61,17 +61,8 @@ pub async fn run(config_path: &Path, flags: RunFlags<'_>) -> i32 {
     if dry_run {
         let (report, misfit) = crate::dry_run::dry_run(&config).await;
         print!("{}", report.render());
-        if let Some(path) = summary_json {
-            let json = serde_json::to_value(&report).expect("reports serialize");
-            if let Err(error) = write_json(path, &json) {
-                eprintln!(
-                    "stevedore: cannot write the summary to {}: {error}",
-                    path.display()
-                );
-                return EXIT_FAILED;
-            }
-        }
-        return report.exit_code(misfit);
+        let json = serde_json::to_value(&report).expect("reports serialize");
+        return write_summary(summary_json, &json).unwrap_or(report.exit_code(misfit));
     }
     let job = Some(config.job.name.as_str());
     if let Err(why) = check_data_dir(&config.job.data_dir) {
@@ -94,17 +85,19 @@ pub async fn run(config_path: &Path, flags: RunFlags<'_>) -> i32 {
         }
     };
     println!("{}", summary.render());
-    if let Some(path) = summary_json {
-        let json = serde_json::to_value(&summary).expect("summaries serialize");
-        if let Err(error) = write_json(path, &json) {
-            eprintln!(
-                "stevedore: cannot write the summary to {}: {error}",
-                path.display()
-            );
-            return EXIT_FAILED;
-        }
-    }
-    summary.exit_code()
+    let json = serde_json::to_value(&summary).expect("summaries serialize");
+    write_summary(summary_json, &json).unwrap_or(summary.exit_code())
+}
+
+/// Writes `--summary-json`, if asked for; `Some(EXIT_FAILED)` when the file cannot be written.
+fn write_summary(path: Option<&Path>, summary: &serde_json::Value) -> Option<i32> {
+    let path = path?;
+    let error = write_json(path, summary).err()?;
+    eprintln!(
+        "stevedore: cannot write the summary to {}: {error}",
+        path.display()
+    );
+    Some(EXIT_FAILED)
 }
 
 /// A run that ended before it had a summary of its own.
@@ -116,9 +109,9 @@ struct EarlyExit<'a> {
 impl EarlyExit<'_> {
     /// Writes the summary of a run that failed before its workers ran; returns `code`.
     fn fail(&self, job: Option<&str>, reason: &str, code: i32) -> i32 {
-        let Some(path) = self.summary_json else {
+        if self.summary_json.is_none() {
             return code;
-        };
+        }
         let summary = json!({
             "job": job,
             "run": null,
@@ -131,12 +124,8 @@ impl EarlyExit<'_> {
             "duration_s": self.started.elapsed().as_secs_f64(),
             "log_dir": null,
         });
-        if let Err(error) = write_json(path, &summary) {
-            eprintln!(
-                "stevedore: cannot write the summary to {}: {error}",
-                path.display()
-            );
-        }
+        // The run's own failure is what the exit code reports, whether or not this is written.
+        let _ = write_summary(self.summary_json, &summary);
         code
     }
 }
