@@ -32,6 +32,6 @@ pub mod settings;
 pub mod sink;
 pub mod source;
 pub(crate) mod supervisor;
-pub(crate) mod throttle;
+pub mod throttle;
 pub mod unit;
 pub mod worker;

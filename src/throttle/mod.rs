@@ -3,14 +3,19 @@
 //! database says it is throttling (Cosmos DB's 429), [`AdaptiveRate`] lowers the rate and
 //! raises it again slowly (additive increase, multiplicative decrease), and [`ChargeBudget`]
 //! spends a budget of request units per second.
-//! Concurrency limits are not here: the consumer runs at most a sink's
-//! [`concurrency`](crate::sink::Sink::concurrency) units at once.
+//! Concurrency limits of a sink are not here: the consumer runs at most a sink's
+//! [`concurrency`](crate::sink::Sink::concurrency) units at once. Limits for a whole job,
+//! across processes and hosts, are in [`job_wide`] (held in Redis).
 
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+pub mod job_wide;
+
+pub use job_wide::{JobConcurrency, JobRate};
 
 /// Paces operations to at most `rate` per second, evenly spaced (no bursts: a database that
 /// allows 50 writes a second is kinder to 50 spread out than to 50 at once).
