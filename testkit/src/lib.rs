@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod cosmos;
+pub mod http_api;
 pub mod mssql;
 pub mod tds;
 
