@@ -129,7 +129,7 @@ async fn running(
     let run: Option<String> = link
         .query(
             "reading the job's current run",
-            &redis::Cmd::get(format!("stevedore:{}:current_run", schedule.job_name)),
+            &redis::Cmd::get(RunState::current_run_key(&schedule.job_name)),
         )
         .await?;
     let progress = match &run {

@@ -116,6 +116,11 @@ impl RunState {
         self
     }
 
+    /// The key naming `job`'s unfinished run (`status` reads it too).
+    pub fn current_run_key(job: &str) -> String {
+        format!("stevedore:{job}:current_run")
+    }
+
     /// The job's fence counter: the highest token granted (see the job lock).
     pub(crate) fn fence_key(job: &str) -> String {
         format!("stevedore:{job}:fence")
@@ -171,7 +176,7 @@ impl RunState {
         job: &str,
         fresh: &str,
     ) -> Result<(RunState, bool), LinkError> {
-        let key = format!("stevedore:{job}:current_run");
+        let key = Self::current_run_key(job);
         let created: bool = link
             .query(
                 "starting the run",
@@ -225,7 +230,7 @@ impl RunState {
     /// Marks the run finished, so the next `stevedore run` starts a fresh one, and lets the
     /// run's keys expire after [`FINISHED_RUN_TTL_SECONDS`] (kept a while for inspection).
     pub async fn finish(&self, sinks: &[String]) -> Result<(), LinkError> {
-        let current = format!("stevedore:{}:current_run", self.job);
+        let current = Self::current_run_key(&self.job);
         let mut pipe = redis::pipe();
         pipe.atomic();
         for key in self.keys(sinks) {

@@ -8,16 +8,14 @@
 //! pauses the looking: passes go on, and slots that came meanwhile are missed slots that
 //! follow `catchup`.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
-
-use tokio::signal::unix::{SignalKind, signal};
 
 use super::config::{Mode, ScheduleConfig, SuperviseConfig, Timing};
 use super::pass::{Ending, Pass, PassLauncher};
 use super::slots::{decide, signature};
 use super::state::{DaemonInfo, GroupState, LEASE_TTL, PassEnd, PassEntry, RecentEntry, Renewal};
 use crate::queue::{LinkError, Patience, RedisLink};
+use crate::supervisor::Signals;
 
 /// How often the daemon looks at its schedules.
 const TICK: Duration = Duration::from_millis(200);
@@ -81,7 +79,10 @@ struct Watch {
 
 /// Runs the daemon until SIGTERM/SIGINT: returns the exit code.
 pub async fn supervise(config: SuperviseConfig, options: DaemonOptions) -> Result<(), DaemonError> {
-    let mut signals = StopSignals::listen()?;
+    let mut signals = Signals::listen().map_err(|source| DaemonError::Local {
+        what: "cannot listen for signals".into(),
+        source,
+    })?;
     let environment = options
         .environment
         .clone()
@@ -170,7 +171,7 @@ pub async fn supervise(config: SuperviseConfig, options: DaemonOptions) -> Resul
     let mut hurry = false;
     loop {
         tokio::select! {
-            name = signals.next() => {
+            name = signals.stop_requested() => {
                 if shutdown.is_some() {
                     tracing::warn!(signal = name, "second signal: stopping every pass now");
                     for watch in &mut watches {
@@ -272,7 +273,7 @@ async fn look(watch: &mut Watch, state: &GroupState<'_>, me: &Me, launcher: &Pas
             .link()
             .query(
                 "reading the job lock",
-                &redis::Cmd::get(format!("stevedore:{}:lock", watch.config.job_name)),
+                &redis::Cmd::get(crate::supervisor::JobLock::key(&watch.config.job_name)),
             )
             .await?;
         if let Some(holder) = lock {
@@ -404,7 +405,7 @@ async fn tend(watch: &mut Watch, state: &GroupState<'_>, me: &Me, grace_over: bo
         return;
     }
     match state.renew(&name, &me.id).await {
-        Ok(Renewal::Held { .. }) => pass.renewed = Some(Instant::now()),
+        Ok(Renewal::Held) => pass.renewed = Some(Instant::now()),
         Ok(Renewal::Lost) => {
             if pass.ending != Some(Ending::LeaseLost) {
                 tracing::error!(schedule = %name, pass = pass.entry.pass, "another daemon took this pass over (this one was cut off or paused): stopping it");
@@ -543,38 +544,5 @@ fn every_of(schedule: &ScheduleConfig) -> Option<Duration> {
     match schedule.timing {
         Timing::Every(every) => Some(every),
         Timing::Cron(_) => None,
-    }
-}
-
-/// SIGINT, SIGTERM and SIGHUP, each a request to stop.
-struct StopSignals {
-    streams: HashMap<&'static str, tokio::signal::unix::Signal>,
-}
-
-impl StopSignals {
-    fn listen() -> Result<StopSignals, DaemonError> {
-        let mut streams = HashMap::new();
-        for (name, kind) in [
-            ("SIGINT", SignalKind::interrupt()),
-            ("SIGTERM", SignalKind::terminate()),
-            ("SIGHUP", SignalKind::hangup()),
-        ] {
-            let stream = signal(kind).map_err(|source| DaemonError::Local {
-                what: "cannot listen for signals".into(),
-                source,
-            })?;
-            streams.insert(name, stream);
-        }
-        Ok(StopSignals { streams })
-    }
-
-    async fn next(&mut self) -> &'static str {
-        let waits = self.streams.iter_mut().map(|(name, stream)| {
-            Box::pin(async move {
-                stream.recv().await;
-                *name
-            })
-        });
-        futures::future::select_all(waits).await.0
     }
 }

@@ -271,20 +271,20 @@ static UPDATE_RUNNING: LazyLock<redis::Script> = LazyLock::new(|| {
     )
 });
 
-/// Renews the lease; returns -1 if another daemon holds it now, else the pass number a `stop`
-/// asks for (0 for none). KEYS: hash, lease. ARGV: daemon, TTL (ms).
+/// Renews the lease; returns -1 if another daemon holds it now, else 1. KEYS: lease.
+/// ARGV: daemon, TTL (ms).
 static RENEW: LazyLock<redis::Script> = LazyLock::new(|| {
-    script(
+    redis::Script::new(
         r"
-        local holder = redis.call('GET', KEYS[2])
+        local holder = redis.call('GET', KEYS[1])
         if holder ~= ARGV[1] then
             if holder then return -1 end
             -- Lapsed while Redis was away and nobody took it: ours again.
-            redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+            redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
         else
-            redis.call('PEXPIRE', KEYS[2], ARGV[2])
+            redis.call('PEXPIRE', KEYS[1], ARGV[2])
         end
-        return tonumber(redis.call('HGET', KEYS[1], 'stop') or '0')",
+        return 1",
     )
 });
 
@@ -419,8 +419,7 @@ impl<'a> GroupState<'a> {
             .link
             .query_pipe("reading a schedule's progress", &pipe)
             .await?;
-        let now_ms =
-            seconds.parse::<i64>().unwrap_or(0) * 1000 + micros.parse::<i64>().unwrap_or(0) / 1000;
+        let now_ms = redis_time_ms(&seconds, &micros);
         let running = fields
             .get("running")
             .and_then(|json| serde_json::from_str::<PassEntry>(json).ok());
@@ -594,16 +593,14 @@ impl<'a> GroupState<'a> {
             .script(
                 "renewing a pass's lease",
                 &RENEW,
-                &[keys.hash, keys.lease],
+                &[keys.lease],
                 &[daemon.into(), lease_ms()],
             )
             .await?;
-        Ok(match answer {
-            -1 => Renewal::Lost,
-            0 => Renewal::Held { stop: None },
-            pass => Renewal::Held {
-                stop: Some(pass as u64),
-            },
+        Ok(if answer == -1 {
+            Renewal::Lost
+        } else {
+            Renewal::Held
         })
     }
 
@@ -745,8 +742,7 @@ impl<'a> GroupState<'a> {
         pipe.atomic().cmd("TIME").hvals(self.keys.daemons());
         let ((seconds, micros), daemons): ((String, String), Vec<String>) =
             self.link.query_pipe("reading the daemons", &pipe).await?;
-        let now =
-            seconds.parse::<i64>().unwrap_or(0) * 1000 + micros.parse::<i64>().unwrap_or(0) / 1000;
+        let now = redis_time_ms(&seconds, &micros);
         Ok((
             now,
             daemons
@@ -760,11 +756,8 @@ impl<'a> GroupState<'a> {
 /// What [`GroupState::renew`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Renewal {
-    /// Still ours; `stop` names a pass someone asked to stop.
-    Held {
-        /// The pass a `stop` asks for.
-        stop: Option<u64>,
-    },
+    /// Still ours. (A `stop` is seen in the daemon's look at the schedule's progress.)
+    Held,
     /// Another daemon holds the pass now.
     Lost,
 }
@@ -813,6 +806,11 @@ pub struct DaemonInfo {
     /// Its last heartbeat (ms, Redis time; set by the script).
     #[serde(default)]
     pub heartbeat: i64,
+}
+
+/// A reply of Redis `TIME` (seconds, microseconds) in milliseconds.
+fn redis_time_ms(seconds: &str, micros: &str) -> i64 {
+    seconds.parse::<i64>().unwrap_or(0) * 1000 + micros.parse::<i64>().unwrap_or(0) / 1000
 }
 
 fn flag(value: bool) -> String {

@@ -136,9 +136,14 @@ pub(crate) enum LockError {
 }
 
 impl JobLock {
+    /// The Redis key of `job`'s lock (a daemon reads it before it starts a pass).
+    pub(crate) fn key(job: &str) -> String {
+        format!("stevedore:{job}:lock")
+    }
+
     /// Takes the lock of `job`, or says who has it.
     pub(crate) async fn acquire(link: &RedisLink, job: &str) -> Result<JobLock, LockError> {
-        let key = format!("stevedore:{job}:lock");
+        let key = Self::key(job);
         let host = host_name();
         // Who and since when, for a person reading the refusal; unique per acquisition.
         let now = chrono::DateTime::from_timestamp_millis(crate::clock::now_ms() as i64)

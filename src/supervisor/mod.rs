@@ -133,8 +133,8 @@ pub(crate) struct RunOptions {
 
 /// The signal streams, registered before anything starts so none is missed. SIGINT, SIGTERM
 /// and SIGHUP (the terminal went away) stop the run gracefully; SIGCHLD wakes the loop the
-/// moment a worker exits.
-struct Signals {
+/// moment a worker exits. The `supervise` daemon listens through it too.
+pub(crate) struct Signals {
     interrupts: tokio::signal::unix::Signal,
     terminations: tokio::signal::unix::Signal,
     hangups: tokio::signal::unix::Signal,
@@ -150,21 +150,17 @@ enum Wake {
 }
 
 impl Signals {
-    fn listen() -> Result<Signals, SupervisorError> {
-        let listen = |kind| {
-            signal(kind)
-                .map_err(|source| SupervisorError::local("cannot listen for signals", source))
-        };
+    pub(crate) fn listen() -> std::io::Result<Signals> {
         Ok(Signals {
-            interrupts: listen(SignalKind::interrupt())?,
-            terminations: listen(SignalKind::terminate())?,
-            hangups: listen(SignalKind::hangup())?,
-            children: listen(SignalKind::child())?,
+            interrupts: signal(SignalKind::interrupt())?,
+            terminations: signal(SignalKind::terminate())?,
+            hangups: signal(SignalKind::hangup())?,
+            children: signal(SignalKind::child())?,
         })
     }
 
     /// Waits for a signal that asks the run to stop, and names it.
-    async fn stop_requested(&mut self) -> &'static str {
+    pub(crate) async fn stop_requested(&mut self) -> &'static str {
         loop {
             if let Wake::Stop(name) = self.next().await {
                 return name;
@@ -211,7 +207,8 @@ pub(crate) async fn run_once(
     options: RunOptions,
 ) -> Result<Summary, SupervisorError> {
     let started = Instant::now();
-    let mut signals = Signals::listen()?;
+    let mut signals = Signals::listen()
+        .map_err(|source| SupervisorError::local("cannot listen for signals", source))?;
     let items = plan::plan_sources(&config)?;
     let mut managed = match &config.redis {
         RedisConfig::Managed {
