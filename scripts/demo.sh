@@ -5,4 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-deps.sh
 cargo build --release --quiet
+# --summary-json needs its directory (run checks it before anything starts); on a fresh clone
+# var/ does not exist yet.
+mkdir -p var
 exec target/release/stevedore run --config config/demo.toml --summary-json var/demo-summary.json
