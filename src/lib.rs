@@ -23,6 +23,7 @@ pub mod config;
 pub mod dry_run;
 pub mod job;
 pub mod mapping;
+pub mod metrics;
 pub(crate) mod plan;
 pub mod queue;
 pub(crate) mod retry;

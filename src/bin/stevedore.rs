@@ -29,12 +29,14 @@ fn main() {
                 summary_json,
                 dry_run,
                 pass_redis,
+                metrics_addr,
             } => {
                 let options = cli::RunFlags {
                     summary_json: summary_json.as_deref(),
                     dry_run: *dry_run,
                     pass_redis: pass_redis.as_deref(),
                     log_format: cli.log_format,
+                    metrics_addr: metrics_addr.as_deref(),
                 };
                 cli::run(config, options).await
             }

@@ -57,6 +57,10 @@ pub enum Command {
         /// a sink, not to Redis); report what would be written and dead-lettered.
         #[arg(long)]
         dry_run: bool,
+        /// Serve Prometheus metrics at http://ADDR/metrics while the run lasts
+        /// (e.g. 127.0.0.1:9188).
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<String>,
         /// Internal: the Redis a `supervise` pass runs on (the group's, whatever the job file
         /// says). Set by the daemon in the environment, never on the command line.
         #[arg(long, env = crate::schedule::pass::PASS_REDIS_ENV, hide = true, hide_env_values = true)]

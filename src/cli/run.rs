@@ -23,6 +23,8 @@ pub struct RunFlags<'a> {
     pub pass_redis: Option<&'a str>,
     /// How workers log.
     pub log_format: LogFormat,
+    /// `--metrics-addr`: serve `/metrics` there while the run lasts.
+    pub metrics_addr: Option<&'a str>,
 }
 
 /// Runs the job in `config_path` once; returns the exit code.
@@ -32,6 +34,7 @@ pub async fn run(config_path: &Path, flags: RunFlags<'_>) -> i32 {
         dry_run,
         pass_redis,
         log_format,
+        metrics_addr,
     } = flags;
     let started = Instant::now();
     if let Some(path) = summary_json
@@ -70,8 +73,22 @@ pub async fn run(config_path: &Path, flags: RunFlags<'_>) -> i32 {
         eprintln!("stevedore: {reason}");
         return early.fail(job, &reason, EXIT_CONFIG);
     }
+    let metrics = match metrics_addr {
+        Some(addr) => match crate::metrics::http::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                let reason = format!("--metrics-addr: {error}");
+                eprintln!("stevedore: {reason}");
+                return early.fail(job, &reason, EXIT_CONFIG);
+            }
+        },
+        None => None,
+    };
     let name = config.job.name.clone();
-    let options = RunOptions { log_format };
+    let options = RunOptions {
+        log_format,
+        metrics,
+    };
     let summary = match supervisor::run_once(config, options).await {
         Ok(summary) => summary,
         Err(error) => {

@@ -44,6 +44,15 @@ pub struct Delivery {
     pub receives: u64,
 }
 
+/// What a queue holds, for dashboards.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Messages visible to consumers.
+    pub waiting: u64,
+    /// Messages received and not yet acknowledged (units being written).
+    pub in_flight: u64,
+}
+
 /// A message sitting in a queue, read without receiving it.
 #[derive(Debug, Clone)]
 pub struct Stored {
@@ -215,6 +224,32 @@ impl Queues {
             )
             .await
             .map(|attributes| attributes.msgs)
+    }
+
+    /// How many messages of `queue` wait and how many are hidden (received, being written);
+    /// zero for a queue that does not exist yet. Reads RSMQ's sorted set directly (scores are
+    /// the times messages become visible), so it never fails on a missing queue.
+    pub async fn counts(&self, queue: &str) -> Result<QueueCounts, LinkError> {
+        let key = format!("{RSMQ_NAMESPACE}:{queue}");
+        self.link
+            .call(&format!("reading the counts of {queue}"), |mut c| {
+                let key = key.clone();
+                async move {
+                    let (seconds, micros): (u64, u64) =
+                        redis::cmd("TIME").query_async(&mut c.redis).await?;
+                    let now_ms = seconds * 1000 + micros / 1000;
+                    let (all, hidden): (u64, u64) = redis::pipe()
+                        .zcard(&key)
+                        .zcount(&key, format!("({now_ms}"), "+inf")
+                        .query_async(&mut c.redis)
+                        .await?;
+                    Ok(QueueCounts {
+                        waiting: all.saturating_sub(hidden),
+                        in_flight: hidden,
+                    })
+                }
+            })
+            .await
     }
 
     /// Every message in `queue`, oldest first, without receiving any (for dead-letter reports).

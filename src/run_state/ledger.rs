@@ -23,6 +23,8 @@ pub struct Totals {
 pub struct Progress {
     /// Records read so far.
     pub read: u64,
+    /// Per source: records read so far.
+    pub read_by_source: HashMap<String, u64>,
     /// Per sink: records written so far.
     pub written: HashMap<String, u64>,
     /// Per sink: records dead-lettered so far.
@@ -241,7 +243,11 @@ impl UnitLedger<'_> {
         let mut progress = Progress::default();
         for (field, value) in fields {
             match field.split_once(':') {
-                None if field == "read" => progress.read = value,
+                None if field == "read" => progress.read += value,
+                Some(("read", source)) => {
+                    progress.read += value;
+                    progress.read_by_source.insert(source.to_string(), value);
+                }
                 Some(("written", sink)) => drop(progress.written.insert(sink.to_string(), value)),
                 Some(("dead", sink)) => drop(progress.dead.insert(sink.to_string(), value)),
                 _ => {}

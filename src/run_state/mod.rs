@@ -12,10 +12,12 @@ use crate::queue::{LinkError, RedisLink};
 
 mod ledger;
 mod liveness;
+mod telemetry;
 mod work_items;
 
 pub use ledger::{Progress, Totals, UnitLedger};
 pub use liveness::{Heartbeat, Liveness};
+pub use telemetry::Telemetry;
 pub use work_items::{Planned, WorkItems};
 
 /// Deletes KEYS[1] only if it still holds ARGV[1], so finishing an old run never clears a newer one.
@@ -214,6 +216,7 @@ impl RunState {
             "progress",
             "drain",
             "heartbeats",
+            "metrics",
         ];
         let per_sink = sinks.iter().flat_map(|sink| {
             ["written", "dead", "attempts", "errors", "columns"]
@@ -264,5 +267,15 @@ impl RunState {
     /// Heartbeats and the drain flag: how workers and the supervisor see each other.
     pub fn liveness(&self) -> Liveness<'_> {
         Liveness { state: self }
+    }
+
+    /// Counters only dashboards read: write latency, throttling, restarts, fencing.
+    pub fn telemetry(&self) -> Telemetry<'_> {
+        Telemetry { state: self }
+    }
+
+    /// The job this state belongs to.
+    pub fn job(&self) -> &str {
+        &self.job
     }
 }

@@ -227,13 +227,18 @@ impl WorkItems<'_> {
         Ok(chunks.unwrap_or_default())
     }
 
-    /// Adds to the live read counter.
-    pub async fn add_read_progress(&self, records: u64) -> Result<(), LinkError> {
+    /// Adds to the live read counter of `source` (one field per source; the total is their
+    /// sum, so per-source counts cost no extra write).
+    pub async fn add_read_progress(&self, source: &str, records: u64) -> Result<(), LinkError> {
         self.state
             .link
             .query(
                 "updating progress",
-                &redis::Cmd::hincr(self.state.key("progress"), "read", records),
+                &redis::Cmd::hincr(
+                    self.state.key("progress"),
+                    format!("read:{source}"),
+                    records,
+                ),
             )
             .await
     }

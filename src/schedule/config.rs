@@ -36,6 +36,19 @@ pub struct GroupSection {
     pub data_dir: PathBuf,
     /// On SIGTERM, how long running passes may go on before they are stopped.
     pub grace: Duration,
+    /// `http`, `http_control`, `http_token`: where this daemon serves metrics, status and the
+    /// status page; `None` when it serves nothing.
+    pub http: Option<HttpSettings>,
+}
+
+/// What the daemon's HTTP address serves.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// `host:port` to listen on.
+    pub addr: String,
+    /// The token the status page's trigger/pause/resume buttons must send; `None` when the
+    /// page is read-only (the default).
+    pub control_token: Option<String>,
 }
 
 /// When a schedule's passes are due.
@@ -92,6 +105,8 @@ pub struct ScheduleConfig {
     pub job: PathBuf,
     /// The job's name (`[job] name`): its lock and run state in Redis are keyed by it.
     pub job_name: String,
+    /// The job's sink names (for metrics and the status page).
+    pub sinks: Vec<String>,
     /// When passes are due.
     pub timing: Timing,
     /// Environments whose daemons run it; empty means every one.
@@ -125,6 +140,10 @@ struct RawGroup {
     environment: Option<String>,
     data_dir: Option<PathBuf>,
     grace: Option<String>,
+    http: Option<String>,
+    #[serde(default)]
+    http_control: bool,
+    http_token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -240,7 +259,9 @@ fn read_group(group: RawGroup, problems: &mut Problems) -> GroupSection {
     let environment = group.environment.unwrap_or_else(|| "dev".to_string());
     check_name(&environment, "supervise.environment", problems);
     let grace = parse_duration(group.grace.as_deref(), "60s", "supervise.grace", problems);
+    let http = read_http(group.http, group.http_control, group.http_token, problems);
     GroupSection {
+        http,
         data_dir: group
             .data_dir
             .unwrap_or_else(|| PathBuf::from("var/supervise").join(&group.name)),
@@ -248,6 +269,61 @@ fn read_group(group: RawGroup, problems: &mut Problems) -> GroupSection {
         environment,
         grace,
     }
+}
+
+/// Minimum length of `http_token`: a guessable token would make the buttons anyone's.
+const MIN_TOKEN_CHARS: usize = 16;
+
+fn read_http(
+    addr: Option<String>,
+    control: bool,
+    token: Option<String>,
+    problems: &mut Problems,
+) -> Option<HttpSettings> {
+    let Some(addr) = addr else {
+        if control || token.is_some() {
+            problems.push(
+                "supervise.http",
+                "`http_control`/`http_token` need `http = \"127.0.0.1:9187\"`",
+            );
+        }
+        return None;
+    };
+    if addr.parse::<std::net::SocketAddr>().is_err() {
+        problems.push(
+            "supervise.http",
+            format!("`{addr}` is not an address to listen on (e.g. \"127.0.0.1:9187\")"),
+        );
+    }
+    let control_token = match (control, token) {
+        (false, Some(_)) => {
+            problems.push(
+                "supervise.http_token",
+                "is set but `http_control` is not true; remove it or turn control on",
+            );
+            None
+        }
+        (false, None) => None,
+        (true, None) => {
+            problems.push(
+                "supervise.http_token",
+                "`http_control = true` needs a token (e.g. http_token = \"${STEVEDORE_HTTP_TOKEN}\")",
+            );
+            None
+        }
+        (true, Some(token)) if token.chars().count() < MIN_TOKEN_CHARS => {
+            problems.push(
+                "supervise.http_token",
+                format!("must be at least {MIN_TOKEN_CHARS} characters"),
+            );
+            None
+        }
+        (true, Some(token)) => Some(token),
+    };
+    Some(HttpSettings {
+        addr,
+        control_token,
+    })
 }
 
 fn read_schedule(
@@ -349,11 +425,12 @@ fn read_schedule(
         &field("retry_delay"),
         problems,
     );
-    let job_name = job?.job.name;
+    let job = job?;
     Some(ScheduleConfig {
         name,
         job: raw.job,
-        job_name,
+        job_name: job.job.name,
+        sinks: job.sinks.iter().map(|sink| sink.name.clone()).collect(),
         timing: timing?,
         environments: raw.environments,
         mode: raw.mode,

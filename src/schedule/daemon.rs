@@ -8,9 +8,11 @@
 //! pauses the looking: passes go on, and slots that came meanwhile are missed slots that
 //! follow `catchup`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::config::{Mode, ScheduleConfig, SuperviseConfig, Timing};
+use super::http::DaemonMetrics;
 use super::pass::{Ending, Pass, PassLauncher};
 use super::slots::{decide, signature};
 use super::state::{DaemonInfo, GroupState, LEASE_TTL, PassEnd, PassEntry, RecentEntry, Renewal};
@@ -75,6 +77,8 @@ struct Watch {
     last_warning: Option<String>,
     /// `observe` mode: the last slot logged.
     observed_until: Option<i64>,
+    /// This daemon's counters (shared by every watch and the HTTP server).
+    metrics: Arc<DaemonMetrics>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT: returns the exit code.
@@ -134,16 +138,41 @@ pub async fn supervise(config: SuperviseConfig, options: DaemonOptions) -> Resul
         data_dir: config.group.data_dir.clone(),
         log_format: options.log_format,
     };
+    let metrics = Arc::new(DaemonMetrics::default());
+    let _http = match &config.group.http {
+        Some(http) => {
+            let listener = crate::metrics::http::bind(&http.addr)
+                .await
+                .map_err(|source| DaemonError::Local {
+                    what: "supervise.http".into(),
+                    source,
+                })?;
+            tracing::info!(
+                "serving /metrics, /status and the status page on http://{}/",
+                http.addr
+            );
+            let context = super::http::HttpContext {
+                config: Arc::new(config.clone()),
+                link: Arc::new(link.with_patience(Patience::Impatient)),
+                environment: me.environment.clone(),
+                metrics: metrics.clone(),
+            };
+            Some(super::http::spawn(listener, context))
+        }
+        None => None,
+    };
     let state = GroupState::new(&link, &config.group.name);
     let mut watches: Vec<Watch> = Vec::new();
     for schedule in &config.schedules {
         if schedule.runs_in(&me.environment) {
+            metrics.watch(schedule);
             watches.push(Watch {
                 signature: signature(schedule),
                 config: schedule.clone(),
                 pass: None,
                 last_warning: None,
                 observed_until: None,
+                metrics: metrics.clone(),
             });
         } else {
             tracing::info!(schedule = %schedule.name, environments = ?schedule.environments, environment = %me.environment, "gated: this daemon's environment does not run it");
@@ -408,6 +437,7 @@ async fn tend(watch: &mut Watch, state: &GroupState<'_>, me: &Me, grace_over: bo
         Ok(Renewal::Held) => pass.renewed = Some(Instant::now()),
         Ok(Renewal::Lost) => {
             if pass.ending != Some(Ending::LeaseLost) {
+                watch.metrics.lease_lost(&watch.config);
                 tracing::error!(schedule = %name, pass = pass.entry.pass, "another daemon took this pass over (this one was cut off or paused): stopping it");
             }
             pass.ask_to_end(Ending::LeaseLost);
@@ -438,6 +468,9 @@ async fn finish(watch: &mut Watch, state: &GroupState<'_>, me: &Me, pass: Pass, 
         (None, _) => "failed",
     };
     let failed = matches!(outcome, "failed" | "timed_out");
+    watch
+        .metrics
+        .pass_ended(&watch.config, outcome, pass.started.elapsed());
     let retry = (failed && pass.entry.attempt <= watch.config.retries).then(|| PassEntry {
         slot: pass.entry.slot,
         attempt: pass.entry.attempt + 1,

@@ -4,10 +4,13 @@
 //! runs each pass as a child `stevedore run` ([`daemon`]).
 
 pub mod config;
+pub mod control;
 pub mod daemon;
+pub mod http;
 pub mod pass;
 pub mod slots;
 pub mod state;
+pub mod status;
 pub mod timing;
 
 pub use config::{Catchup, Mode, Overlap, ScheduleConfig, SuperviseConfig, Timing};

@@ -273,6 +273,7 @@ mod tests {
             name: "orders".into(),
             job: "orders.toml".into(),
             job_name: "orders".into(),
+            sinks: vec!["local".into()],
             timing: Timing::Cron(Box::new(CronTiming::parse(cron, "UTC").unwrap())),
             environments: Vec::new(),
             mode: Mode::Active,

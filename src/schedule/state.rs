@@ -300,6 +300,9 @@ static FINISH: LazyLock<redis::Script> = LazyLock::new(|| {
         redis.call('HDEL', KEYS[1], 'running', 'stop')
         redis.call('HSET', KEYS[1], 'last_finish', now, 'last_outcome', ARGV[4],
             'last_exit', ARGV[5])
+        if ARGV[4] == 'ok' or ARGV[4] == 'dead_letters' then
+            redis.call('HSET', KEYS[1], 'last_success', now)
+        end
         if ARGV[6] == '1' then redis.call('HINCRBY', KEYS[1], 'failures', 1)
         else redis.call('HSET', KEYS[1], 'failures', 0) end
         local entry = cjson.decode(ARGV[3])

@@ -267,6 +267,12 @@ pub trait Sink: Send + Sync {
     fn concurrency(&self) -> usize {
         1
     }
+
+    /// Requests the database throttled (answered "slow down") since this sink was built, for
+    /// dashboards; 0 for databases that never say so.
+    fn throttled_requests(&self) -> u64 {
+        0
+    }
 }
 
 /// Builds the sink a config describes (connecting lazily).

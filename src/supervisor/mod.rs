@@ -22,6 +22,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::clock::now_ms;
 use crate::config::{JobConfig, RedisConfig};
+use crate::metrics;
 use crate::plan;
 use crate::queue::{LinkError, Patience, Queues, RedisLink, SinkQueues};
 use crate::run_state::{Planned, RunState, new_run_id};
@@ -129,6 +130,8 @@ impl SupervisorError {
 pub(crate) struct RunOptions {
     /// How workers log.
     pub log_format: LogFormat,
+    /// Where to serve `/metrics` while the run lasts (`run --metrics-addr`), bound already.
+    pub metrics: Option<tokio::net::TcpListener>,
 }
 
 /// The signal streams, registered before anything starts so none is missed. SIGINT, SIGTERM
@@ -204,7 +207,7 @@ struct Invocation<'a> {
 /// Runs the job once, to completion, failure or interruption.
 pub(crate) async fn run_once(
     config: JobConfig,
-    options: RunOptions,
+    mut options: RunOptions,
 ) -> Result<Summary, SupervisorError> {
     let started = Instant::now();
     let mut signals = Signals::listen()
@@ -231,6 +234,10 @@ pub(crate) async fn run_once(
     };
     let result = async {
         let link = Arc::new(RedisLink::new(&redis_url)?);
+        let _metrics = options
+            .metrics
+            .take()
+            .map(|listener| serve_metrics(listener, &link, &config));
         let before = "reaching redis, before any worker started";
         signals.unless_stopped(before, reach(&link)).await?;
         let lock = signals
@@ -268,6 +275,39 @@ pub(crate) async fn run_once(
     summary.redis_restarts = redis_restarts;
     summary.duration_s = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// Serves `/metrics` (the job's numbers, read from Redis at each scrape) and `/healthz` until
+/// the returned guard is dropped.
+fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    link: &Arc<RedisLink>,
+    config: &JobConfig,
+) -> metrics::http::ServerGuard {
+    let link = Arc::new(link.with_patience(Patience::Impatient));
+    let job = config.job.name.clone();
+    let sinks: Arc<[String]> = config.sinks.iter().map(|s| s.name.clone()).collect();
+    let handler: metrics::http::Handler = Arc::new(move |request| {
+        let (link, job, sinks) = (link.clone(), job.clone(), sinks.clone());
+        Box::pin(async move {
+            match request.path.as_str() {
+                "/metrics" => {
+                    let mut samples = metrics::Samples::default();
+                    match metrics::job_metrics(&mut samples, &link, &job, &sinks, &[]).await {
+                        Ok(()) => metrics::http::Response::new(
+                            200,
+                            metrics::CONTENT_TYPE,
+                            samples.render(Default::default()),
+                        ),
+                        Err(error) => metrics::http::Response::text(503, format!("{error}\n")),
+                    }
+                }
+                "/healthz" => metrics::http::Response::text(200, "ok\n"),
+                _ => metrics::http::Response::text(404, "not found\n"),
+            }
+        })
+    });
+    metrics::http::ServerGuard::spawn(listener, handler)
 }
 
 /// Prepares the sinks under the lock, recording its fencing token in those that check one. A
@@ -481,6 +521,7 @@ async fn supervise(
         stop_deadline: None,
         drained: false,
         heartbeat_grace_until: Instant::now(),
+        restarted: Vec::new(),
     };
     let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
     let display = progress::ProgressLine::new();
@@ -506,6 +547,7 @@ async fn supervise(
             }
         }
         monitor.reap();
+        monitor.report_restarts().await;
         monitor.restart_due();
         monitor.check_heartbeats().await;
         monitor.drain_when_produced().await;
@@ -551,6 +593,8 @@ struct Monitor<'a> {
     drained: bool,
     /// Heartbeats are not judged before this: after Redis was unreachable, every beat is old.
     heartbeat_grace_until: Instant,
+    /// Restarts not yet added to the run's telemetry.
+    restarted: Vec<Role>,
 }
 
 impl Monitor<'_> {
@@ -626,6 +670,7 @@ impl Monitor<'_> {
                 continue;
             }
             tracing::warn!(worker = %worker.name(), %status, "worker exited; restarting it");
+            self.restarted.push(worker.role);
             if !worker.schedule_restart(
                 self.config.workers.max_restarts,
                 self.config.workers.restart_window,
@@ -650,6 +695,20 @@ impl Monitor<'_> {
         }
         if let Some(reason) = crash_loop {
             self.stop(reason);
+        }
+    }
+
+    /// Adds the restarts since the last tick to the run's telemetry, for dashboards.
+    async fn report_restarts(&mut self) {
+        if self.restarted.is_empty() {
+            return;
+        }
+        let deltas: Vec<(String, u64)> = std::mem::take(&mut self.restarted)
+            .into_iter()
+            .map(|role| (format!("restarts:{}", role.as_str()), 1))
+            .collect();
+        if let Err(error) = self.state.telemetry().add(&deltas).await {
+            tracing::debug!(%error, "could not report worker restarts");
         }
     }
 

@@ -125,6 +125,11 @@ impl AdaptiveRate {
         }
     }
 
+    /// How many times the server throttled a request so far.
+    pub(crate) fn throttles(&self) -> u64 {
+        self.state().throttles
+    }
+
     /// A request went through unthrottled: after a steady period, raise the rate a step.
     pub(crate) fn succeeded(&self) {
         let mut state = self.state();
@@ -144,12 +149,6 @@ impl AdaptiveRate {
     #[cfg(test)]
     pub(crate) fn current(&self) -> f64 {
         self.state().rate
-    }
-
-    /// How many throttled requests it has been told of.
-    #[cfg(test)]
-    pub(crate) fn throttles(&self) -> u64 {
-        self.state().throttles
     }
 }
 

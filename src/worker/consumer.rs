@@ -27,6 +27,7 @@ use tokio::task::JoinSet;
 use super::{Finish, WorkerContext, WorkerError};
 use crate::clock::now_ms;
 use crate::config::SinkConfig;
+use crate::metrics::SinkStats;
 use crate::queue::{Delivery, Queues, SinkQueues};
 use crate::retry;
 use crate::sink::{self, Batch, Failure, Sink, WriteOutcome};
@@ -61,6 +62,32 @@ async fn consume_sink(context: WorkerContext, config: SinkConfig) -> Result<Fini
     let queues = Arc::new(SinkQueues::new(&context.config.job.name, &config.name));
     let config = Arc::new(config);
     let sink = sink::from_config(&config);
+    let stats = Arc::new(SinkStats::new(&config.name));
+    let reporter = tokio::spawn(report_stats(context.clone(), sink.clone(), stats.clone()));
+    let result = consume_units(&context, config, sink.clone(), queues, stats.clone()).await;
+    reporter.abort();
+    // The last second's numbers, unless Redis is away (they are for dashboards only).
+    let last = stats.flush(&context.state, sink.throttled_requests());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), last).await;
+    result
+}
+
+/// Adds the sink's write metrics to the run's telemetry once a heartbeat (see [`SinkStats`]).
+async fn report_stats(context: WorkerContext, sink: Arc<dyn Sink>, stats: Arc<SinkStats>) {
+    loop {
+        tokio::time::sleep(super::HEARTBEAT_INTERVAL).await;
+        stats.flush(&context.state, sink.throttled_requests()).await;
+    }
+}
+
+/// Receives and writes units of one sink until its queue is drained or shutdown.
+async fn consume_units(
+    context: &WorkerContext,
+    config: Arc<SinkConfig>,
+    sink: Arc<dyn Sink>,
+    queues: Arc<SinkQueues>,
+    stats: Arc<SinkStats>,
+) -> Result<Finish, WorkerError> {
     let concurrency = sink.concurrency().max(1);
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut running = JoinSet::new();
@@ -113,17 +140,22 @@ async fn consume_sink(context: WorkerContext, config: SinkConfig) -> Result<Fini
                 }
                 return finish_running(running).await;
             };
-            let (context, config, queues, sink, hidden) = (
+            let (context, config, queues, sink, hidden, stats) = (
                 context.clone(),
                 config.clone(),
                 queues.clone(),
                 sink.clone(),
                 hidden.clone(),
+                stats.clone(),
             );
             running.spawn(async move {
                 let _permit = permit;
                 let kept = hidden.until_done(&delivery.message_id);
-                handle(&context, &config, &queues, sink.as_ref(), delivery, &kept).await
+                let writer = Writer {
+                    sink: sink.as_ref(),
+                    stats: &stats,
+                };
+                handle(&context, &config, &queues, writer, delivery, &kept).await
             });
             if let Err(error) = collect_finished(&mut running) {
                 keeper.abort();
@@ -233,7 +265,7 @@ async fn handle(
     context: &WorkerContext,
     config: &SinkConfig,
     queues: &SinkQueues,
-    sink: &dyn Sink,
+    writer: Writer<'_>,
     delivery: Delivery,
     kept: &KeptHidden,
 ) -> Result<(), WorkerError> {
@@ -294,10 +326,11 @@ async fn handle(
     let mut batch = map_unit(config, &unit);
     batch.fence = context.fence.clone();
     let batch = Arc::new(batch);
-    let outcome = match write_with_retries(sink, batch.clone()).await {
+    let outcome = match write_with_retries(writer, batch.clone()).await {
         Ok(outcome) => outcome,
         Err(error) => {
             if error.is_fenced() {
+                writer.stats.fenced();
                 // Another run holds the job now: touch nothing more, not even the queue.
                 return Err(error.into());
             }
@@ -393,13 +426,26 @@ pub fn map_unit(config: &SinkConfig, unit: &DataUnit) -> Batch {
     }
 }
 
+/// A sink and the numbers kept about its writes.
+#[derive(Clone, Copy)]
+struct Writer<'a> {
+    sink: &'a dyn Sink,
+    stats: &'a SinkStats,
+}
+
 /// Writes a unit with the one retry policy ([`retry::SINK_WRITE`]): transient errors are
 /// tried again, after the server's retry-after when it gave one and that is longer.
 async fn write_with_retries(
-    sink: &dyn Sink,
+    writer: Writer<'_>,
     batch: Arc<Batch>,
 ) -> Result<WriteOutcome, sink::SinkError> {
-    (|| sink.write(batch.clone()))
+    let attempt = || async {
+        let started = std::time::Instant::now();
+        let result = writer.sink.write(batch.clone()).await;
+        writer.stats.observe_write(started.elapsed());
+        result
+    };
+    attempt
         .retry(retry::SINK_WRITE.backoff())
         .when(sink::SinkError::is_transient)
         .adjust(|error, planned| retry::honour_hint(error.retry_after(), planned))

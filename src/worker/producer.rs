@@ -133,7 +133,11 @@ async fn flush(
         .items()
         .set_checkpoint(item, next_chunk)
         .await?;
-    context.state.items().add_read_progress(*inputs).await?;
+    context
+        .state
+        .items()
+        .add_read_progress(&item.source, *inputs)
+        .await?;
     batch.clear();
     *inputs = 0;
     Ok(true)

@@ -12,6 +12,7 @@ pub mod cosmos;
 pub mod http_api;
 pub mod mssql;
 pub mod tds;
+pub mod web;
 
 use std::future::Future;
 use std::io::Read;

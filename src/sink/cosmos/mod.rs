@@ -496,6 +496,10 @@ impl Sink for CosmosSink {
         Ok(())
     }
 
+    fn throttled_requests(&self) -> u64 {
+        self.rate.throttles()
+    }
+
     async fn write(&self, batch: Arc<Batch>) -> Result<WriteOutcome, SinkError> {
         let container = self.container().await?;
         let (requests, mut failures) = self.config.shape.requests(&batch);
