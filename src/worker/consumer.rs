@@ -394,8 +394,9 @@ pub fn map_unit(config: &SinkConfig, unit: &DataUnit) -> Batch {
 }
 
 /// Writes a unit with the one retry policy ([`retry::SINK_WRITE`]): transient errors are
-/// tried again, after the server's retry-after when it gave one and that is longer.
-async fn write_with_retries(
+/// tried again, after the server's retry-after when it gave one and that is longer. Also the
+/// write of `stevedore dlq replay`, so a replay writes exactly as a run does.
+pub(crate) async fn write_with_retries(
     sink: &dyn Sink,
     batch: Arc<Batch>,
 ) -> Result<WriteOutcome, sink::SinkError> {
@@ -410,7 +411,7 @@ async fn write_with_retries(
 /// The dead-letter message for a unit that goes there whole: its envelope (which still
 /// decodes as the unit, so it can be replayed) with a `dead_letter` object saying why. Bytes
 /// that are not an envelope are kept as `raw` text.
-fn whole_unit_dead_letter(
+pub(crate) fn whole_unit_dead_letter(
     body: &[u8],
     sink: &str,
     unit: &str,
@@ -438,7 +439,7 @@ fn whole_unit_dead_letter(
 
 /// The dead-letter message for one failed entry of a unit: where it came from, why it failed,
 /// and the record (or raw line) itself, so it can be fixed and replayed.
-fn dead_letter(sink: &str, unit: &DataUnit, failure: &Failure) -> Vec<u8> {
+pub(crate) fn dead_letter(sink: &str, unit: &DataUnit, failure: &Failure) -> Vec<u8> {
     let mut context = json!({
         "id": format!("{}#{}", unit.id, failure.index),
         "sink": sink,
