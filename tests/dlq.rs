@@ -560,6 +560,22 @@ fn dlq_replay_refuses_while_the_job_runs_and_touches_nothing() {
     assert_eq!(job.sqlite_count("out.db", "orders"), 0);
     assert_eq!(letters(&redis, "dlqlocked-local-dlq").len(), 1);
     let _: () = redis.query(redis::cmd("DEL").arg("stevedore:dlqlocked:lock"));
+    dlq(&job, "replay", &["--sink", "nowhere"]).expect_code(2);
+    // A table that does not fit the mapping is a config problem, as for `run`.
+    let config = std::fs::read_to_string(&job.config).unwrap();
+    std::fs::write(
+        &job.config,
+        format!("{config}\n        [sink.map]\n        id = \"id\"\n        region = \"id\"\n"),
+    )
+    .unwrap();
+    let misfit = dlq(&job, "replay", &["--sink", "local"]);
+    misfit.expect_code(2);
+    assert!(
+        misfit.stderr.contains("has no column(s) region"),
+        "{}",
+        misfit.stderr
+    );
+    std::fs::write(&job.config, config).unwrap();
     dlq(&job, "replay", &["--sink", "local"]).expect_code(0);
     assert_eq!(sqlite_ids(&job, "orders"), once_each(1..=1));
 }

@@ -446,6 +446,10 @@ async fn replay_sink(opened: &Opened, ids: &[String], page: usize) -> i32 {
         );
     }
     match result {
+        Err(error) if error.is_config_error() => {
+            eprintln!("stevedore: {error}");
+            EXIT_CONFIG
+        }
         Err(error) => failed(error),
         Ok(()) if report.dead_again > 0 || !report.skipped.is_empty() => EXIT_DEAD_LETTERS,
         Ok(()) => 0,

@@ -44,6 +44,14 @@ pub(crate) enum DlqError {
     Sink(#[from] SinkError),
 }
 
+impl DlqError {
+    /// True when the sink's target does not fit the job (a missing table or column, no
+    /// permission): a config problem, exit code 2 as for `run`.
+    pub(crate) fn is_config_error(&self) -> bool {
+        matches!(self, DlqError::Sink(error) if !error.is_transient() && !error.is_fenced())
+    }
+}
+
 /// What a letter holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
