@@ -20,6 +20,7 @@
 pub mod cli;
 pub(crate) mod clock;
 pub mod config;
+pub(crate) mod dlq;
 pub mod dry_run;
 pub mod job;
 pub mod mapping;

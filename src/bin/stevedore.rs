@@ -72,6 +72,7 @@ fn main() {
                 cli::control(config, schedule, cli::Control::Resume).await
             }
             Command::Check { config } => cli::check(config).await,
+            Command::Dlq { command } => cli::dlq(command).await,
             Command::Worker { args, redis } => cli::worker(args, redis).await,
         }
     });
@@ -100,7 +101,8 @@ fn init_logging(cli: &Cli) {
         | Command::Stop { .. }
         | Command::Pause { .. }
         | Command::Resume { .. }
-        | Command::ReadOnly { .. } => "warn",
+        | Command::ReadOnly { .. }
+        | Command::Dlq { .. } => "warn",
         _ => "info",
     };
     let filter =

@@ -6,6 +6,7 @@
 
 mod check;
 mod control;
+mod dlq;
 mod run;
 mod status;
 mod supervise;
@@ -19,6 +20,7 @@ use crate::worker::{LogFormat, WorkerArgs};
 
 pub use check::check;
 pub use control::{Control, control, read_only};
+pub use dlq::{DlqCommand, dlq};
 pub use run::{RunFlags, run};
 pub use status::status;
 pub use supervise::supervise;
@@ -134,6 +136,12 @@ pub enum Command {
         config: PathBuf,
         /// The schedule's name.
         schedule: String,
+    },
+    /// A job's dead letters: list, show, export, replay (after fixing the cause), purge.
+    Dlq {
+        /// What to do with them.
+        #[command(subcommand)]
+        command: DlqCommand,
     },
     /// Validate a config and connect to Redis and every sink: exit 0 or 2.
     Check {

@@ -428,14 +428,17 @@ pub fn map_unit(config: &SinkConfig, unit: &DataUnit) -> Batch {
 
 /// A sink and the numbers kept about its writes.
 #[derive(Clone, Copy)]
-struct Writer<'a> {
-    sink: &'a dyn Sink,
-    stats: &'a SinkStats,
+pub(crate) struct Writer<'a> {
+    /// Where the unit goes.
+    pub(crate) sink: &'a dyn Sink,
+    /// Where its write latency and fencing rejections are counted.
+    pub(crate) stats: &'a SinkStats,
 }
 
 /// Writes a unit with the one retry policy ([`retry::SINK_WRITE`]): transient errors are
-/// tried again, after the server's retry-after when it gave one and that is longer.
-async fn write_with_retries(
+/// tried again, after the server's retry-after when it gave one and that is longer. Also the
+/// write of `stevedore dlq replay`, so a replay writes exactly as a run does.
+pub(crate) async fn write_with_retries(
     writer: Writer<'_>,
     batch: Arc<Batch>,
 ) -> Result<WriteOutcome, sink::SinkError> {
@@ -456,7 +459,7 @@ async fn write_with_retries(
 /// The dead-letter message for a unit that goes there whole: its envelope (which still
 /// decodes as the unit, so it can be replayed) with a `dead_letter` object saying why. Bytes
 /// that are not an envelope are kept as `raw` text.
-fn whole_unit_dead_letter(
+pub(crate) fn whole_unit_dead_letter(
     body: &[u8],
     sink: &str,
     unit: &str,
@@ -484,7 +487,7 @@ fn whole_unit_dead_letter(
 
 /// The dead-letter message for one failed entry of a unit: where it came from, why it failed,
 /// and the record (or raw line) itself, so it can be fixed and replayed.
-fn dead_letter(sink: &str, unit: &DataUnit, failure: &Failure) -> Vec<u8> {
+pub(crate) fn dead_letter(sink: &str, unit: &DataUnit, failure: &Failure) -> Vec<u8> {
     let mut context = json!({
         "id": format!("{}#{}", unit.id, failure.index),
         "sink": sink,

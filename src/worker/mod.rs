@@ -16,6 +16,7 @@ use crate::run_state::RunState;
 use crate::sink::SinkError;
 use crate::source::SourceError;
 
+pub(crate) use consumer::{Writer, dead_letter, whole_unit_dead_letter, write_with_retries};
 pub use consumer::{map_unit, run_consumer};
 pub use producer::run_producer;
 pub use shutdown::{Shutdown, ShutdownTrigger};
