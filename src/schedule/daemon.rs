@@ -351,6 +351,8 @@ async fn start_pass(
                     started_at: entry.started_at,
                     attempt: entry.attempt,
                     manual: entry.manual,
+                    pass: entry.pass,
+                    reason: Some(format!("cannot start the pass: {error}")),
                     ..RecentEntry::not_run(entry.slot, "failed")
                 },
                 failed: true,
@@ -455,6 +457,9 @@ async fn finish(watch: &mut Watch, state: &GroupState<'_>, me: &Me, pass: Pass, 
         exit_code: code,
         attempt: pass.entry.attempt,
         manual: pass.entry.manual,
+        pass: pass.entry.pass,
+        dir: Some(pass.dir.display().to_string()),
+        reason: pass.reason(),
     };
     let level_warn = failed || outcome == "stopped";
     if level_warn {
