@@ -164,6 +164,7 @@ pub async fn supervise(config: SuperviseConfig, options: DaemonOptions) -> Resul
         started_at: crate::clock::now_ms() as i64,
         heartbeat: 0,
     };
+    let mut alerts = super::alerts::Alerts::new(&config, &me.host, &me.environment);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_beat: Option<Instant> = None;
@@ -206,6 +207,9 @@ pub async fn supervise(config: SuperviseConfig, options: DaemonOptions) -> Resul
                 look(watch, &state, &me, &launcher).await;
             }
         }
+        alerts
+            .tick(&state, watches.iter().map(|w| w.config.name.as_str()))
+            .await;
         if shutdown.is_some() && watches.iter().all(|w| w.pass.is_none()) {
             break;
         }
