@@ -69,6 +69,15 @@ pub(crate) const WORKER_RESTART: Policy = Policy {
     retries: usize::MAX,
 };
 
+/// An alert that could not be sent (SMTP relay or webhook down, 5xx, 429): 5 more attempts
+/// from 1 s, doubling to 16 s (about a minute in all, each attempt at most 20 s). A daemon
+/// sends on a task of its own, so a schedule never waits for it.
+pub(crate) const ALERT_SEND: Policy = Policy {
+    first: Duration::from_secs(1),
+    cap: Duration::from_secs(16),
+    retries: 5,
+};
+
 impl Policy {
     /// The policy for backon's `Retryable::retry`, with jitter (so processes retrying the same
     /// server do not retry in step).

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::alerts::{AlertsConfig, read_alerts};
 use super::timing::{CronTiming, parse_zone};
 use crate::config::{
     ConfigError, Problems, RedisConfig, check_sections, parse_with, process_env, read_redis,
@@ -23,6 +24,8 @@ pub struct SuperviseConfig {
     pub redis: RedisConfig,
     /// The schedules, in file order.
     pub schedules: Vec<ScheduleConfig>,
+    /// `[alerts]`: when failing schedules alert, and where to; none without the section.
+    pub alerts: Option<AlertsConfig>,
 }
 
 /// `[supervise]`: the group's name and this daemon's environment and local state.
@@ -180,7 +183,7 @@ fn latest() -> Catchup {
     Catchup::Latest
 }
 
-const SECTIONS: &[&str] = &["supervise", "redis", "schedule"];
+const SECTIONS: &[&str] = &["supervise", "redis", "schedule", "alerts"];
 
 impl SuperviseConfig {
     /// Loads `file` with the process environment; job paths are relative to the directory
@@ -220,6 +223,9 @@ fn read(
         None => read_redis(toml::Value::Table(toml::Table::new()), problems),
     };
     let group = group.map(|group| read_group(group, problems));
+    let alerts = root
+        .remove("alerts")
+        .map(|value| read_alerts(value, problems));
     let schedules = match root.remove("schedule") {
         Some(toml::Value::Array(items)) if !items.is_empty() => items
             .into_iter()
@@ -251,6 +257,7 @@ fn read(
         group: group?,
         redis: redis?,
         schedules,
+        alerts: alerts.flatten(),
     })
 }
 
@@ -518,6 +525,42 @@ mode = "dry_run"
             .unwrap_or_else(|error| panic!("{error}"));
         assert_eq!(config.schedules.len(), 2);
         assert_eq!(config.schedules[0].job_name, "demo");
+    }
+
+    #[test]
+    fn schedule_config_reads_alerts_with_secrets_from_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("orders.toml"), JOB).unwrap();
+        let text = r#"
+[supervise]
+name = "loads"
+[[schedule]]
+job = "{dir}/orders.toml"
+every = "10m"
+[alerts]
+after_failures = 2
+[alerts.email]
+smtp = "smtp://u:${SMTP_PASSWORD}@mail.example.com"
+from = "stevedore@example.com"
+to = ["oncall@example.com"]
+"#
+        .replace("{dir}", &dir.path().display().to_string());
+        let env = |name: &str| (name == "SMTP_PASSWORD").then(|| "s3cret".to_string());
+        let config = SuperviseConfig::parse(&text, Path::new("supervise.toml"), &env).unwrap();
+        let alerts = config.alerts.unwrap();
+        assert_eq!(alerts.after_failures, 2);
+        assert_eq!(alerts.repeat_every, Duration::from_secs(6 * 3600));
+        let (_, password) = alerts.email.unwrap().smtp.login.unwrap();
+        assert_eq!(password.expose(), "s3cret");
+        let error = SuperviseConfig::parse(
+            &text.replace("after_failures = 2", "after_failures = -1"),
+            Path::new("supervise.toml"),
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("alerts.after_failures"), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
     }
 
     #[test]

@@ -193,6 +193,7 @@ pub async fn supervise(config: SuperviseConfig, options: DaemonOptions) -> Resul
         started_at: crate::clock::now_ms() as i64,
         heartbeat: 0,
     };
+    let mut alerts = super::alerts::Alerts::new(&config, &me.host, &me.environment);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_beat: Option<Instant> = None;
@@ -235,6 +236,9 @@ pub async fn supervise(config: SuperviseConfig, options: DaemonOptions) -> Resul
                 look(watch, &state, &me, &launcher).await;
             }
         }
+        alerts
+            .tick(&state, watches.iter().map(|w| w.config.name.as_str()))
+            .await;
         if shutdown.is_some() && watches.iter().all(|w| w.pass.is_none()) {
             break;
         }
@@ -380,6 +384,8 @@ async fn start_pass(
                     started_at: entry.started_at,
                     attempt: entry.attempt,
                     manual: entry.manual,
+                    pass: entry.pass,
+                    reason: Some(format!("cannot start the pass: {error}")),
                     ..RecentEntry::not_run(entry.slot, "failed")
                 },
                 failed: true,
@@ -488,6 +494,9 @@ async fn finish(watch: &mut Watch, state: &GroupState<'_>, me: &Me, pass: Pass, 
         exit_code: code,
         attempt: pass.entry.attempt,
         manual: pass.entry.manual,
+        pass: pass.entry.pass,
+        dir: Some(pass.dir.display().to_string()),
+        reason: pass.reason(),
     };
     let level_warn = failed || outcome == "stopped";
     if level_warn {

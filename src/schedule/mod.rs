@@ -1,8 +1,10 @@
 //! Schedules for `stevedore supervise`: the supervise file ([`config`]), the timing of slots
 //! ([`timing`]: cron in IANA time zones, DST-correct), what becomes of due slots ([`slots`]),
 //! their progress in Redis shared by every daemon of a group ([`state`]), and the daemon that
-//! runs each pass as a child `stevedore run` ([`daemon`]).
+//! runs each pass as a child `stevedore run` ([`daemon`]), which alerts when a schedule keeps
+//! failing ([`alerts`]).
 
+pub mod alerts;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -144,9 +144,23 @@ impl Pass {
 
     /// The run id its summary names, if it wrote one.
     pub fn run_id(&self) -> Option<String> {
+        self.summary_text("run")
+    }
+
+    /// Why the run failed, as its summary says (cut to 1,000 characters), for alerts.
+    pub fn reason(&self) -> Option<String> {
+        let reason = self.summary_text("reason")?;
+        Some(match reason.char_indices().nth(1_000) {
+            Some((end, _)) => format!("{}...", &reason[..end]),
+            None => reason,
+        })
+    }
+
+    /// A text field of the summary the pass wrote, if any.
+    fn summary_text(&self, field: &str) -> Option<String> {
         let text = std::fs::read_to_string(self.dir.join("summary.json")).ok()?;
         let summary: serde_json::Value = serde_json::from_str(&text).ok()?;
-        summary["run"].as_str().map(str::to_string)
+        summary[field].as_str().map(str::to_string)
     }
 }
 

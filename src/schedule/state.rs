@@ -102,6 +102,15 @@ pub struct RecentEntry {
     /// Triggered by hand.
     #[serde(default)]
     pub manual: bool,
+    /// The pass's number within the schedule (alerts count passes by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass: Option<u64>,
+    /// Its directory (log and summary) on `host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    /// Why it failed, from its summary (`reason`), for alerts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl RecentEntry {
@@ -118,6 +127,9 @@ impl RecentEntry {
             exit_code: None,
             attempt: 0,
             manual: false,
+            pass: None,
+            dir: None,
+            reason: None,
         }
     }
 }

@@ -12,7 +12,6 @@
 //! folder, once, under a file lock, so parallel tests and test binaries do not race.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::num::NonZeroU32;
@@ -471,40 +470,8 @@ fn cosmos_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("cosmos")
 }
 
-/// Runs `npm ci` in `testkit/cosmos` unless `node_modules` already holds what
-/// `package-lock.json` pins. Once per process; across processes (test binaries run one after
-/// the other, but a developer may run several) an exclusive lock on a file beside
-/// `node_modules` serialises the check and the install.
+/// Installs the server's npm package once (see [`crate::npm_ci`]).
 fn ensure_npm_installed() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        let dir = cosmos_dir();
-        let lock_path = dir.join(".npm-ci.lock");
-        let lock = File::create(&lock_path)
-            .unwrap_or_else(|e| panic!("creating {}: {e}", lock_path.display()));
-        lock.lock()
-            .unwrap_or_else(|e| panic!("locking {}: {e}", lock_path.display()));
-
-        let wanted = std::fs::read(dir.join("package-lock.json")).expect("package-lock.json");
-        let stamp = dir.join("node_modules/.stevedore-installed-lock.json");
-        let server = dir.join("node_modules/@vercel/cosmosdb-server/package.json");
-        if server.exists() && std::fs::read(&stamp).ok().as_deref() == Some(wanted.as_slice()) {
-            return;
-        }
-        let output = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .output()
-            .expect("npm must be installed (scripts/ensure-deps.sh)");
-        assert!(
-            output.status.success(),
-            "npm ci in {} failed\nstdout:\n{}\nstderr:\n{}",
-            dir.display(),
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        std::fs::write(&stamp, &wanted).expect("writing the npm install stamp");
-        // The lock is released when `lock` is dropped here.
-    });
+    INSTALLED.get_or_init(|| crate::npm_ci(&cosmos_dir(), "@vercel/cosmosdb-server"));
 }

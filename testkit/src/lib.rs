@@ -1,6 +1,6 @@
 //! stevedore's test support, a dev-only crate compiled once for every test binary and bench:
-//! real servers on free loopback ports (Redis, the TDS test server, the Cosmos DB test server)
-//! and a way to write a job and run the real `stevedore` binary against them. Every test gets
+//! real servers on free loopback ports (Redis, the TDS test server, the Cosmos DB test server,
+//! an SMTP server, a webhook receiver) and a way to write a job and run the real `stevedore` binary against them. Every test gets
 //! its own Redis and its own files, so tests run in parallel and never touch a shared Redis.
 //!
 //! Nothing here may depend on how fast the machine is: every wait is for an event, with
@@ -11,8 +11,10 @@
 pub mod cosmos;
 pub mod http_api;
 pub mod mssql;
+pub mod smtp;
 pub mod tds;
 pub mod web;
+pub mod webhook;
 
 use std::future::Future;
 use std::io::Read;
@@ -21,6 +23,40 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+/// Runs `npm ci` in `dir` (a folder of testkit with a `package-lock.json`) unless its
+/// `node_modules` already holds what the lock pins (`package`, the one the tests start, is
+/// there and a stamp matches the lock). Across processes (test binaries run one after the
+/// other, but a developer may run several) an exclusive lock on a file beside `node_modules`
+/// serialises the check and the install; callers keep it to once per process.
+pub(crate) fn npm_ci(dir: &Path, package: &str) {
+    let lock_path = dir.join(".npm-ci.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .unwrap_or_else(|e| panic!("creating {}: {e}", lock_path.display()));
+    lock.lock()
+        .unwrap_or_else(|e| panic!("locking {}: {e}", lock_path.display()));
+    let wanted = std::fs::read(dir.join("package-lock.json")).expect("package-lock.json");
+    let stamp = dir.join("node_modules/.stevedore-installed-lock.json");
+    let installed = dir.join("node_modules").join(package).join("package.json");
+    if installed.exists() && std::fs::read(&stamp).ok().as_deref() == Some(wanted.as_slice()) {
+        return;
+    }
+    let output = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("npm must be installed (scripts/ensure-deps.sh)");
+    assert!(
+        output.status.success(),
+        "npm ci in {} failed\nstdout:\n{}\nstderr:\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::write(&stamp, &wanted).expect("writing the npm install stamp");
+    // The lock is released when `lock` is dropped here.
+}
 
 /// How long a test waits for anything before it fails.
 pub const PATIENCE: Duration = Duration::from_secs(120);
