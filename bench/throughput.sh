@@ -7,7 +7,9 @@
 #
 # SOURCE=jsonl or SOURCE=csv reads the same number of records from 8 files written first (the
 # files source's parsing path) instead of the generator. STEVEDORE=path/to/binary measures that
-# binary instead of building this tree (to compare two builds on the same input).
+# binary instead of building this tree (to compare two builds on the same input). SCRAPE=0.1
+# serves /metrics (`run --metrics-addr`) and scrapes it every 0.1 s while the run lasts, to
+# measure what scraping costs a run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 records=${1:-1000000}; producers=${2:-2}; consumers=${3:-2}; unit=${4:-500}
@@ -64,8 +66,24 @@ $source_toml
 name = "nowhere"
 kind = "blackhole"
 TOML
-"$STEVEDORE" run --config "$work/job.toml" --summary-json "$work/summary.json" > "$work/out.txt" &
+metrics_args=()
+if [ -n "${SCRAPE:-}" ]; then
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  metrics_args=(--metrics-addr "127.0.0.1:$port")
+fi
+"$STEVEDORE" run --config "$work/job.toml" --summary-json "$work/summary.json" "${metrics_args[@]}" > "$work/out.txt" &
 run=$!
+if [ -n "${SCRAPE:-}" ]; then
+  (
+    scrapes=0
+    while kill -0 "$run" 2>/dev/null; do
+      curl -sf -o /dev/null "http://127.0.0.1:$port/metrics" && scrapes=$((scrapes + 1))
+      sleep "$SCRAPE"
+    done
+    echo "$scrapes" > "$work/scrapes"
+  ) &
+  scraper=$!
+fi
 declare -A peak
 while kill -0 "$run" 2>/dev/null; do
   for pid in $(pgrep -P "$run" -f "stevedore worker" || true); do
@@ -77,6 +95,10 @@ while kill -0 "$run" 2>/dev/null; do
   sleep 0.1
 done
 wait "$run" || true
+if [ -n "${SCRAPE:-}" ]; then
+  wait "$scraper" || true
+  echo "scrapes of /metrics during the run (every ${SCRAPE} s): $(cat "$work/scrapes")"
+fi
 cat "$work/out.txt"
 python3 - "$work/summary.json" <<PY
 import json, sys
