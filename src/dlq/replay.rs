@@ -26,9 +26,9 @@ use super::read::Scan;
 use super::{DlqError, Kind, Letter};
 use crate::config::{JobConfig, SinkConfig};
 use crate::metrics::SinkStats;
-use crate::queue::{Patience, Queues, RedisLink, SinkQueues};
+use crate::queue::{Queues, RedisLink, SinkQueues};
 use crate::sink::{self, Fence, Sink, SinkError, unit_failures};
-use crate::supervisor::{JobLock, LOCK_TTL};
+use crate::supervisor::JobLock;
 use crate::unit::DataUnit;
 use crate::worker::{Writer, dead_letter, map_unit, whole_unit_dead_letter, write_with_retries};
 
@@ -92,11 +92,13 @@ pub(crate) async fn replay(replay: &Replay<'_>, report: &mut ReplayReport) -> Re
     let sink = sink::from_config(replay.sink);
     let result = async {
         let fence = prepare_fenced(&mut lock, link, job, sink.as_ref()).await?;
-        holding(
-            &lock,
+        let lost = || DlqError::LockLost {
+            job: job.to_string(),
+        };
+        lock.holding(
             link,
-            job,
             replay_letters(replay, sink.as_ref(), &fence, report),
+            lost,
         )
         .await
     }
@@ -133,31 +135,6 @@ async fn prepare_fenced(
                 }
             }
             Err(error) => return Err(error.into()),
-        }
-    }
-}
-
-/// Runs `work` while renewing the job lock, which outlives a holder by [`LOCK_TTL`] only
-/// (like the supervisor's own renewal: one impatient attempt each time, so a slow Redis never
-/// holds up the work).
-async fn holding<T>(
-    lock: &JobLock,
-    link: &RedisLink,
-    job: &str,
-    work: impl std::future::Future<Output = Result<T, DlqError>>,
-) -> Result<T, DlqError> {
-    let renewer = link.with_patience(Patience::Impatient);
-    let mut renewal = tokio::time::interval(LOCK_TTL / 3);
-    renewal.tick().await;
-    tokio::pin!(work);
-    loop {
-        tokio::select! {
-            result = &mut work => return result,
-            _ = renewal.tick() => match lock.renew(&renewer).await {
-                Ok(true) => {}
-                Ok(false) => return Err(DlqError::LockLost { job: job.to_string() }),
-                Err(error) => tracing::warn!(%error, "could not renew the job lock"),
-            },
         }
     }
 }

@@ -214,6 +214,31 @@ impl JobLock {
     }
 
     /// Extends (or retakes, if it expired unclaimed) the lock; false if someone else holds it.
+    /// Runs `work` while renewing this lock every third of its TTL (a preflight may wait on a
+    /// locked database, a replay may run long): one impatient attempt each time, so a slow Redis
+    /// never holds up `work`. Ends with `lost()` when another holder took the lock.
+    pub(crate) async fn holding<T, E>(
+        &self,
+        link: &RedisLink,
+        work: impl std::future::Future<Output = Result<T, E>>,
+        lost: impl Fn() -> E,
+    ) -> Result<T, E> {
+        let renewer = link.with_patience(crate::queue::Patience::Impatient);
+        let mut renewal = tokio::time::interval(LOCK_TTL / 3);
+        renewal.tick().await;
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                result = &mut work => return result,
+                _ = renewal.tick() => match self.renew(&renewer).await {
+                    Ok(true) => {}
+                    Ok(false) => return Err(lost()),
+                    Err(error) => tracing::warn!(%error, "could not renew the job lock"),
+                },
+            }
+        }
+    }
+
     pub(crate) async fn renew(&self, link: &RedisLink) -> Result<bool, LinkError> {
         let renewed: i64 = link
             .script(

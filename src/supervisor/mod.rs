@@ -340,28 +340,14 @@ async fn prepare_fenced(
     }
 }
 
-/// Runs `work` while renewing the job lock (a preflight may wait on a locked database longer
-/// than the lock lives): the lock must not expire under a supervisor before its loop renews it.
+/// Runs `work` while renewing the job lock: it must not expire under a supervisor before its
+/// loop renews it.
 async fn holding<T>(
     lock: &JobLock,
     link: &RedisLink,
     work: impl std::future::Future<Output = Result<T, SupervisorError>>,
 ) -> Result<T, SupervisorError> {
-    // One impatient attempt per renewal, so that a slow Redis never holds up `work`.
-    let renewer = link.with_patience(Patience::Impatient);
-    let mut renewal = tokio::time::interval(LOCK_TTL / 3);
-    renewal.tick().await;
-    tokio::pin!(work);
-    loop {
-        tokio::select! {
-            result = &mut work => return result,
-            _ = renewal.tick() => match lock.renew(&renewer).await {
-                Ok(true) => {}
-                Ok(false) => return Err(SupervisorError::LockLost),
-                Err(error) => tracing::warn!(%error, "could not renew the job lock"),
-            },
-        }
-    }
+    lock.holding(link, work, || SupervisorError::LockLost).await
 }
 
 /// Creates `dir` (0700, and its missing parents) and writes `file` in it (0600).
