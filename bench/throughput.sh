@@ -71,7 +71,11 @@ if [ -n "${SCRAPE:-}" ]; then
   port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   metrics_args=(--metrics-addr "127.0.0.1:$port")
 fi
-"$STEVEDORE" run --config "$work/job.toml" --summary-json "$work/summary.json" "${metrics_args[@]}" > "$work/out.txt" &
+# CPU seconds of the run with its workers and managed Redis (all its children), a steadier
+# measure than wall time on a shared machine (GNU time when installed).
+timer=()
+[ -x /usr/bin/time ] && timer=(/usr/bin/time -o "$work/cpu" -f "%U %S")
+"${timer[@]}" "$STEVEDORE" run --config "$work/job.toml" --summary-json "$work/summary.json" "${metrics_args[@]}" > "$work/out.txt" &
 run=$!
 if [ -n "${SCRAPE:-}" ]; then
   (
@@ -86,7 +90,8 @@ if [ -n "${SCRAPE:-}" ]; then
 fi
 declare -A peak
 while kill -0 "$run" 2>/dev/null; do
-  for pid in $(pgrep -P "$run" -f "stevedore worker" || true); do
+  # Workers are children of the supervisor, which is a child of `time` when it is used.
+  for pid in $(for parent in "$run" $(pgrep -P "$run" || true); do pgrep -P "$parent" -f "stevedore worker" || true; done); do
     # The worker may exit between pgrep and here: then there is nothing to read.
     name=$({ tr '\0' ' ' < "/proc/$pid/cmdline"; } 2>/dev/null | awk '{print $3"-"$5}' || true)
     kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
@@ -105,4 +110,7 @@ import json, sys
 s = json.load(open(sys.argv[1]))
 print(f"records/s: {s['records_read'] / s['duration_s']:.0f}  ({s['records_read']} records in {s['duration_s']:.2f} s, status {s['status']})")
 PY
+if [ -s "$work/cpu" ]; then
+  awk '{printf "CPU: %.2f s user + sys (the run, its workers and Redis)\n", $1 + $2}' "$work/cpu"
+fi
 for name in "${!peak[@]}"; do echo "peak RSS $name: $(( ${peak[$name]} / 1024 )) MiB"; done | sort
