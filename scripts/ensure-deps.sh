@@ -4,14 +4,15 @@
 # freebcp (package freetds-bin), which check the SQL Server tests' TDS test server independently,
 # and node and npm, which run the Cosmos DB tests' test server (testkit/cosmos; the tests
 # run `npm ci` there themselves, once, the first time they need it), and Debian's chromium,
-# which renders the status page in its tests (headless, as a person's browser would).
+# and chromium-driver, which render the status page in its tests and click its buttons
+# (headless, as a person's browser would).
 set -euo pipefail
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 { command -v tsql && command -v freebcp; } >/dev/null 2>&1 || missing+=(freetds-bin)
 { command -v node && command -v npm; } >/dev/null 2>&1 || missing+=(nodejs npm)
-command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || missing+=(chromium chromium-driver)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}" >&2
