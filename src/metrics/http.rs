@@ -5,17 +5,29 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 /// Requests bodies are small (a control button's POST): anything longer is refused.
 const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// A client must send a request's headers within this, and its body too.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection is closed after this, keep-alive or not (a scraper simply reconnects), so
+/// slow or idle clients cannot hold connections forever.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+
+/// Connections served at once; further ones wait to be accepted. Scrapers and a few browsers
+/// need far fewer; the cap keeps a flood from taking the daemon's file descriptors.
+const MAX_CONNECTIONS: usize = 64;
 
 /// A request, read whole.
 #[derive(Debug)]
@@ -101,26 +113,35 @@ impl Drop for ServerGuard {
 
 /// Serves requests on `listener` with `handler` until the task is dropped or aborted.
 pub async fn serve(listener: TcpListener, handler: Handler) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let slot = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
                 // Out of file descriptors and the like: wait a little, never spin.
                 tracing::warn!(%error, "http: cannot accept a connection");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let handler = handler.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |request| {
                 let handler = handler.clone();
                 async move { Ok::<_, std::convert::Infallible>(answer(&handler, request).await) }
             });
-            if let Err(error) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            let served = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+            if let Ok(Err(error)) = served {
                 tracing::debug!(%error, %peer, "http: connection ended with an error");
             }
         });
@@ -132,8 +153,9 @@ async fn answer(
     request: hyper::Request<Incoming>,
 ) -> hyper::Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
-    let response = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(body) => {
+    let body = tokio::time::timeout(READ_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect());
+    let response = match body.await {
+        Ok(Ok(body)) => {
             handler(Request {
                 method: parts.method,
                 path: parts.uri.path().to_string(),
@@ -142,7 +164,8 @@ async fn answer(
             })
             .await
         }
-        Err(_) => Response::text(413, "request body too large or broken\n"),
+        Ok(Err(_)) => Response::text(413, "request body too large or broken\n"),
+        Err(_) => Response::text(408, "request body too slow\n"),
     };
     let mut out = hyper::Response::new(Full::new(Bytes::from(response.body)));
     *out.status_mut() = hyper::StatusCode::from_u16(response.status)

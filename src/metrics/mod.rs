@@ -17,5 +17,9 @@ pub use run_view::{RunMetrics, job_metrics};
 pub use samples::{HistogramValue, Samples};
 pub use sink_stats::SinkStats;
 
+/// The label naming a stevedore job. Not `job`: Prometheus sets `job` to the scrape job's name
+/// and would rename ours to `exported_job` (with the default `honor_labels: false`).
+pub const JOB_LABEL: &str = "stevedore_job";
+
 /// The content type of [`Samples::render`]'s output (OpenMetrics text, which Prometheus reads).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::Samples;
 use super::sink_stats::{FENCED, RESTARTS, THROTTLED, write_histogram};
+use super::{JOB_LABEL, Samples};
 use crate::queue::{LinkError, QueueCounts, Queues, RedisLink, SinkQueues};
 use crate::run_state::{Progress, RunState};
 
@@ -64,7 +64,7 @@ impl RunMetrics {
             labels: &[(&'a str, &'a str)],
             extra: &[(&'a str, &'a str)],
         ) -> Vec<(&'a str, &'a str)> {
-            let mut all = vec![("job", job)];
+            let mut all = vec![(JOB_LABEL, job)];
             all.extend_from_slice(labels);
             all.extend_from_slice(extra);
             all
@@ -161,7 +161,7 @@ pub async fn job_metrics(
     for sink in sinks {
         let dead = queues.counts(&SinkQueues::new(job, sink).dead).await?;
         let dead = dead.waiting + dead.in_flight;
-        let mut at = vec![("job", job)];
+        let mut at = vec![(JOB_LABEL, job)];
         at.extend_from_slice(labels);
         at.push(("sink", sink));
         samples.gauge(
@@ -172,7 +172,7 @@ pub async fn job_metrics(
         );
     }
     let run = RunMetrics::read(link, job, sinks).await?;
-    let mut at = vec![("job", job)];
+    let mut at = vec![(JOB_LABEL, job)];
     at.extend_from_slice(labels);
     samples.gauge(
         "stevedore_run_active",

@@ -27,6 +27,10 @@ impl Telemetry<'_> {
         for (field, delta) in deltas {
             pipe.hincr(&key, field, *delta).ignore();
         }
+        // A worker cut off after its run finished (and its keys expired) must not leave a hash
+        // behind for ever: this one expires like a finished run's, and a live run renews it
+        // with every flush.
+        pipe.expire(&key, super::FINISHED_RUN_TTL_SECONDS).ignore();
         self.state
             .link
             .query_pipe("adding to the run's metrics", &pipe)

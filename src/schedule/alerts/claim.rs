@@ -125,7 +125,7 @@ impl AlertKeys {
 }
 
 /// Counts the passes recorded since the last run, decides events into the outbox, and claims
-/// every entry nobody holds. KEYS: schedule hash, recent, alert state, outbox, claims. ARGV:
+/// every entry nobody holds of a channel this daemon has. KEYS: schedule hash, recent, alert state, outbox, claims. ARGV:
 /// schedule name, after_failures, repeat_every (ms), claim TTL (ms), channels (`a,b`).
 /// Returns the claimed entries as field, event pairs.
 ///
@@ -222,10 +222,14 @@ static TICK: LazyLock<redis::Script> = LazyLock::new(|| {
             end
         end
         local claimed = {}
+        local mine = {}
+        for channel in string.gmatch(ARGV[5], '[^,]+') do mine[channel] = true end
         local outbox = redis.call('HGETALL', KEYS[4])
         for i = 1, #outbox, 2 do
             local held = tonumber(redis.call('HGET', KEYS[5], outbox[i]) or '0')
-            if held <= now then
+            -- Only entries of a channel this daemon can send: another daemon's entry waits
+            -- for a daemon that has the channel (the group should share one [alerts]).
+            if held <= now and mine[string.match(outbox[i], '/([^/]+)$')] then
                 redis.call('HSET', KEYS[5], outbox[i], now + tonumber(ARGV[4]))
                 claimed[#claimed + 1] = outbox[i]
                 claimed[#claimed + 1] = outbox[i + 1]

@@ -70,7 +70,7 @@ pub fn compose(event: &Event, sender: &Sender) -> Message {
         sender.environment,
         time(event.at)
     );
-    text += &format!("Event:          {}\n\n", event.id);
+    text += &format!("Event:          {}\n\n", public_id(&sender.group, event));
     text +=
         "Last passes, newest first (each pass's log is pass.log in its directory, on its host):\n";
     for pass in &event.passes {
@@ -97,7 +97,7 @@ pub fn compose(event: &Event, sender: &Sender) -> Message {
     }
     text += "\n`stevedore status --config <supervise file>` shows the schedule.\n";
     let payload = json!({
-        "id": event.id,
+        "id": public_id(&sender.group, event),
         "event": event.kind.name(),
         "group": sender.group,
         "schedule": event.schedule,
@@ -160,6 +160,13 @@ pub fn scrub(text: &str, secrets: &[Secret]) -> String {
         from = start.min(text.len());
     }
     text
+}
+
+/// The event's id as receivers see it, `<group>/<schedule>/<event id>`: unique across
+/// schedules and groups (two schedules can start failing in the same millisecond), so a
+/// receiver may drop an id it has seen.
+pub(super) fn public_id(group: &str, event: &super::claim::Event) -> String {
+    format!("{group}/{}/{}", event.schedule, event.id)
 }
 
 #[cfg(test)]

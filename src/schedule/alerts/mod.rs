@@ -148,6 +148,11 @@ impl Alerts {
         if active.webhook.is_some() {
             channels.push("webhook");
         }
+        if channels.is_empty() {
+            // No channel could be set up here: deciding events this daemon cannot send would
+            // record them as handled for the whole group. Leave them to a daemon that can.
+            return;
+        }
         for name in schedules {
             let keys = AlertKeys::of(&state.keys().schedule(name));
             let claimed = claim::tick(
@@ -172,24 +177,45 @@ impl Alerts {
     }
 }
 
+/// The longest one attempt to send may take: 6 attempts and their backoff (about 31 s) stay
+/// under [`CLAIM_TTL`].
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(40);
+
 /// Sends one claimed entry, retrying, then takes it out of the outbox (also when it gave up:
 /// it is logged, and the next event of the schedule comes in its own time).
 async fn deliver(active: &Active, link: &RedisLink, keys: &AlertKeys, claimed: Claimed) {
     let message = compose(&claimed.event, &active.sender);
     let schedule = &claimed.event.schedule;
-    let event = &claimed.event.id;
+    let event = &message::public_id(&active.sender.group, &claimed.event);
     let attempt = || async {
-        match claimed.channel.as_str() {
-            "email" => match &active.mailer {
-                Some(mailer) => mailer.send(&message).await,
-                None => Err(not_here("email")),
-            },
-            "webhook" => match &active.webhook {
-                Some(webhook) => webhook.send(&message, event).await,
-                None => Err(not_here("webhook")),
-            },
-            _ => Err(not_here("an unknown channel")),
-        }
+        let send = async {
+            match claimed.channel.as_str() {
+                "email" => match &active.mailer {
+                    Some(mailer) => mailer.send(&message).await,
+                    None => Err(not_here("email")),
+                },
+                "webhook" => match &active.webhook {
+                    Some(webhook) => webhook.send(&message, event).await,
+                    None => Err(not_here("webhook")),
+                },
+                _ => Err(not_here("an unknown channel")),
+            }
+        };
+        // Every attempt ends in time, so all of them with their waits end well within the
+        // claim's lease: no other daemon takes the entry over while this one still sends it.
+        tokio::time::timeout(ATTEMPT_TIMEOUT, send)
+            .await
+            .unwrap_or_else(|_| {
+                Err(SendError {
+                    channel: if claimed.channel == "email" {
+                        "email"
+                    } else {
+                        "webhook"
+                    },
+                    verdict: Verdict::Retry,
+                    message: format!("no answer within {ATTEMPT_TIMEOUT:?}"),
+                })
+            })
     };
     let sent = attempt
         .retry(ALERT_SEND.backoff())

@@ -12,8 +12,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde_json::Value;
 
-use crate::metrics::Samples;
 use crate::metrics::samples::Labels;
+use crate::metrics::{JOB_LABEL, Samples};
 use crate::queue::{LinkError, RedisLink};
 use crate::schedule::{ScheduleConfig, SuperviseConfig, Timing};
 
@@ -46,7 +46,7 @@ impl Default for DaemonMetrics {
 fn labels(schedule: &ScheduleConfig) -> Labels {
     vec![
         ("schedule".to_string(), schedule.name.clone()),
-        ("job".to_string(), schedule.job_name.clone()),
+        (JOB_LABEL.to_string(), schedule.job_name.clone()),
     ]
 }
 
@@ -138,7 +138,7 @@ pub async fn scrape(
 fn schedule_series(samples: &mut Samples, schedule: &ScheduleConfig, seen: &Value) {
     let at = [
         ("schedule", schedule.name.as_str()),
-        ("job", schedule.job_name.as_str()),
+        (JOB_LABEL, schedule.job_name.as_str()),
     ];
     if let Some(next) = seconds(&seen["next_fire"]["utc"]) {
         samples.gauge(
