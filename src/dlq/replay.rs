@@ -97,12 +97,14 @@ pub(crate) async fn replay(replay: &Replay<'_>, report: &mut ReplayReport) -> Re
         let lost = || DlqError::LockLost {
             job: job.to_string(),
         };
-        lock.holding(
-            link,
-            replay_letters(replay, sink.as_ref(), &fence, report),
-            lost,
-        )
-        .await
+        // A replay's write latencies are not a run's: counted here, reported nowhere.
+        let stats = SinkStats::new(&replay.sink.name);
+        let writer = Writer {
+            sink: sink.as_ref(),
+            stats: &stats,
+        };
+        lock.holding(link, replay_letters(replay, writer, &fence, report), lost)
+            .await
     }
     .await;
     if let Err(error) = lock.release(link).await {
@@ -143,7 +145,7 @@ async fn prepare_fenced(
 
 async fn replay_letters(
     replay: &Replay<'_>,
-    sink: &dyn Sink,
+    writer: Writer<'_>,
     fence: &Fence,
     report: &mut ReplayReport,
 ) -> Result<(), DlqError> {
@@ -163,7 +165,7 @@ async fn replay_letters(
                 Some(Fate::Skipped) => {}
                 None => {
                     let fate =
-                        replay_one(replay, sink, fence, &queues, &queue, &letter, report).await?;
+                        replay_one(replay, writer, fence, &queues, &queue, &letter, report).await?;
                     fates.insert(letter.id, fate);
                 }
             }
@@ -184,7 +186,7 @@ async fn replay_letters(
 /// new letters sent twice are one letter to every tool.
 async fn replay_one(
     replay: &Replay<'_>,
-    sink: &dyn Sink,
+    writer: Writer<'_>,
     fence: &Fence,
     queues: &Queues,
     queue: &str,
@@ -205,12 +207,6 @@ async fn replay_one(
     let mut batch = map_unit(config, &unit);
     batch.fence = Some(fence.clone());
     let batch = Arc::new(batch);
-    // A replay's write latencies are not a run's: counted here, reported nowhere.
-    let stats = SinkStats::new(&config.name);
-    let writer = Writer {
-        sink,
-        stats: &stats,
-    };
     let dead_letters = match write_with_retries(writer, batch.clone()).await {
         Ok(outcome) => {
             let failures = unit_failures(&batch.failures, outcome.failures);

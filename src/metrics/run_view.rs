@@ -59,16 +59,6 @@ impl RunMetrics {
         labels: &[(&str, &str)],
         sinks: &[String],
     ) {
-        fn labelled<'a>(
-            job: &'a str,
-            labels: &[(&'a str, &'a str)],
-            extra: &[(&'a str, &'a str)],
-        ) -> Vec<(&'a str, &'a str)> {
-            let mut all = vec![(JOB_LABEL, job)];
-            all.extend_from_slice(labels);
-            all.extend_from_slice(extra);
-            all
-        }
         let mut sources: Vec<_> = self.progress.read_by_source.iter().collect();
         sources.sort();
         for (source, read) in sources {
@@ -148,6 +138,18 @@ impl RunMetrics {
     }
 }
 
+/// The labels of a series of `job`: the job, then `labels` (e.g. the schedule), then `extra`.
+fn labelled<'a>(
+    job: &'a str,
+    labels: &[(&'a str, &'a str)],
+    extra: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    let mut all = vec![(JOB_LABEL, job)];
+    all.extend_from_slice(labels);
+    all.extend_from_slice(extra);
+    all
+}
+
 /// Adds every series of `job`: its dead-letter queues, whether a run is going on, and the
 /// current run's numbers if there is one.
 pub async fn job_metrics(
@@ -161,23 +163,18 @@ pub async fn job_metrics(
     for sink in sinks {
         let dead = queues.counts(&SinkQueues::new(job, sink).dead).await?;
         let dead = dead.waiting + dead.in_flight;
-        let mut at = vec![(JOB_LABEL, job)];
-        at.extend_from_slice(labels);
-        at.push(("sink", sink));
         samples.gauge(
             "stevedore_dead_letters",
             "Messages in the sink's dead-letter queue (see `stevedore dlq list`).",
-            &at,
+            &labelled(job, labels, &[("sink", sink)]),
             dead as f64,
         );
     }
     let run = RunMetrics::read(link, job, sinks).await?;
-    let mut at = vec![(JOB_LABEL, job)];
-    at.extend_from_slice(labels);
     samples.gauge(
         "stevedore_run_active",
         "1 while a run of the job is unfinished.",
-        &at,
+        &labelled(job, labels, &[]),
         if run.is_some() { 1.0 } else { 0.0 },
     );
     if let Some(run) = run {

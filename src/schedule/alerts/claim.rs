@@ -353,40 +353,34 @@ mod tests {
             }
         }
 
-        /// One daemon's look: the ids of the events it claimed (and marks them sent).
-        fn look(&self, ttl: Duration) -> Vec<String> {
-            testkit::block_on(async {
-                let claimed = tick(
-                    &self.link,
-                    &self.keys,
-                    "orders",
-                    self.rules,
-                    &["email"],
-                    ttl,
-                )
-                .await
-                .unwrap();
-                claimed.iter().map(|c| c.event.id.clone()).collect()
-            })
+        /// One daemon's look: the entries it claimed (left in the outbox, as by a daemon
+        /// that dies before sending them).
+        fn claim(&self, ttl: Duration) -> Vec<Claimed> {
+            testkit::block_on(tick(
+                &self.link,
+                &self.keys,
+                "orders",
+                self.rules,
+                &["email"],
+                ttl,
+            ))
+            .unwrap()
         }
 
+        /// The ids of the events one look claimed.
+        fn look(&self, ttl: Duration) -> Vec<String> {
+            ids(&self.claim(ttl))
+        }
+
+        /// One look, and every claimed entry sent (taken out of the outbox).
         fn send(&self, ttl: Duration) -> Vec<String> {
+            let claimed = self.claim(ttl);
             testkit::block_on(async {
-                let claimed = tick(
-                    &self.link,
-                    &self.keys,
-                    "orders",
-                    self.rules,
-                    &["email"],
-                    ttl,
-                )
-                .await
-                .unwrap();
                 for c in &claimed {
                     done(&self.link, &self.keys, &c.field).await.unwrap();
                 }
-                claimed.iter().map(|c| c.event.id.clone()).collect()
-            })
+            });
+            ids(&claimed)
         }
     }
 
@@ -468,5 +462,9 @@ mod tests {
         let passes: Vec<Option<u64>> = event.passes.iter().map(|p| p.pass).collect();
         assert_eq!(passes, [Some(6), Some(5), Some(4), Some(3), Some(2)]);
         assert_eq!(event.passes[0].reason.as_deref(), Some("reason 6"));
+    }
+
+    fn ids(claimed: &[Claimed]) -> Vec<String> {
+        claimed.iter().map(|c| c.event.id.clone()).collect()
     }
 }
