@@ -5,7 +5,7 @@ use std::io::Write;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
-use stevedore::source::{FileFormat, FilesSource, Source};
+use stevedore::source::{FileFormat, FilesSource, OpenContext, Source};
 
 const RECORDS: u64 = 20_000;
 
@@ -50,7 +50,9 @@ fn read(c: &mut Criterion) {
         let item = source.plan(500).unwrap().remove(0);
         group.bench_function(label, |b| {
             b.iter(|| {
-                let entries = source.open(&item, 16 << 20).unwrap();
+                let entries = source
+                    .open(&item, &OpenContext::local("bench", 16 << 20))
+                    .unwrap();
                 black_box(entries.map(Result::unwrap).count())
             })
         });

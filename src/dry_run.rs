@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::config::JobConfig;
 use crate::plan::plan_sources;
 use crate::sink::{self, SinkError};
-use crate::source::{self, Entry, SourceError};
+use crate::source::{self, Entry, OpenContext, SourceError};
 
 /// How many dead-letter reasons per sink a report names.
 const REASONS_SHOWN: usize = 5;
@@ -163,11 +163,16 @@ fn read_and_map(config: &JobConfig) -> Result<(u64, BTreeMap<String, SinkReport>
             .find(|s| s.name == item.source)
             .expect("work items name their source");
         let origin = item.origin.clone();
-        let entries =
-            source::from_config(source_config).open(&item, config.queue.max_record_bytes)?;
+        // Limits hold for this process alone: a dry run writes nothing to Redis.
+        let context = OpenContext::local(&config.job.name, config.queue.max_record_bytes);
+        let entries = source::from_config(source_config).open(&item, &context)?;
         for entry in entries {
+            let entry = entry?;
+            if matches!(entry, Entry::Resumable { .. }) {
+                continue;
+            }
             read += 1;
-            match entry? {
+            match entry {
                 Entry::Record { line, value } => {
                     let raw = serde_json::value::to_raw_value(&value)
                         .expect("a parsed record serializes");
@@ -181,6 +186,7 @@ fn read_and_map(config: &JobConfig) -> Result<(u64, BTreeMap<String, SinkReport>
                         }
                     }
                 }
+                Entry::Resumable { .. } => {}
                 Entry::Rejected(reject) => {
                     for sink in &config.sinks {
                         let counted = per_sink.entry(sink.name.clone()).or_default();

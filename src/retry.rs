@@ -111,6 +111,15 @@ pub(crate) fn honour_hint(hint: Option<Duration>, planned: Option<Duration>) -> 
     planned.map(|planned| hint.map_or(planned, |hint| hint.max(planned)))
 }
 
+/// A request of the HTTP source that the API refused for now (429, 408, 5xx) or that failed
+/// on the network: 1 s, doubling to 60 s, unless the API's `Retry-After` asks for longer;
+/// the count is the source's `limits.retries`. The wait holds every process of the job off.
+pub(crate) const HTTP_REQUEST: Policy = Policy {
+    first: Duration::from_secs(1),
+    cap: Duration::from_secs(60),
+    retries: 5,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 
 use stevedore::mapping::{Cast, ColumnMap, MapError, Mapping, Row};
 use stevedore::settings::Problems;
-use stevedore::source::{Entry, FileFormat, FilesSource, Source, SourceError};
+use stevedore::source::{Entry, FileFormat, FilesSource, OpenContext, Source, SourceError};
 use stevedore::unit::{DataUnit, Reject, record};
 
 // ---------------------------------------------------------------------------------------------
@@ -563,7 +563,7 @@ fn read_entries(format: FileFormat, bytes: &[u8]) -> Vec<Result<Entry, SourceErr
     let items = source.plan(100).unwrap();
     assert_eq!(items.len(), 1, "the pattern names one file");
     let entries: Vec<_> = source
-        .open(&items[0], 1 << 20)
+        .open(&items[0], &OpenContext::local("props", 1 << 20))
         .unwrap()
         .take(bytes.len() + 2)
         .collect();
@@ -724,6 +724,7 @@ proptest! {
                     prop_assert!(fields.values().all(Value::is_string), "CSV values are strings");
                 }
                 Ok(Entry::Rejected(reject)) => prop_assert!(!reject.reason.is_empty()),
+                Ok(Entry::Resumable { .. }) => prop_assert!(false, "files never resume mid-file"),
                 // An unreadable header row ends the file with an error.
                 Err(_) => {}
             }

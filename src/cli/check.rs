@@ -27,19 +27,30 @@ pub async fn check(config_path: &Path) -> i32 {
         );
         ok = false;
     }
-    match plan_sources(&config) {
-        Ok(items) => println!("sources: {} work item(s)", items.len()),
+    let items = match plan_sources(&config) {
+        Ok(items) => {
+            println!("sources: {} work item(s)", items.len());
+            items
+        }
         Err(error) => {
             println!("sources: {error}");
             ok = false;
+            Vec::new()
         }
-    }
-    match check_redis(&config.redis).await {
-        Ok(line) => println!("redis: {line}"),
+    };
+    let redis_ok = match check_redis(&config.redis).await {
+        Ok(line) => {
+            println!("redis: {line}");
+            true
+        }
         Err(line) => {
             println!("redis: {line}");
             ok = false;
+            false
         }
+    };
+    if !items.is_empty() {
+        ok &= probe_sources(&config, items, redis_ok).await;
     }
     for sink_config in &config.sinks {
         match crate::sink::from_config(sink_config).check().await {
@@ -57,6 +68,45 @@ pub async fn check(config_path: &Path) -> i32 {
         println!("check failed");
         EXIT_CONFIG
     }
+}
+
+/// Reaches what the sources read (an API's first page). The requests count against the
+/// job's shared limits when its Redis is reachable, so a check beside a running job cannot
+/// push the API over its limit.
+async fn probe_sources(
+    config: &crate::config::JobConfig,
+    items: Vec<crate::source::WorkItem>,
+    redis_ok: bool,
+) -> bool {
+    let link = match (&config.redis, redis_ok) {
+        (RedisConfig::External { url }, true) => crate::queue::RedisLink::new(url)
+            .ok()
+            .map(|link| std::sync::Arc::new(link.with_patience(crate::queue::Patience::Impatient))),
+        _ => None,
+    };
+    let mut ok = true;
+    for source_config in &config.sources {
+        let context = crate::source::OpenContext {
+            link: link.clone(),
+            ..crate::source::OpenContext::local(&config.job.name, config.queue.max_record_bytes)
+        };
+        let source = crate::source::from_config(source_config);
+        let items = items.clone();
+        let probed = tokio::task::spawn_blocking(move || source.probe(&items, &context)).await;
+        match probed {
+            Ok(None) => {}
+            Ok(Some(Ok(line))) => println!("source {}: {line}", source_config.name),
+            Ok(Some(Err(error))) => {
+                println!("source {}: {error}", source_config.name);
+                ok = false;
+            }
+            Err(error) => {
+                println!("source {}: reading failed: {error}", source_config.name);
+                ok = false;
+            }
+        }
+    }
+    ok
 }
 
 async fn check_redis(redis: &RedisConfig) -> Result<String, String> {

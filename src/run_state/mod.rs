@@ -18,7 +18,7 @@ mod work_items;
 pub use ledger::{Progress, Totals, UnitLedger};
 pub use liveness::{Heartbeat, Liveness};
 pub use telemetry::Telemetry;
-pub use work_items::{Planned, WorkItems};
+pub use work_items::{Planned, ResumePoint, WorkItems};
 
 /// Deletes KEYS[1] only if it still holds ARGV[1], so finishing an old run never clears a newer one.
 static DELETE_IF_EQUAL: LazyLock<redis::Script> = LazyLock::new(|| {
@@ -198,6 +198,11 @@ impl RunState {
     /// The run id.
     pub fn run_id(&self) -> &str {
         &self.run
+    }
+
+    /// The Redis this state lives in (sources share limits and tokens through it).
+    pub fn link(&self) -> &Arc<RedisLink> {
+        &self.link
     }
 
     fn key(&self, suffix: &str) -> String {

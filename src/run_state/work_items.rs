@@ -39,10 +39,11 @@ static PLAN: LazyLock<redis::Script> = LazyLock::new(|| {
     )
 });
 
-/// Records an item's count, marks it done and clears the producer's slot if it holds this
-/// item: KEYS = held hash, read hash, done set, the job's fence counter; ARGV = producer,
-/// item, item key, count, fencing token ('' for none). Returns the job's highest token,
-/// without writing, when the given one is older; else -1.
+/// Records an item's count, marks it done (failed with ARGV[6] when not empty, else not
+/// failed) and clears the producer's slot if it holds this item: KEYS = held hash, read
+/// hash, done set, the job's fence counter, failed hash; ARGV = producer, item, item key,
+/// count, fencing token ('' for none), failure. Returns the job's highest token, without
+/// writing, when the given one is older; else -1.
 static COMPLETE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
@@ -52,6 +53,11 @@ static COMPLETE: LazyLock<redis::Script> = LazyLock::new(|| {
         end
         redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
         redis.call('SADD', KEYS[3], ARGV[3])
+        if ARGV[6] ~= '' then
+            redis.call('HSET', KEYS[5], ARGV[2], ARGV[6])
+        else
+            redis.call('HDEL', KEYS[5], ARGV[2])
+        end
         if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
         return -1",
     )
@@ -67,6 +73,18 @@ static RELEASE_HELD: LazyLock<redis::Script> = LazyLock::new(|| {
         return #items",
     )
 });
+
+/// Where a new reader of a work item may start: the source's own position after unit
+/// `chunk - 1`, and how many input records the units before it held.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ResumePoint {
+    /// The number of the first unit cut from the position.
+    pub chunk: u64,
+    /// Input records in the units before it.
+    pub read: u64,
+    /// The source's note ([`crate::source::Entry::Resumable`]).
+    pub position: String,
+}
 
 /// What [`RunState::plan`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,11 +178,22 @@ impl WorkItems<'_> {
         item: &WorkItem,
         read: u64,
     ) -> Result<(), LinkError> {
+        self.finish(producer, item, read, None).await
+    }
+
+    async fn finish(
+        &self,
+        producer: u32,
+        item: &WorkItem,
+        read: u64,
+        failure: Option<&str>,
+    ) -> Result<(), LinkError> {
         let keys = [
             self.state.key("items:held"),
             self.state.key("read"),
             self.state.key("items:done"),
             RunState::fence_key(&self.state.job),
+            self.state.key("items:failed"),
         ];
         let token = self.state.fence();
         let args = [
@@ -173,6 +202,7 @@ impl WorkItems<'_> {
             item.key(),
             read.to_string(),
             token.map(|t| t.to_string()).unwrap_or_default(),
+            failure.unwrap_or_default().to_string(),
         ];
         let what = "completing a work item";
         let highest: i64 = self
@@ -203,15 +233,98 @@ impl WorkItems<'_> {
         Ok(waiting + holding)
     }
 
-    /// Records that the first `chunks` units of `item` are on the queues.
-    pub async fn set_checkpoint(&self, item: &WorkItem, chunks: u64) -> Result<(), LinkError> {
-        let key = self.state.key("checkpoint");
+    /// Records that the first `chunks` units of `item` are on the queues, and, for a source
+    /// that can resume mid-item, where a new reader of the item may start (in the same write).
+    pub async fn set_checkpoint(
+        &self,
+        item: &WorkItem,
+        chunks: u64,
+        resume: Option<&ResumePoint>,
+    ) -> Result<(), LinkError> {
+        let mut writes = vec![FieldWrite::set(
+            self.state.key("checkpoint"),
+            item.key(),
+            chunks,
+        )];
+        if let Some(resume) = resume {
+            writes.push(FieldWrite::set(
+                self.state.key("resume"),
+                item.key(),
+                serde_json::to_string(resume).expect("a resume point always serializes"),
+            ));
+        }
         self.state
-            .write_fields(
-                "saving a checkpoint",
-                &[FieldWrite::set(key, item.key(), chunks)],
-            )
+            .write_fields("saving a checkpoint", &writes)
             .await
+    }
+
+    /// Where a new reader of `item` may start, if an earlier one recorded a point.
+    pub async fn resume_point(&self, item: &WorkItem) -> Result<Option<ResumePoint>, LinkError> {
+        let text: Option<String> = self
+            .state
+            .link
+            .query(
+                "reading a resume point",
+                &redis::Cmd::hget(self.state.key("resume"), item.key()),
+            )
+            .await?;
+        Ok(text.and_then(|text| serde_json::from_str(&text).ok()))
+    }
+
+    /// Marks `item` failed by `producer` with `reason`, counting the `read` records that
+    /// were sent before the failure: the item counts as done for this run (the other items
+    /// go on and the run ends failed), and the next run of the job retries it from its
+    /// checkpoint ([`WorkItems::retry_failed_items`]).
+    pub async fn fail(
+        &self,
+        producer: u32,
+        item: &WorkItem,
+        read: u64,
+        reason: &str,
+    ) -> Result<(), LinkError> {
+        self.finish(producer, item, read, Some(reason)).await
+    }
+
+    /// The items that failed in this run, with their reasons.
+    pub async fn failed_items(&self) -> Result<Vec<(WorkItem, String)>, LinkError> {
+        let failed: Vec<(String, String)> = self
+            .state
+            .link
+            .query(
+                "reading failed work items",
+                &redis::Cmd::hgetall(self.state.key("items:failed")),
+            )
+            .await?;
+        let mut items: Vec<(WorkItem, String)> = failed
+            .into_iter()
+            .filter_map(|(item, reason)| Some((serde_json::from_str(&item).ok()?, reason)))
+            .collect();
+        items.sort_by(|a, b| (&a.0.source, a.0.index).cmp(&(&b.0.source, b.0.index)));
+        Ok(items)
+    }
+
+    /// Puts the items that failed back in front of the pending list, to be read again from
+    /// their checkpoints. Called when an unfinished run is resumed, before any producer
+    /// starts.
+    pub async fn retry_failed_items(&self) -> Result<u64, LinkError> {
+        let failed = self.failed_items().await?;
+        if failed.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (item, _) in &failed {
+            pipe.srem(self.state.key("items:done"), item.key())
+                .ignore()
+                .lpush(self.state.key("items:pending"), item.encode())
+                .ignore();
+        }
+        pipe.del(self.state.key("items:failed")).ignore();
+        self.state
+            .link
+            .query_pipe::<()>("retrying failed work items", &pipe)
+            .await?;
+        Ok(failed.len() as u64)
     }
 
     /// How many units of `item` were already sent by an earlier attempt.

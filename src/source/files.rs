@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::{Entries, Entry, Source, SourceError, SourceKind, WorkItem};
+use super::{Entries, Entry, OpenContext, Source, SourceError, SourceKind, WorkItem};
 use crate::config::SourceConfig;
 use crate::settings::{KindSettings, Section};
 use crate::unit::Reject;
@@ -120,7 +120,8 @@ impl Source for FilesSource {
             .collect())
     }
 
-    fn open(&self, item: &WorkItem, max_record_bytes: usize) -> Result<Entries, SourceError> {
+    fn open(&self, item: &WorkItem, context: &OpenContext) -> Result<Entries, SourceError> {
+        let max_record_bytes = context.max_record_bytes;
         let origin = FileOrigin {
             source_name: self.name.clone(),
             path: item.origin.clone(),
@@ -703,7 +704,7 @@ mod tests {
         let items = source.plan(10).unwrap();
         assert_eq!(items.len(), 1);
         source
-            .open(&items[0], max_record_bytes)
+            .open(&items[0], &OpenContext::local("j", max_record_bytes))
             .unwrap()
             .map(Result::unwrap)
             .collect()
@@ -765,6 +766,7 @@ mod tests {
         match entry {
             Entry::Rejected(reject) => reject,
             Entry::Record { line, .. } => panic!("line {line} should be rejected"),
+            Entry::Resumable { .. } => panic!("files are never resumed mid-file"),
         }
     }
 

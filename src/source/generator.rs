@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::{Entries, Entry, Source, SourceError, SourceKind, WorkItem};
+use super::{Entries, Entry, OpenContext, Source, SourceError, SourceKind, WorkItem};
 use crate::config::SourceConfig;
 use crate::settings::{KindSettings, Section};
 
@@ -104,7 +104,7 @@ impl Source for GeneratorSource {
             .collect())
     }
 
-    fn open(&self, item: &WorkItem, _max_record_bytes: usize) -> Result<Entries, SourceError> {
+    fn open(&self, item: &WorkItem, _context: &OpenContext) -> Result<Entries, SourceError> {
         // Generated records are a few dozen bytes: never near the cap.
         let (start, end) = item.range.unwrap_or((0, 0));
         let seed = self.seed;
@@ -128,7 +128,10 @@ mod tests {
         assert_eq!(items.len(), 3);
         let mut ids = Vec::new();
         for item in &items {
-            for entry in source.open(item, usize::MAX).unwrap() {
+            for entry in source
+                .open(item, &OpenContext::local("j", usize::MAX))
+                .unwrap()
+            {
                 let Entry::Record { value, .. } = entry.unwrap() else {
                     panic!("generator never rejects")
                 };

@@ -3,11 +3,15 @@
 
 mod files;
 mod generator;
+mod http;
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::{ReadSource, SourceConfig, SourceReader};
+use crate::queue::RedisLink;
 
 use crate::unit::Reject;
 
@@ -15,7 +19,7 @@ pub use files::{FileFormat, FilesConfig, FilesSource};
 pub use generator::{GeneratorConfig, GeneratorSource, record as generated_record};
 
 /// Every source kind this build knows: adding a kind is its file plus one line here.
-pub const KINDS: &[SourceKind] = &[files::KIND, generator::KIND];
+pub const KINDS: &[SourceKind] = &[files::KIND, generator::KIND, http::KIND];
 
 /// One kind of source: how its `[[source]]` table is read and how its reader is built.
 pub struct SourceKind {
@@ -76,6 +80,13 @@ pub enum Entry {
     },
     /// Unparseable input, kept with its reason for the dead-letter queues.
     Rejected(Reject),
+    /// Everything before this entry is read; opening the item again with
+    /// [`OpenContext::resume`] set to `position` goes on right after it (a page boundary of an
+    /// HTTP API). Sources that cannot resume mid-item never send one.
+    Resumable {
+        /// The source's own note of where to go on from.
+        position: String,
+    },
 }
 
 impl Entry {
@@ -84,6 +95,7 @@ impl Entry {
         match self {
             Entry::Record { line, .. } => *line,
             Entry::Rejected(reject) => reject.line,
+            Entry::Resumable { .. } => 0,
         }
     }
 }
@@ -110,6 +122,73 @@ pub enum SourceError {
         #[source]
         error: std::io::Error,
     },
+    /// The source's input is not what it should be (a tenants file with a bad line).
+    #[error("source `{source_name}`: {reason}")]
+    Invalid {
+        /// The source.
+        source_name: String,
+        /// What is wrong, naming the file and line.
+        reason: String,
+    },
+    /// One work item cannot be read on (an API refused a tenant, a page is not what the
+    /// config says): the item fails, the job's other items go on, and the run ends failed
+    /// naming it. What was read before the failure is kept.
+    #[error("source `{source_name}`: {item} failed at {position}: {reason}")]
+    ItemFailed {
+        /// The source.
+        source_name: String,
+        /// The item, e.g. `tenant \`acme\``.
+        item: String,
+        /// Where in it, e.g. `page 3`.
+        position: String,
+        /// What went wrong, without secrets.
+        reason: String,
+    },
+    /// The source's coordination through Redis (shared limits, tokens) failed.
+    #[error("source `{source_name}`: {error}")]
+    Redis {
+        /// The source.
+        source_name: String,
+        /// What failed (boxed: a Redis error is large, and rare here).
+        #[source]
+        error: Box<crate::queue::LinkError>,
+    },
+}
+
+impl SourceError {
+    /// True when only the item being read failed, not the process reading it.
+    pub fn fails_item_only(&self) -> bool {
+        matches!(self, SourceError::ItemFailed { .. })
+    }
+}
+
+/// What opening a work item may use besides the item itself.
+#[derive(Clone, Default)]
+pub struct OpenContext {
+    /// An input record longer than this is never held whole: it becomes a [`Reject`] with
+    /// its first bytes.
+    pub max_record_bytes: usize,
+    /// The job's name: keys of what the job's processes share are under it.
+    pub job: String,
+    /// The job's Redis, for limits and tokens shared by every process of the job; `None`
+    /// where nothing may be written to Redis (`run --dry-run`, `check`): limits then hold
+    /// for this process alone.
+    pub link: Option<Arc<RedisLink>>,
+    /// Where an earlier reader of the item got to ([`Entry::Resumable`]); `None` from the
+    /// start.
+    pub resume: Option<String>,
+}
+
+impl OpenContext {
+    /// Opening with no shared state and no resume point: record cap only.
+    pub fn local(job: &str, max_record_bytes: usize) -> OpenContext {
+        OpenContext {
+            max_record_bytes,
+            job: job.to_string(),
+            link: None,
+            resume: None,
+        }
+    }
 }
 
 /// A stream of entries from one work item.
@@ -120,9 +199,19 @@ pub trait Source: Send + Sync {
     /// Lists the work items as of now: one per file, or ranges of generated records.
     fn plan(&self, unit_records: usize) -> Result<Vec<WorkItem>, SourceError>;
 
-    /// Opens one of this source's work items. An input record longer than `max_record_bytes`
-    /// is never held whole: it becomes a [`Reject`] with its first bytes.
-    fn open(&self, item: &WorkItem, max_record_bytes: usize) -> Result<Entries, SourceError>;
+    /// Opens one of this source's work items (see [`OpenContext`]). Called within a tokio
+    /// runtime; the entries are read on a thread that may block.
+    fn open(&self, item: &WorkItem, context: &OpenContext) -> Result<Entries, SourceError>;
+
+    /// What `stevedore check` says after reaching the source (an API's first page), on a
+    /// thread that may block; `None` for sources with nothing to reach.
+    fn probe(
+        &self,
+        _items: &[WorkItem],
+        _context: &OpenContext,
+    ) -> Option<Result<String, SourceError>> {
+        None
+    }
 }
 
 /// Builds the source a config describes.

@@ -441,10 +441,13 @@ async fn supervise(
         }
         if resumed {
             let released = state.items().release_held_items().await?;
+            let retried = state.items().retry_failed_items().await?;
             tracing::info!(
                 run = state.run_id(),
                 released,
-                "resuming the unfinished run"
+                retried,
+                "resuming the unfinished run (work items that failed are read again from their \
+                 checkpoints)"
             );
         }
         Ok::<_, SupervisorError>((state, resumed, log_dir))
@@ -789,6 +792,15 @@ async fn summarize(
     let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
     for sink in &config.sinks {
         count_dead_units(config, queues, state, &sink.name).await?;
+    }
+    let failed = state.items().failed_items().await?;
+    if reason.is_none() && !failed.is_empty() {
+        let reasons: Vec<&str> = failed.iter().map(|(_, why)| why.as_str()).collect();
+        reason = Some(format!(
+            "{} work item(s) failed; the next run reads them again from where they stopped: {}",
+            failed.len(),
+            reasons.join("; ")
+        ));
     }
     let totals = state.ledger().totals(&sink_names).await?;
     let mut sinks = BTreeMap::new();

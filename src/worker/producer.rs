@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 
 use super::{Finish, WorkerContext, WorkerError};
 use crate::queue::SinkQueues;
-use crate::source::WorkItem;
-use crate::source::{self, Entry, SourceError};
+use crate::run_state::ResumePoint;
+use crate::source::{self, Entry, OpenContext, SourceError, WorkItem};
 use crate::unit::{DataUnit, Record, Reject, record, unit_id};
 
 /// Units sent to Redis in one batched call.
@@ -23,6 +23,14 @@ struct Cut {
     chunk: u64,
     bytes: Vec<u8>,
     inputs: u64,
+}
+
+/// What the reading thread hands the sending loop.
+enum Piece {
+    /// A unit.
+    Unit(Cut),
+    /// Every unit before `point.chunk` was handed over; a new reader may start at `point`.
+    Resumable(ResumePoint),
 }
 
 /// Runs producer `context.id` until every work item is taken or shutdown is asked for.
@@ -48,99 +56,149 @@ pub async fn run_producer(context: WorkerContext) -> Result<Finish, WorkerError>
     }
 }
 
+/// Where the sending loop of one item is.
+struct Sending<'a> {
+    context: &'a WorkerContext,
+    queues: &'a [SinkQueues],
+    item: &'a WorkItem,
+    batch: Vec<Vec<u8>>,
+    batch_inputs: u64,
+    next_chunk: u64,
+    resume: Option<ResumePoint>,
+}
+
 async fn produce_item(
     context: &WorkerContext,
     queues: &[SinkQueues],
     item: &WorkItem,
 ) -> Result<Finish, WorkerError> {
-    let already_sent = context.state.items().checkpoint(item).await?;
-    let (sender, mut receiver) = mpsc::channel::<Result<Cut, SourceError>>(SEND_BATCH * 2);
+    let items = context.state.items();
+    let already_sent = items.checkpoint(item).await?;
+    // A resume point is never past the checkpoint: both are written together, the point
+    // only once its units were handed over.
+    let resume = items.resume_point(item).await?;
+    let (sender, mut receiver) = mpsc::channel::<Result<Piece, SourceError>>(SEND_BATCH * 2);
     let unit_bytes = unit_byte_budget(context).await?;
-    let reader = spawn_reader(context, item, unit_bytes, sender)?;
-    let (mut inputs, mut batch, mut batch_inputs) = (0u64, Vec::with_capacity(SEND_BATCH), 0u64);
-    let mut next_chunk = already_sent;
-    while let Some(cut) = receiver.recv().await {
-        let cut = cut?;
+    let start = resume.clone().unwrap_or(ResumePoint {
+        chunk: 0,
+        read: 0,
+        position: String::new(),
+    });
+    let mut inputs = start.read;
+    let reader = spawn_reader(context, item, unit_bytes, resume, sender)?;
+    let mut sending = Sending {
+        context,
+        queues,
+        item,
+        batch: Vec::with_capacity(SEND_BATCH),
+        batch_inputs: 0,
+        next_chunk: already_sent.max(start.chunk),
+        resume: None,
+    };
+    while let Some(piece) = receiver.recv().await {
+        let cut = match piece {
+            Ok(Piece::Unit(cut)) => cut,
+            Ok(Piece::Resumable(point)) => {
+                // A page ended: its units go out and the point is recorded now, not with the
+                // next page's (which may take a while to come), so that a producer that dies
+                // reads no finished page again.
+                sending.resume = Some(point);
+                if sending.batch.is_empty() {
+                    sending.save_checkpoint().await?;
+                } else if !sending.flush().await? {
+                    drop(receiver);
+                    let _ = reader.await;
+                    return Ok(Finish::Interrupted);
+                }
+                continue;
+            }
+            Err(error) if error.fails_item_only() => {
+                drop(receiver);
+                let _ = reader.await;
+                return fail_item(&mut sending, inputs, &error).await;
+            }
+            Err(error) => return Err(error.into()),
+        };
         inputs += cut.inputs;
         if cut.chunk < already_sent {
             continue;
         }
-        next_chunk = cut.chunk + 1;
-        batch.push(cut.bytes);
-        batch_inputs += cut.inputs;
-        if (batch.len() >= SEND_BATCH || receiver.is_empty())
-            && !flush(
-                context,
-                queues,
-                item,
-                &mut batch,
-                next_chunk,
-                &mut batch_inputs,
-            )
-            .await?
-        {
+        sending.next_chunk = cut.chunk + 1;
+        sending.batch.push(cut.bytes);
+        sending.batch_inputs += cut.inputs;
+        if (sending.batch.len() >= SEND_BATCH || receiver.is_empty()) && !sending.flush().await? {
             drop(receiver);
             let _ = reader.await;
             return Ok(Finish::Interrupted);
         }
     }
-    if !flush(
-        context,
-        queues,
-        item,
-        &mut batch,
-        next_chunk,
-        &mut batch_inputs,
-    )
-    .await?
-    {
+    if !sending.flush().await? {
         return Ok(Finish::Interrupted);
     }
     if let Err(error) = reader.await {
         // The reader thread panicked: the item is not done, whatever was counted.
         return Err(WorkerError::Reader(error.to_string()));
     }
-    context
-        .state
-        .items()
-        .complete(context.id, item, inputs)
-        .await?;
-    tracing::info!(source = %item.source, origin = %item.origin, records = inputs, units = next_chunk, "work item done");
+    items.complete(context.id, item, inputs).await?;
+    tracing::info!(source = %item.source, origin = %item.origin, records = inputs, units = sending.next_chunk, "work item done");
     Ok(Finish::Done)
 }
 
-/// Sends `batch` to every sink queue once there is room, then checkpoints `next_chunk`.
-/// False if shutdown came first (nothing was sent).
-async fn flush(
-    context: &WorkerContext,
-    queues: &[SinkQueues],
-    item: &WorkItem,
-    batch: &mut Vec<Vec<u8>>,
-    next_chunk: u64,
-    inputs: &mut u64,
-) -> Result<bool, WorkerError> {
-    if batch.is_empty() {
-        return Ok(true);
+/// Sends what was read before `error`, then records the item failed: the job's other items
+/// go on, and the run ends failed naming this one.
+async fn fail_item(
+    sending: &mut Sending<'_>,
+    inputs: u64,
+    error: &SourceError,
+) -> Result<Finish, WorkerError> {
+    if !sending.flush().await? {
+        return Ok(Finish::Interrupted);
     }
-    if !wait_for_room(context, queues, &mut context.shutdown.clone()).await? {
-        return Ok(false);
-    }
-    for queue in queues {
-        context.queues.send_batch(&queue.units, batch).await?;
-    }
-    context
+    let item = sending.item;
+    tracing::error!(source = %item.source, origin = %item.origin, %error, "work item failed; going on with the others");
+    sending
+        .context
         .state
         .items()
-        .set_checkpoint(item, next_chunk)
+        .fail(sending.context.id, item, inputs, &error.to_string())
         .await?;
-    context
-        .state
-        .items()
-        .add_read_progress(&item.source, *inputs)
-        .await?;
-    batch.clear();
-    *inputs = 0;
-    Ok(true)
+    Ok(Finish::Done)
+}
+
+impl Sending<'_> {
+    /// Sends the batch to every sink queue once there is room, then checkpoints (with the
+    /// latest resume point). False if shutdown came first (nothing was sent).
+    async fn flush(&mut self) -> Result<bool, WorkerError> {
+        if self.batch.is_empty() {
+            return Ok(true);
+        }
+        let context = self.context;
+        if !wait_for_room(context, self.queues, &mut context.shutdown.clone()).await? {
+            return Ok(false);
+        }
+        for queue in self.queues {
+            context.queues.send_batch(&queue.units, &self.batch).await?;
+        }
+        self.save_checkpoint().await?;
+        context
+            .state
+            .items()
+            .add_read_progress(&self.item.source, self.batch_inputs)
+            .await?;
+        self.batch.clear();
+        self.batch_inputs = 0;
+        Ok(true)
+    }
+
+    /// Records that units up to `next_chunk` are sent, with the latest resume point.
+    async fn save_checkpoint(&mut self) -> Result<(), WorkerError> {
+        self.context
+            .state
+            .items()
+            .set_checkpoint(self.item, self.next_chunk, self.resume.take().as_ref())
+            .await?;
+        Ok(())
+    }
 }
 
 /// The bytes of records after which a unit is cut: `queue.max_record_bytes`, unless the run
@@ -154,12 +212,14 @@ async fn unit_byte_budget(context: &WorkerContext) -> Result<usize, WorkerError>
     })
 }
 
-/// Reads and encodes on a blocking thread; stops when the receiver is dropped.
+/// Reads and encodes on a blocking thread, from `resume` if given; stops when the receiver
+/// is dropped.
 fn spawn_reader(
     context: &WorkerContext,
     item: &WorkItem,
     unit_bytes: usize,
-    sender: mpsc::Sender<Result<Cut, SourceError>>,
+    resume: Option<ResumePoint>,
+    sender: mpsc::Sender<Result<Piece, SourceError>>,
 ) -> Result<tokio::task::JoinHandle<()>, WorkerError> {
     let config = context.config.clone();
     let source_config = config
@@ -172,7 +232,13 @@ fn spawn_reader(
         return Ok(tokio::spawn(async {}));
     };
     let source = source::from_config(&source_config);
-    let entries = source.open(item, config.queue.max_record_bytes)?;
+    let open = OpenContext {
+        max_record_bytes: config.queue.max_record_bytes,
+        job: config.job.name.clone(),
+        link: Some(context.state.link().clone()),
+        resume: resume.as_ref().map(|point| point.position.clone()),
+    };
+    let entries = source.open(item, &open)?;
     let item = item.clone();
     let run = context.state.run_id().to_string();
     Ok(tokio::task::spawn_blocking(move || {
@@ -184,22 +250,60 @@ fn spawn_reader(
             unit_bytes,
             config.queue.max_record_bytes,
         );
+        let mut read = 0;
+        if let Some(point) = resume {
+            cutter.chunk = point.chunk;
+            read = point.read;
+        }
+        let compress_above = config.queue.compress_above;
+        let send = |piece: Result<Piece, SourceError>| sender.blocking_send(piece).is_ok();
         for entry in entries {
-            let cut = match entry {
-                Ok(entry) => cutter
-                    .push(entry)
-                    .map(|unit| Ok(encode(unit, &mut cutter, config.queue.compress_above))),
-                Err(error) => Some(Err(error)),
+            let pieces = match entry {
+                Ok(Entry::Resumable { position }) => {
+                    // A page ends here: its unit is cut, and a new reader may start after it.
+                    let unit = cutter
+                        .finish()
+                        .map(|unit| encode(unit, &mut cutter, compress_above));
+                    read += unit.as_ref().map_or(0, |cut| cut.inputs);
+                    let point = ResumePoint {
+                        chunk: cutter.chunk,
+                        read,
+                        position,
+                    };
+                    vec![unit.map(Piece::Unit), Some(Piece::Resumable(point))]
+                }
+                Ok(entry) => {
+                    let unit = cutter
+                        .push(entry)
+                        .map(|unit| encode(unit, &mut cutter, compress_above));
+                    read += unit.as_ref().map_or(0, |cut| cut.inputs);
+                    vec![unit.map(Piece::Unit)]
+                }
+                Err(error) => {
+                    // What was read before an item's failure still goes out.
+                    let unit = error
+                        .fails_item_only()
+                        .then(|| cutter.finish())
+                        .flatten()
+                        .map(|unit| Ok(Piece::Unit(encode(unit, &mut cutter, compress_above))));
+                    if let Some(unit) = unit
+                        && !send(unit)
+                    {
+                        return;
+                    }
+                    send(Err(error));
+                    return;
+                }
             };
-            if let Some(cut) = cut
-                && sender.blocking_send(cut).is_err()
-            {
-                return;
+            for piece in pieces.into_iter().flatten() {
+                if !send(Ok(piece)) {
+                    return;
+                }
             }
         }
         if let Some(unit) = cutter.finish() {
-            let cut = encode(unit, &mut cutter, config.queue.compress_above);
-            let _ = sender.blocking_send(Ok(cut));
+            let cut = encode(unit, &mut cutter, compress_above);
+            send(Ok(Piece::Unit(cut)));
         }
     }))
 }
@@ -321,6 +425,7 @@ impl Cutter {
                     self.lines.push(line);
                 }
             }
+            Entry::Resumable { .. } => {}
             Entry::Rejected(mut reject) => {
                 // Rejects travel as JSON strings, uncompressed: measured escaped.
                 let mut length = json_string_length(&reject.raw);

@@ -4,7 +4,9 @@
 //! client-credentials endpoint (`POST /oauth/token`) that expires after a few seconds (401
 //! after that), **bans** every client for the rest of the test (403) once a calendar second
 //! holds more requests than its limit, and answers 429 with `Retry-After` or 503 when a test
-//! asks it to. It logs every request, so a test can read what the API saw.
+//! asks it to. It logs every request, so a test can read what the API saw. Tenant `broken`
+//! answers HTML, tenant `mixed` serves every tenth record as a number, and a tenant the
+//! server does not know is a 404.
 //!
 //! HTTP/1.1 with keep-alive, one thread per connection, written here because a test server
 //! must be simple enough to trust and must fail in exactly the ways a test asks for.
@@ -136,6 +138,12 @@ impl ApiServer {
     /// True once a client went over the limit.
     pub fn banned(&self) -> bool {
         self.state.lock().unwrap().banned
+    }
+
+    /// Makes every token issued so far invalid (401 from now on), as a server that rotates
+    /// its keys does.
+    pub fn revoke_tokens(&self) {
+        self.state.lock().unwrap().tokens.clear();
     }
 
     /// How many times the token endpoint was called.
@@ -321,8 +329,12 @@ fn route(request: &Request, state: &mut State, config: &ApiConfig, port: u16) ->
         Pagination::Offset => (number("offset", 0), number("limit", config.page_size)),
     };
     let end = (start + size).min(records);
+    // Tenant `mixed` serves every tenth record as a bare number, not an object.
     let data: Vec<Value> = (start..end)
-        .map(|n| json!({"id": n + 1, "tenant": tenant, "name": format!("user {}", n + 1)}))
+        .map(|n| match tenant {
+            "mixed" if n % 10 == 9 => json!(n + 1),
+            _ => json!({"id": n + 1, "tenant": tenant, "name": format!("user {}", n + 1)}),
+        })
         .collect();
     let more = end < records;
     let mut body = json!({"data": data});
