@@ -313,7 +313,8 @@ impl WorkItems<'_> {
         }
         let mut pipe = redis::pipe();
         pipe.atomic();
-        for (item, _) in &failed {
+        // Pushed to the front last to first, so they are read again in plan order.
+        for (item, _) in failed.iter().rev() {
             pipe.srem(self.state.key("items:done"), item.key())
                 .ignore()
                 .lpush(self.state.key("items:pending"), item.encode())

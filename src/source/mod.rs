@@ -144,6 +144,13 @@ pub enum SourceError {
         /// What went wrong, without secrets.
         reason: String,
     },
+    /// Shutdown was asked for while the source waited (an API's `Retry-After`): the item
+    /// is picked up again where its checkpoint says.
+    #[error("source `{source_name}`: stopped on request")]
+    Interrupted {
+        /// The source.
+        source_name: String,
+    },
     /// The source's coordination through Redis (shared limits, tokens) failed.
     #[error("source `{source_name}`: {error}")]
     Redis {
@@ -171,12 +178,15 @@ pub struct OpenContext {
     /// The job's name: keys of what the job's processes share are under it.
     pub job: String,
     /// The job's Redis, for limits and tokens shared by every process of the job; `None`
-    /// where nothing may be written to Redis (`run --dry-run`, `check`): limits then hold
-    /// for this process alone.
+    /// where nothing may be written to Redis (`run --dry-run`; `check` without a reachable
+    /// Redis): limits then hold for this process alone.
     pub link: Option<Arc<RedisLink>>,
     /// Where an earlier reader of the item got to ([`Entry::Resumable`]); `None` from the
     /// start.
     pub resume: Option<String>,
+    /// Set when the reading process is asked to stop: a source that may wait long (an API's
+    /// `Retry-After`) stops waiting and ends with [`SourceError::Interrupted`].
+    pub stop: Option<crate::worker::Shutdown>,
 }
 
 impl OpenContext {
@@ -187,6 +197,7 @@ impl OpenContext {
             job: job.to_string(),
             link: None,
             resume: None,
+            stop: None,
         }
     }
 }

@@ -66,9 +66,6 @@ static TAKE_PERMIT: LazyLock<redis::Script> = LazyLock::new(|| {
     )
 });
 
-/// How long an unreleased permit lasts; holders renew it while their request runs.
-pub const PERMIT_LEASE: Duration = Duration::from_secs(30);
-
 /// How often a process waiting for a permit looks again (a release frees one before its lease
 /// ends, and nobody is told).
 const PERMIT_POLL: Duration = Duration::from_millis(20);

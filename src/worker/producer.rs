@@ -85,7 +85,6 @@ async fn produce_item(
         position: String::new(),
     });
     let mut inputs = start.read;
-    let reader = spawn_reader(context, item, unit_bytes, resume, sender)?;
     let mut sending = Sending {
         context,
         queues,
@@ -94,6 +93,13 @@ async fn produce_item(
         batch_inputs: 0,
         next_chunk: already_sent.max(start.chunk),
         resume: None,
+    };
+    let reader = match spawn_reader(context, item, unit_bytes, resume, sender) {
+        Ok(reader) => reader,
+        Err(WorkerError::Source(error)) if error.fails_item_only() => {
+            return fail_item(&mut sending, inputs, &error).await;
+        }
+        Err(error) => return Err(error),
     };
     while let Some(piece) = receiver.recv().await {
         let cut = match piece {
@@ -116,6 +122,11 @@ async fn produce_item(
                 drop(receiver);
                 let _ = reader.await;
                 return fail_item(&mut sending, inputs, &error).await;
+            }
+            Err(SourceError::Interrupted { .. }) => {
+                drop(receiver);
+                let _ = reader.await;
+                return Ok(Finish::Interrupted);
             }
             Err(error) => return Err(error.into()),
         };
@@ -237,6 +248,7 @@ fn spawn_reader(
         job: config.job.name.clone(),
         link: Some(context.state.link().clone()),
         resume: resume.as_ref().map(|point| point.position.clone()),
+        stop: Some(context.shutdown.clone()),
     };
     let entries = source.open(item, &open)?;
     let item = item.clone();

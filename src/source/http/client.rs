@@ -4,14 +4,14 @@
 //! backoff that holds the whole job off. Any other 4xx is the item's failure, never retried:
 //! retrying an invalid lookup is how clients get banned.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use url::Url;
 
-use super::pacing::{Pacing, Permit};
+use super::pacing::Pacing;
 use super::pages::start_of;
 use super::settings::{Auth, ClientCredentials, HttpSettings};
 use super::tokens::{Current, Fetched, Tokens};
@@ -22,8 +22,8 @@ use crate::settings::Secret;
 /// A page body larger than this fails its item instead of filling memory.
 pub(super) const MAX_BODY_BYTES: usize = 64 << 20;
 
-/// No `Retry-After` is honoured for longer than this.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+/// A `Retry-After` longer than this fails the item instead of holding the whole job.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(900);
 
 /// Why a request gave no page.
 #[derive(Debug)]
@@ -32,6 +32,8 @@ pub(super) enum Failure {
     Item(String),
     /// Redis, which holds the job's limits and token, failed.
     Redis(LinkError),
+    /// The reading process was asked to stop while it waited.
+    Interrupted,
 }
 
 impl From<LinkError> for Failure {
@@ -61,12 +63,6 @@ enum Step<T> {
     NetworkError(String),
 }
 
-/// What was sent: a page request or a token request.
-enum Request<'a> {
-    Page(&'a Url),
-    Token(&'a ClientCredentials),
-}
-
 /// The client of one source in one process.
 pub(super) struct Client {
     http: reqwest::Client,
@@ -75,8 +71,8 @@ pub(super) struct Client {
     tokens: Tokens,
     pacing: Pacing,
     retry: Policy,
-    timeout: Duration,
     secrets: Vec<Secret>,
+    token_in_use: Mutex<Option<Secret>>,
 }
 
 impl Client {
@@ -87,8 +83,11 @@ impl Client {
         job: &str,
         source: &str,
     ) -> Result<Client, String> {
+        // Redirects are not followed: each hop would be a request the job's limits never
+        // saw, and headers such as an API key would go to whatever host it names.
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("stevedore/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|error| format!("cannot build an HTTP client: {}", error.without_url()))?;
@@ -117,8 +116,8 @@ impl Client {
                 retries: settings.limits.retries as usize,
                 ..HTTP_REQUEST
             },
-            timeout: settings.timeout,
             secrets,
+            token_in_use: Mutex::new(None),
         })
     }
 
@@ -127,39 +126,16 @@ impl Client {
         let mut renewed = false;
         let mut retries = 0;
         loop {
-            let token = match &self.auth {
-                Auth::None => None,
-                Auth::Bearer(token) => Some(token.clone()),
-                Auth::ClientCredentials(credentials) => Some(self.token(credentials).await?),
-            };
-            let (permit, sent) = self.send(Request::Page(url), token.as_ref()).await?;
-            // The permit is kept until a refusal has held the job off, so that no other
-            // request slips out between a 429 and its `Retry-After`.
-            let step = match sent {
-                Ok((status, headers, body)) if status.is_success() => Ok(Step::Done(Answer {
-                    body,
-                    link: header(&headers, "link"),
-                })),
-                Ok((StatusCode::UNAUTHORIZED, _, _))
-                    if !renewed && matches!(self.auth, Auth::ClientCredentials(_)) =>
-                {
-                    // The token ran out early or was revoked: one new token, then once more.
-                    renewed = true;
-                    tracing::info!("the API refused the token (401); fetching a new one");
-                    match &token {
-                        Some(token) => self.tokens.refused(token).await.map_err(Failure::from),
-                        None => Ok(()),
-                    }
-                    .map(|()| Step::Again)
-                }
-                Ok((status, headers, body)) => self
-                    .after_refusal(status, &headers, &body, &mut retries)
-                    .await
-                    .map(|()| Step::Again),
-                Err(error) => Ok(Step::NetworkError(error)),
-            };
+            // Everything from reading the token to acting on the answer happens under one
+            // permit: the token is read just before it is used, and no other request of the
+            // job slips out between a 429 and the hold-off it causes.
+            let permit = self.pacing.permit().await?;
+            let step = self
+                .pacing
+                .holding(&permit, self.try_page(url, &mut renewed, &mut retries))
+                .await;
             self.pacing.done(permit).await?;
-            match step? {
+            match step?? {
                 Step::Done(answer) => return Ok(answer),
                 Step::Again => {}
                 Step::NetworkError(error) => self.after_network_error(error, &mut retries).await?,
@@ -167,134 +143,130 @@ impl Client {
         }
     }
 
-    /// The shared token, fetched by this process if none is there.
+    /// One attempt at a page, under a permit.
+    async fn try_page(
+        &self,
+        url: &Url,
+        renewed: &mut bool,
+        retries: &mut usize,
+    ) -> Result<Step<Answer>, Failure> {
+        let token = match &self.auth {
+            Auth::None => None,
+            Auth::Bearer(token) => Some(token.clone()),
+            Auth::ClientCredentials(credentials) => Some(self.token(credentials).await?),
+        };
+        self.pacing.grant().await?;
+        let mut request = self.http.get(url.clone()).headers(self.headers.clone());
+        if let Some(token) = &token {
+            request = request.bearer_auth(token.expose());
+        }
+        Ok(match self.read(request).await? {
+            Ok((status, headers, body)) if status.is_success() => Step::Done(Answer {
+                body,
+                link: header(&headers, "link"),
+            }),
+            Ok((StatusCode::UNAUTHORIZED, _, _))
+                if !*renewed && matches!(self.auth, Auth::ClientCredentials(_)) =>
+            {
+                // The token ran out early or was revoked: one new token, then once more.
+                *renewed = true;
+                tracing::info!("the API refused the token (401); fetching a new one");
+                if let Some(token) = &token {
+                    self.tokens.refused(token).await?;
+                }
+                Step::Again
+            }
+            Ok((status, headers, body)) => {
+                self.after_refusal(status, &headers, &body, retries).await?;
+                Step::Again
+            }
+            Err(error) => Step::NetworkError(error),
+        })
+    }
+
+    /// The shared token, fetched by this process (under the caller's permit) if none is
+    /// there.
     async fn token(&self, credentials: &ClientCredentials) -> Result<Secret, Failure> {
-        let fetch_lock = self.timeout + Duration::from_secs(5);
-        match self.tokens.current(fetch_lock, fetch_lock * 3).await? {
-            Current::Token(token) => Ok(token),
-            Current::Fetch => match self.fetch_token(credentials).await {
+        let token = match self.tokens.current().await? {
+            Current::Token(token) => token,
+            Current::Fetch => match self.tokens.fetching(self.fetch_token(credentials)).await? {
                 Ok(fetched) => {
                     self.tokens.store(&fetched).await?;
-                    Ok(fetched.token)
+                    fetched.token
                 }
                 Err(failure) => {
                     self.tokens.give_up_fetch().await?;
-                    Err(failure)
+                    return Err(failure);
                 }
             },
-        }
+        };
+        *self.token_in_use.lock().expect("never poisoned") = Some(token.clone());
+        Ok(token)
     }
 
     async fn fetch_token(&self, credentials: &ClientCredentials) -> Result<Fetched, Failure> {
         let mut retries = 0;
         loop {
-            let (permit, sent) = self.send(Request::Token(credentials), None).await?;
-            let step = match sent {
+            self.pacing.grant().await?;
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            form.append_pair("grant_type", "client_credentials")
+                .append_pair("client_id", &credentials.client_id)
+                .append_pair("client_secret", credentials.client_secret.expose());
+            if let Some(scope) = &credentials.scope {
+                form.append_pair("scope", scope);
+            }
+            let request = self
+                .http
+                .post(&credentials.token_url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("accept", "application/json")
+                .body(form.finish());
+            match self.read(request).await? {
                 Ok((status, _, body)) if status.is_success() => {
-                    #[derive(serde::Deserialize)]
-                    struct TokenAnswer {
-                        access_token: String,
-                        expires_in: Option<u64>,
-                    }
-                    match serde_json::from_slice::<TokenAnswer>(&body) {
-                        Err(error) => Err(Failure::Item(format!(
-                            "the token endpoint answered {status} without an access token \
-                             ({error})"
-                        ))),
-                        Ok(answer) => {
-                            tracing::info!(
-                                expires_in = answer.expires_in,
-                                "fetched an API token for the job"
-                            );
-                            Ok(Step::Done(Fetched::new(
-                                answer.access_token,
-                                answer.expires_in,
-                            )))
-                        }
-                    }
+                    return Fetched::from_answer(&body).map_err(|reason| {
+                        Failure::Item(format!(
+                            "the token endpoint answered {status} without a usable token \
+                             ({reason})"
+                        ))
+                    });
                 }
                 Ok((status, headers, body)) => self
                     .after_refusal(status, &headers, &body, &mut retries)
                     .await
-                    .map(|()| Step::Again)
                     .map_err(|failure| match failure {
                         Failure::Item(reason) => {
                             Failure::Item(format!("the token endpoint: {reason}"))
                         }
                         other => other,
-                    }),
-                Err(error) => Ok(Step::NetworkError(error)),
-            };
-            self.pacing.done(permit).await?;
-            match step? {
-                Step::Done(fetched) => return Ok(fetched),
-                Step::Again => {}
-                Step::NetworkError(error) => self.after_network_error(error, &mut retries).await?,
+                    })?,
+                Err(error) => self.after_network_error(error, &mut retries).await?,
             }
         }
     }
 
-    /// Sends one request when the job's limits allow it and reads its whole answer; the
-    /// inner error is a network error or timeout, described without the URL. The caller
-    /// gives the permit back ([`Pacing::done`]) once it has acted on the answer.
-    async fn send(
-        &self,
-        request: Request<'_>,
-        token: Option<&Secret>,
-    ) -> Result<(Permit<'_>, Sent), Failure> {
-        let builder = match request {
-            Request::Page(url) => {
-                let builder = self.http.get(url.clone()).headers(self.headers.clone());
-                match token {
-                    Some(token) => builder.bearer_auth(token.expose()),
-                    None => builder,
-                }
-            }
-            Request::Token(credentials) => {
-                let mut form = url::form_urlencoded::Serializer::new(String::new());
-                form.append_pair("grant_type", "client_credentials")
-                    .append_pair("client_id", &credentials.client_id)
-                    .append_pair("client_secret", credentials.client_secret.expose());
-                if let Some(scope) = &credentials.scope {
-                    form.append_pair("scope", scope);
-                }
-                self.http
-                    .post(&credentials.token_url)
-                    .header("content-type", "application/x-www-form-urlencoded")
-                    .header("accept", "application/json")
-                    .body(form.finish())
-            }
-        };
-        let permit = self.pacing.start().await?;
-        let reading = async {
-            let mut response = builder.send().await?;
+    /// Sends one request and reads its whole answer; the inner error is a network error or
+    /// timeout, described without the URL.
+    async fn read(&self, request: reqwest::RequestBuilder) -> Result<Sent, Failure> {
+        let answer = async {
+            let mut response = request.send().await?;
             let (status, headers) = (response.status(), response.headers().clone());
             let mut body = Vec::new();
             while let Some(chunk) = response.chunk().await? {
                 if body.len() + chunk.len() > MAX_BODY_BYTES {
                     return Ok(Err(format!(
-                        "the body is over {} MiB",
+                        "HTTP {status}: the body is over {} MiB",
                         MAX_BODY_BYTES >> 20
                     )));
                 }
                 body.extend_from_slice(&chunk);
             }
             Ok(Ok((status, headers, body)))
-        };
-        let answer = match self.pacing.holding(&permit, reading).await {
-            Ok(answer) => answer,
-            Err(error) => {
-                self.pacing.done(permit).await?;
-                return Err(error.into());
-            }
-        };
+        }
+        .await;
         match answer {
-            Ok(Ok(answer)) => Ok((permit, Ok(answer))),
-            Ok(Err(too_big)) => {
-                self.pacing.done(permit).await?;
-                Err(Failure::Item(too_big))
-            }
-            Err(error) => Ok((permit, Err(self.hide(&describe(&error))))),
+            Ok(Ok(answer)) => Ok(Ok(answer)),
+            Ok(Err(too_big)) => Err(Failure::Item(too_big)),
+            Err(error) => Ok(Err(self.hide(&describe(&error)))),
         }
     }
 
@@ -310,7 +282,12 @@ impl Client {
         let retryable = status == StatusCode::TOO_MANY_REQUESTS
             || status == StatusCode::REQUEST_TIMEOUT
             || status.is_server_error();
-        let answered = format!("HTTP {status}: {}", self.hide(&start_of(body)));
+        let mut answered = format!("HTTP {status}: {}", self.hide(&start_of(body)));
+        if status.is_redirection() {
+            answered.push_str(
+                " (redirects are not followed: set `url` to where the API lives, https included)",
+            );
+        }
         if !retryable {
             return Err(Failure::Item(answered));
         }
@@ -320,9 +297,16 @@ impl Client {
             )));
         }
         *retries += 1;
-        let hint = header(headers, "retry-after")
-            .and_then(|value| retry_after(&value, SystemTime::now()))
-            .map(|wait| wait.min(MAX_RETRY_AFTER));
+        let hint =
+            header(headers, "retry-after").and_then(|value| retry_after(&value, SystemTime::now()));
+        if let Some(hint) = hint.filter(|hint| *hint > MAX_RETRY_AFTER) {
+            return Err(Failure::Item(format!(
+                "{answered}; it asked to wait {} s (Retry-After), over the {} s stevedore \
+                 holds a job for",
+                hint.as_secs(),
+                MAX_RETRY_AFTER.as_secs()
+            )));
+        }
         let wait = honour_hint(hint, Some(self.retry.wait(*retries as u32)))
             .expect("a planned wait stays one");
         tracing::warn!(
@@ -347,10 +331,12 @@ impl Client {
         Ok(())
     }
 
-    /// `text` with every configured secret replaced by `***`.
-    fn hide(&self, text: &str) -> String {
+    /// `text` with every configured secret, and the token in use, replaced by `***`.
+    pub(super) fn hide(&self, text: &str) -> String {
+        let token = self.token_in_use.lock().expect("never poisoned").clone();
         self.secrets
             .iter()
+            .chain(token.as_ref())
             .fold(text.to_string(), |text, secret| secret.hide_in(&text))
     }
 }
@@ -380,14 +366,14 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// A `Retry-After` value: seconds, or an HTTP date (a date in the past means now).
+/// A `Retry-After` value: seconds, or an HTTP date in any of its three forms (a date in the
+/// past means now).
 pub(super) fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
     }
-    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(at.timestamp().max(0) as u64);
+    let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or_default())
 }
 
@@ -408,6 +394,16 @@ mod tests {
             retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
             Some(Duration::ZERO),
             "a date in the past means now"
+        );
+        assert_eq!(
+            retry_after("Sunday, 06-Nov-94 08:50:07 GMT", now),
+            Some(Duration::from_secs(30)),
+            "RFC 850"
+        );
+        assert_eq!(
+            retry_after("Sun Nov  6 08:50:07 1994", now),
+            Some(Duration::from_secs(30)),
+            "asctime"
         );
         assert_eq!(retry_after("soon", now), None);
     }

@@ -170,11 +170,18 @@ impl Source for HttpSource {
             &self.name,
         )
         .map_err(|reason| self.failed(item, "page 1", reason))?;
-        let position = context
-            .resume
-            .as_deref()
-            .and_then(Position::decode)
-            .unwrap_or_else(|| Position::start(&self.settings.pagination));
+        let position = match context.resume.as_deref() {
+            None => Position::start(&self.settings.pagination),
+            // Starting over instead would cut the item's first pages into units numbered
+            // after the checkpoint: records sent twice under new ids.
+            Some(stored) => Position::decode(stored).ok_or_else(|| {
+                self.failed(
+                    item,
+                    "its stored position",
+                    "the position stored by an earlier reader cannot be read by this build".into(),
+                )
+            })?,
+        };
         Ok(Box::new(PageReader {
             base: self.item_url(item)?,
             source: HttpSource {
@@ -187,6 +194,7 @@ impl Source for HttpSource {
             position,
             entries: VecDeque::new(),
             done: false,
+            stop: context.stop.clone(),
         }))
     }
 
@@ -200,16 +208,21 @@ impl Source for HttpSource {
             Ok(entries) => entries,
             Err(error) => return Some(Err(error)),
         };
-        let mut records = 0u64;
+        let (mut records, mut refused) = (0u64, 0u64);
         for entry in entries {
             match entry {
                 Ok(Entry::Resumable { .. }) => break,
-                Ok(_) => records += 1,
+                Ok(Entry::Record { .. }) => records += 1,
+                Ok(Entry::Rejected(_)) => refused += 1,
                 Err(error) => return Some(Err(error)),
             }
         }
+        let refused = match refused {
+            0 => String::new(),
+            n => format!(" and {n} that are not objects (they would be dead-lettered)"),
+        };
         Some(Ok(format!(
-            "the first page of {} holds {records} record(s)",
+            "the first page of {} holds {records} record(s){refused}",
             self.item_name(item)
         )))
     }
@@ -225,6 +238,7 @@ struct PageReader {
     position: Position,
     entries: VecDeque<Entry>,
     done: bool,
+    stop: Option<crate::worker::Shutdown>,
 }
 
 impl PageReader {
@@ -236,27 +250,40 @@ impl PageReader {
             .map_err(|reason| self.source.failed(&self.item, &page_name, reason))?;
         let shown = shown_url(&url, &pagination.own_params());
         let at = format!("{page_name} ({shown})");
-        let answer =
-            self.runtime
-                .block_on(self.client.get(&url))
-                .map_err(|failure| match failure {
-                    Failure::Item(reason) => self.source.failed(&self.item, &at, reason),
-                    Failure::Redis(error) => SourceError::Redis {
-                        source_name: self.source.name.clone(),
-                        error: Box::new(error),
-                    },
-                })?;
+        let get = self.client.get(&url);
+        let answer = match self.stop.clone() {
+            None => self.runtime.block_on(get),
+            Some(mut stop) => self.runtime.block_on(async {
+                tokio::select! {
+                    answer = get => answer,
+                    () = stop.wait() => Err(Failure::Interrupted),
+                }
+            }),
+        };
+        let answer = answer.map_err(|failure| match failure {
+            Failure::Item(reason) => self.source.failed(&self.item, &at, reason),
+            Failure::Redis(error) => SourceError::Redis {
+                source_name: self.source.name.clone(),
+                error: Box::new(error),
+            },
+            Failure::Interrupted => SourceError::Interrupted {
+                source_name: self.source.name.clone(),
+            },
+        })?;
         let page = read_page(
             &answer.body,
             answer.link.as_deref(),
             &self.source.settings.records,
             pagination,
-            &self.position.next,
+            &self.position,
         )
         .map_err(|reason| {
+            let reason = self.client.hide(&reason);
             self.source
                 .failed(&self.item, &at, format!("HTTP 200: {reason}"))
         })?;
+        let count = page.records.len() as u64;
+        self.position.largest = self.position.largest.max(count);
         for value in page.records {
             let line = self.position.line;
             self.position.line += 1;

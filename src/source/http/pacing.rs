@@ -89,8 +89,8 @@ impl Pacing {
         }
     }
 
-    /// Waits until one more request may be in flight and the rate allows it to start now.
-    pub(super) async fn start(&self) -> Result<Permit<'_>, LinkError> {
+    /// Waits until one more request of the job may be in flight.
+    pub(super) async fn permit(&self) -> Result<Permit<'_>, LinkError> {
         let holder = format!(
             "{}:{}",
             self.holder,
@@ -108,26 +108,22 @@ impl Pacing {
                     .expect("the semaphore is never closed"),
             ),
         };
-        let permit = Permit {
+        Ok(Permit {
             holder,
             _local: local,
-        };
-        let paced = self
-            .holding(&permit, async {
-                match &self.rate {
-                    Rate::Job(rate) => rate.acquire().await.map(drop),
-                    Rate::Local(rate) => {
-                        rate.ready().await;
-                        Ok(())
-                    }
-                }
-            })
-            .await;
-        if let Err(error) = paced.and_then(|paced| paced) {
-            self.done(permit).await?;
-            return Err(error);
+        })
+    }
+
+    /// Waits until the job's rate lets one request start now; call it right before each
+    /// request is sent (under [`Pacing::holding`], so the permit stays alive meanwhile).
+    pub(super) async fn grant(&self) -> Result<(), LinkError> {
+        match &self.rate {
+            Rate::Job(rate) => rate.acquire().await.map(drop),
+            Rate::Local(rate) => {
+                rate.ready().await;
+                Ok(())
+            }
         }
-        Ok(permit)
     }
 
     /// Runs `work` while keeping `permit`'s lease alive: a process killed mid-request frees

@@ -17,6 +17,11 @@ pub(super) struct Position {
     pub line: u64,
     /// How to ask for the next page.
     pub next: Next,
+    /// The most records any page of the item held so far: a page shorter than `size` is
+    /// the last only if it is also shorter than this, so an API that caps the page size
+    /// below `size` is read to its end.
+    #[serde(default)]
+    pub largest: u64,
 }
 
 /// How to ask for the next page.
@@ -46,6 +51,7 @@ impl Position {
             pages: 0,
             line: 1,
             next,
+            largest: 0,
         }
     }
 
@@ -65,9 +71,10 @@ pub(super) fn page_url(base: &Url, pagination: &Pagination, next: &Next) -> Resu
     let mut url = base.clone();
     match (pagination, next) {
         (_, Next::Url(link)) => {
+            // The link itself is not shown: APIs echo query parameters (keys) into it.
             return base
                 .join(link)
-                .map_err(|error| format!("the next page's link `{link}` is not a URL: {error}"));
+                .map_err(|error| format!("the next page's link is not a URL: {error}"));
         }
         (_, Next::First) => {}
         (Pagination::Cursor { param, .. }, Next::Cursor(cursor)) => {
@@ -92,32 +99,30 @@ pub(super) fn page_url(base: &Url, pagination: &Pagination, next: &Next) -> Resu
                 .append_pair(param, &number.to_string())
                 .append_pair(size_param, &size.to_string());
         }
-        (_, next) => {
-            return Err(format!(
-                "the stored position {next:?} does not fit this pagination"
-            ));
-        }
+        _ => return Err("the stored position does not fit this pagination".into()),
     }
     Ok(url)
 }
 
-/// What one page held: its records (any JSON values; the reader refuses non-objects) and
-/// how to ask for the next one (`None` after the last page).
+/// What one page held.
 #[derive(Debug)]
 pub(super) struct Page {
+    /// Its records: any JSON values (the reader dead-letters those that are not objects).
     pub records: Vec<Value>,
+    /// How to ask for the next page; `None` after the last.
     pub next: Option<Next>,
 }
 
-/// Reads a page's body. `link` is the response's `Link` header, if any. Errors name the
-/// pointer and what was found instead, never the body's secrets (there are none in it).
+/// Reads the body of the page asked for at `position`. `link` is the response's `Link`
+/// header, if any. Errors name the pointer and what was found instead.
 pub(super) fn read_page(
     body: &[u8],
     link: Option<&str>,
     records_pointer: &str,
     pagination: &Pagination,
-    current: &Next,
+    position: &Position,
 ) -> Result<Page, String> {
+    let current = &position.next;
     let mut body: Value = serde_json::from_slice(body).map_err(|error| {
         format!(
             "the body is not JSON ({error}); it starts with {}",
@@ -141,7 +146,11 @@ pub(super) fn read_page(
     let count = records.len() as u64;
     let next = match pagination {
         Pagination::None => None,
-        Pagination::Page { size, .. } | Pagination::Offset { size, .. } if count < *size => None,
+        Pagination::Page { size, .. } | Pagination::Offset { size, .. }
+            if count == 0 || (count < *size && count < position.largest) =>
+        {
+            None
+        }
         Pagination::Page { .. } => match current {
             Next::Number(page) => Some(Next::Number(page + 1)),
             _ => None,
@@ -237,6 +246,15 @@ mod tests {
         value.to_string().into_bytes()
     }
 
+    fn at(next: Next, largest: u64) -> Position {
+        Position {
+            pages: 1,
+            line: 1,
+            next,
+            largest,
+        }
+    }
+
     #[test]
     fn http_pages_follow_a_cursor_until_it_is_null() {
         let base = Url::parse("https://api.test/v1/users?active=true").unwrap();
@@ -250,7 +268,7 @@ mod tests {
             None,
             "/data",
             &cursor(),
-            &Next::First,
+            &at(Next::First, 0),
         )
         .unwrap();
         assert_eq!(one.records.len(), 1);
@@ -264,7 +282,7 @@ mod tests {
             None,
             "/data",
             &cursor(),
-            &next,
+            &at(next.clone(), 1),
         )
         .unwrap();
         assert!(last.next.is_none());
@@ -273,7 +291,7 @@ mod tests {
             None,
             "/data",
             &cursor(),
-            &next,
+            &at(next, 1),
         )
         .unwrap();
         assert_eq!(numeric.next, Some(Next::Cursor("7".into())));
@@ -288,10 +306,33 @@ mod tests {
             page_url(&base, &page(), &start.next).unwrap().as_str(),
             "https://api.test/users?page=1&per_page=2"
         );
-        let full = read_page(&body(json!([1, 2])), None, "", &page(), &start.next).unwrap();
+        let full = read_page(&body(json!([1, 2])), None, "", &page(), &start).unwrap();
         assert_eq!(full.next, Some(Next::Number(2)));
-        let short = read_page(&body(json!([3])), None, "", &page(), &Next::Number(2)).unwrap();
+        let short = read_page(
+            &body(json!([3])),
+            None,
+            "",
+            &page(),
+            &at(Next::Number(2), 2),
+        )
+        .unwrap();
         assert_eq!(short.next, None);
+        // An API that caps the page size below `size` serves short pages throughout: they are
+        // followed until one is shorter than the others, or empty.
+        let capped = read_page(&body(json!([1])), None, "", &page(), &start).unwrap();
+        assert_eq!(capped.next, Some(Next::Number(2)));
+        let capped = read_page(
+            &body(json!([2])),
+            None,
+            "",
+            &page(),
+            &at(Next::Number(2), 1),
+        )
+        .unwrap();
+        assert_eq!(capped.next, Some(Next::Number(3)));
+        let empty =
+            read_page(&body(json!([])), None, "", &page(), &at(Next::Number(3), 1)).unwrap();
+        assert_eq!(empty.next, None);
 
         let offset = Pagination::Offset {
             param: "offset".into(),
@@ -299,7 +340,14 @@ mod tests {
             size: 2,
             start: 0,
         };
-        let full = read_page(&body(json!([1, 2])), None, "", &offset, &Next::Number(4)).unwrap();
+        let full = read_page(
+            &body(json!([1, 2])),
+            None,
+            "",
+            &offset,
+            &at(Next::Number(4), 2),
+        )
+        .unwrap();
         assert_eq!(full.next, Some(Next::Number(6)));
         assert_eq!(
             page_url(&base, &offset, &Next::Number(6)).unwrap().as_str(),
@@ -318,7 +366,7 @@ mod tests {
             Some(header),
             "/data",
             &Pagination::Link,
-            &Next::First,
+            &at(Next::First, 0),
         )
         .unwrap();
         let base = Url::parse("https://api.test/users").unwrap();
@@ -332,8 +380,14 @@ mod tests {
 
     #[test]
     fn http_pages_refuse_bodies_that_do_not_fit_and_endless_cursors() {
-        let not_json =
-            read_page(b"<html>down</html>", None, "/data", &cursor(), &Next::First).unwrap_err();
+        let not_json = read_page(
+            b"<html>down</html>",
+            None,
+            "/data",
+            &cursor(),
+            &at(Next::First, 0),
+        )
+        .unwrap_err();
         assert!(
             not_json.contains("not JSON") && not_json.contains("<html>"),
             "{not_json}"
@@ -343,7 +397,7 @@ mod tests {
             None,
             "/data",
             &cursor(),
-            &Next::First,
+            &at(Next::First, 0),
         )
         .unwrap_err();
         assert!(missing.contains("nothing at `/data`"), "{missing}");
@@ -352,7 +406,7 @@ mod tests {
             None,
             "/data",
             &cursor(),
-            &Next::First,
+            &at(Next::First, 0),
         )
         .unwrap_err();
         assert!(object.contains("an object, not an array"), "{object}");
@@ -361,7 +415,7 @@ mod tests {
             None,
             "/data",
             &cursor(),
-            &Next::Cursor("c".into()),
+            &at(Next::Cursor("c".into()), 0),
         )
         .unwrap_err();
         assert!(endless.contains("never end"), "{endless}");
@@ -373,6 +427,7 @@ mod tests {
             pages: 3,
             line: 301,
             next: Next::Cursor("abc".into()),
+            largest: 100,
         };
         assert_eq!(Position::decode(&position.encode()), Some(position));
         assert_eq!(Position::decode("7"), None);

@@ -125,16 +125,6 @@ impl Pagination {
             Pagination::Link | Pagination::None => Vec::new(),
         }
     }
-
-    fn kind(&self) -> &'static str {
-        match self {
-            Pagination::None => "none",
-            Pagination::Page { .. } => "page",
-            Pagination::Offset { .. } => "offset",
-            Pagination::Cursor { .. } => "cursor",
-            Pagination::Link => "link",
-        }
-    }
 }
 
 /// How requests are authorised.
@@ -183,20 +173,21 @@ fn five() -> u32 {
 }
 
 impl KindSettings for HttpSettings {
-    /// What decides the items and the unit ids: a change makes an unfinished run unresumable.
+    /// What decides the items and which records a stored page position means: a change
+    /// makes an unfinished run unresumable. The URL's query values are left out (a key in
+    /// them may be rotated, and the basis is shown in messages); the `records` pointer too,
+    /// so that a run whose pages failed for a wrong pointer can be fixed and resumed.
     fn basis(&self) -> String {
         let tenants = match &self.tenants {
             Tenants::None => String::new(),
             Tenants::List(list) => list.join(","),
             Tenants::File(path) => path.display().to_string(),
         };
-        format!(
-            "{} {} {} {}",
-            self.url,
-            self.records,
-            self.pagination.kind(),
-            tenants
-        )
+        let url = match url::Url::parse(&self.url.replace(TENANT, "{t}")) {
+            Ok(url) => super::shown_url(&url, &[]),
+            Err(_) => String::new(),
+        };
+        format!("{url} {:?} {tenants}", self.pagination)
     }
 }
 

@@ -24,11 +24,28 @@ static DROP_IF_SAME: LazyLock<redis::Script> = LazyLock::new(|| {
     )
 });
 
+/// Renews (ARGV[2] = ms) or, without ARGV[2], deletes the fetch lock, only if ARGV[1] holds
+/// it: KEYS = the lock.
+static LOCK_IF_HELD: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+        if ARGV[2] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+        return redis.call('DEL', KEYS[1])",
+    )
+});
+
 /// The share of a token's lifetime after which it is replaced.
 const REFRESH_AT: f64 = 0.8;
 
 /// How often a process waiting for another's fetch looks for the token.
 const WAIT_POLL: Duration = Duration::from_millis(50);
+
+/// How long the fetch lock of a process that stopped renewing it (killed) stays taken.
+const FETCH_LOCK: Duration = Duration::from_secs(10);
+
+/// How often the fetching process renews its lock.
+const FETCH_LOCK_RENEWAL: Duration = Duration::from_secs(2);
 
 /// A fetched token and how long it may be used before it is replaced.
 pub(super) struct Fetched {
@@ -39,13 +56,30 @@ pub(super) struct Fetched {
 }
 
 impl Fetched {
-    /// A token the server says expires in `expires_in` seconds (an hour when it does not say).
-    pub(super) fn new(token: String, expires_in: Option<u64>) -> Fetched {
-        let lifetime = Duration::from_secs(expires_in.unwrap_or(3600));
-        Fetched {
-            token: Secret::new(token),
-            use_for: lifetime.mul_f64(REFRESH_AT).max(Duration::from_millis(500)),
+    /// The token in a token endpoint's JSON answer. `expires_in` may be a number or a
+    /// string of one (some identity providers send `"3599"`); an hour when absent.
+    pub(super) fn from_answer(body: &[u8]) -> Result<Fetched, String> {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            access_token: String,
+            expires_in: Option<serde_json::Value>,
         }
+        let answer: Answer = serde_json::from_slice(body)
+            .map_err(|error| format!("no access_token in JSON: {error}"))?;
+        let expires_in = match &answer.expires_in {
+            None | Some(serde_json::Value::Null) => 3600,
+            Some(serde_json::Value::Number(n)) => n.as_u64().ok_or("expires_in is not whole")?,
+            Some(serde_json::Value::String(n)) => {
+                n.trim().parse().map_err(|_| "expires_in is not a number")?
+            }
+            Some(_) => return Err("expires_in is not a number".into()),
+        };
+        tracing::info!(expires_in, "fetched an API token for the job");
+        let lifetime = Duration::from_secs(expires_in);
+        Ok(Fetched {
+            token: Secret::new(answer.access_token),
+            use_for: lifetime.mul_f64(REFRESH_AT).max(Duration::from_millis(500)),
+        })
     }
 }
 
@@ -70,7 +104,8 @@ pub(super) enum Tokens {
 pub(super) enum Current {
     /// A token to use.
     Token(Secret),
-    /// None: this process must fetch one and [`Tokens::store`] it (it holds the lock).
+    /// None: this process holds the fetch lock, and fetches one ([`Tokens::fetching`]), then
+    /// [`Tokens::store`]s it or [`Tokens::give_up_fetch`]es.
     Fetch,
 }
 
@@ -92,49 +127,74 @@ impl Tokens {
     }
 
     /// The token to use, or [`Current::Fetch`] when this process is the one to fetch it.
-    /// Waits at most `patience` for another process's fetch (then fetches itself: a fetcher
-    /// that died leaves its lock to lapse after `fetch_lock`).
-    pub(super) async fn current(
-        &self,
-        fetch_lock: Duration,
-        patience: Duration,
-    ) -> Result<Current, LinkError> {
-        match self {
+    /// Waits while another process fetches (its lock lapses if it dies).
+    pub(super) async fn current(&self) -> Result<Current, LinkError> {
+        let (link, key, lock, holder) = match self {
             Tokens::Local(token) => {
                 let token = token.lock().expect("the token lock is never poisoned");
-                Ok(match token.as_ref() {
+                return Ok(match token.as_ref() {
                     Some((token, until)) if Instant::now() < *until => {
                         Current::Token(token.clone())
                     }
                     _ => Current::Fetch,
-                })
+                });
             }
             Tokens::Shared {
                 link,
                 key,
                 lock,
                 holder,
-            } => {
-                let deadline = Instant::now() + patience;
-                loop {
-                    let token: Option<String> = link
-                        .query("reading the shared API token", &redis::Cmd::get(key))
-                        .await?;
-                    if let Some(token) = token {
-                        return Ok(Current::Token(Secret::new(token)));
-                    }
-                    let mut take = redis::cmd("SET");
-                    take.arg(lock)
-                        .arg(holder)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(fetch_lock.as_millis() as u64);
-                    let taken: Option<String> =
-                        link.query("taking the API token fetch lock", &take).await?;
-                    if taken.is_some() || Instant::now() >= deadline {
-                        return Ok(Current::Fetch);
-                    }
-                    tokio::time::sleep(WAIT_POLL).await;
+            } => (link, key, lock, holder),
+        };
+        let read = || async {
+            link.query::<Option<String>>("reading the shared API token", &redis::Cmd::get(key))
+                .await
+        };
+        loop {
+            if let Some(token) = read().await? {
+                return Ok(Current::Token(Secret::new(token)));
+            }
+            let mut take = redis::cmd("SET");
+            take.arg(lock)
+                .arg(holder)
+                .arg("NX")
+                .arg("PX")
+                .arg(FETCH_LOCK.as_millis() as u64);
+            let taken: Option<String> =
+                link.query("taking the API token fetch lock", &take).await?;
+            if taken.is_some() {
+                // Another process may have stored one between the read and the lock.
+                if let Some(token) = read().await? {
+                    self.give_up_fetch().await?;
+                    return Ok(Current::Token(Secret::new(token)));
+                }
+                return Ok(Current::Fetch);
+            }
+            tokio::time::sleep(WAIT_POLL).await;
+        }
+    }
+
+    /// Runs `fetch` while keeping this process's fetch lock alive, however long the token
+    /// endpoint (or the job's rate) makes it wait.
+    pub(super) async fn fetching<T>(&self, fetch: impl Future<Output = T>) -> Result<T, LinkError> {
+        let Tokens::Shared {
+            link, lock, holder, ..
+        } = self
+        else {
+            return Ok(fetch.await);
+        };
+        tokio::pin!(fetch);
+        loop {
+            tokio::select! {
+                fetched = &mut fetch => return Ok(fetched),
+                () = tokio::time::sleep(FETCH_LOCK_RENEWAL) => {
+                    link.script::<i64>(
+                        "renewing the API token fetch lock",
+                        &LOCK_IF_HELD,
+                        std::slice::from_ref(lock),
+                        &[holder.clone(), FETCH_LOCK.as_millis().to_string()],
+                    )
+                    .await?;
                 }
             }
         }
@@ -160,12 +220,19 @@ impl Tokens {
         }
     }
 
-    /// Lets another process fetch (this one's fetch failed).
+    /// Releases this process's fetch lock (and only its own).
     pub(super) async fn give_up_fetch(&self) -> Result<(), LinkError> {
         match self {
             Tokens::Local(_) => Ok(()),
-            Tokens::Shared { link, lock, .. } => link
-                .query::<i64>("releasing the API token fetch lock", &redis::Cmd::del(lock))
+            Tokens::Shared {
+                link, lock, holder, ..
+            } => link
+                .script::<i64>(
+                    "releasing the API token fetch lock",
+                    &LOCK_IF_HELD,
+                    std::slice::from_ref(lock),
+                    std::slice::from_ref(holder),
+                )
                 .await
                 .map(drop),
         }
