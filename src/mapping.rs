@@ -578,7 +578,8 @@ fn shorten(text: &str) -> String {
     }
 }
 
-fn json_type(value: &Value) -> &'static str {
+/// What kind of JSON value `value` is, for messages (`a string`, `null`).
+pub(crate) fn json_type(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

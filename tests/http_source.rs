@@ -367,6 +367,33 @@ fn http_a_failing_tenant_fails_alone_and_the_run_names_it() {
         String::from_utf8_lossy(&letters.stderr),
     );
     assert!(stdout.contains("not a JSON object"), "{stdout}\n{stderr}");
+
+    // The API learns `initech`: the next run resumes the run and reads the failed tenants
+    // again; `initech` lands, `broken` fails again, nothing lands twice.
+    server.add_tenant("initech", 300);
+    let rerun = job.run();
+    rerun.expect_code(1);
+    assert_eq!(rerun.summary["resumed"], true);
+    let reason = rerun.summary["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("1 work item(s) failed") && reason.contains("tenant `broken`"),
+        "{reason}"
+    );
+    let (keys, rows) = landed(&job);
+    want.extend(expected(&["initech"], 300));
+    assert!(
+        keys == want,
+        "missing: {:?}; initech requests: {:?}\n{}",
+        want.difference(&keys).take(5).collect::<Vec<_>>(),
+        page_requests(&server.log(), "initech"),
+        rerun.worker_log_tail
+    );
+    assert_eq!(rows, want.len());
+    assert_eq!(
+        page_requests(&server.log(), "acme").len(),
+        3,
+        "acme was done"
+    );
 }
 
 #[test]

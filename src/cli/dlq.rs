@@ -517,9 +517,12 @@ mod tests {
             parse_before("2026-11-22T16:30:00+01:00"),
             Ok(1_795_361_400_000)
         );
-        let now = crate::clock::now_ms();
+        // "7d" is a week before the moment it is read: between these two clock readings.
+        let before = crate::clock::now_ms();
         let week_ago = parse_before("7d").unwrap();
-        assert!(week_ago <= now - 7 * 86_400_000 && week_ago > now - 8 * 86_400_000);
+        let after = crate::clock::now_ms();
+        let week = 7 * 86_400_000;
+        assert!((before - week..=after - week).contains(&week_ago));
         assert!(parse_before("last tuesday").is_err());
     }
 }

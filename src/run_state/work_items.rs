@@ -304,8 +304,8 @@ impl WorkItems<'_> {
     }
 
     /// Puts the items that failed back in front of the pending list, to be read again from
-    /// their checkpoints. Called when an unfinished run is resumed, before any producer
-    /// starts.
+    /// their checkpoints, and lowers the run's drain flag. Called when an unfinished run is
+    /// resumed, before any worker starts.
     pub async fn retry_failed_items(&self) -> Result<u64, LinkError> {
         let failed = self.failed_items().await?;
         if failed.is_empty() {
@@ -320,7 +320,11 @@ impl WorkItems<'_> {
                 .lpush(self.state.key("items:pending"), item.encode())
                 .ignore();
         }
-        pipe.del(self.state.key("items:failed")).ignore();
+        // The run had drained (its producers were done): its consumers must wait for these.
+        pipe.del(self.state.key("items:failed"))
+            .ignore()
+            .del(self.state.key("drain"))
+            .ignore();
         self.state
             .link
             .query_pipe::<()>("retrying failed work items", &pipe)

@@ -108,16 +108,7 @@ impl Source for FilesSource {
             });
         }
         files.sort();
-        Ok(files
-            .into_iter()
-            .enumerate()
-            .map(|(index, origin)| WorkItem {
-                source: self.name.clone(),
-                index: index as u64,
-                origin,
-                range: None,
-            })
-            .collect())
+        Ok(WorkItem::numbered(&self.name, files))
     }
 
     fn open(&self, item: &WorkItem, context: &OpenContext) -> Result<Entries, SourceError> {

@@ -62,6 +62,20 @@ impl WorkItem {
         format!("{}/{}", self.source, self.index)
     }
 
+    /// One item per origin (a file, a tenant) of source `source`, numbered in order.
+    pub(crate) fn numbered(source: &str, origins: Vec<String>) -> Vec<WorkItem> {
+        origins
+            .into_iter()
+            .enumerate()
+            .map(|(index, origin)| WorkItem {
+                source: source.to_string(),
+                index: index as u64,
+                origin,
+                range: None,
+            })
+            .collect()
+    }
+
     /// The item as stored in Redis.
     pub(crate) fn encode(&self) -> String {
         serde_json::to_string(self).expect("work items always serialize")

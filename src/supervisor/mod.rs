@@ -793,15 +793,6 @@ async fn summarize(
     for sink in &config.sinks {
         count_dead_units(config, queues, state, &sink.name).await?;
     }
-    let failed = state.items().failed_items().await?;
-    if reason.is_none() && !failed.is_empty() {
-        let reasons: Vec<&str> = failed.iter().map(|(_, why)| why.as_str()).collect();
-        reason = Some(format!(
-            "{} work item(s) failed; the next run reads them again from where they stopped: {}",
-            failed.len(),
-            reasons.join("; ")
-        ));
-    }
     let totals = state.ledger().totals(&sink_names).await?;
     let mut sinks = BTreeMap::new();
     for sink in &config.sinks {
@@ -824,6 +815,20 @@ async fn summarize(
                 columns_added: state.ledger().columns_added(&sink.name).await?,
             },
         );
+    }
+    // After the sums: what was read of a failed item must add up like the rest.
+    let failed = state.items().failed_items().await?;
+    if !failed.is_empty() {
+        let reasons: Vec<&str> = failed.iter().map(|(_, why)| why.as_str()).collect();
+        let failed = format!(
+            "{} work item(s) failed; the next run reads them again from where they stopped: {}",
+            failed.len(),
+            reasons.join("; ")
+        );
+        reason = Some(match reason {
+            Some(earlier) => format!("{earlier}; {failed}"),
+            None => failed,
+        });
     }
     let status = match &reason {
         Some(_) => Status::Failed,

@@ -80,6 +80,7 @@ struct State {
     tokens: BTreeMap<String, Instant>,
     token_calls: usize,
     faults: VecDeque<(u16, Option<u64>)>,
+    added_tenants: BTreeMap<String, u64>,
 }
 
 /// A running API server; it stops with the test process.
@@ -138,6 +139,12 @@ impl ApiServer {
     /// True once a client went over the limit.
     pub fn banned(&self) -> bool {
         self.state.lock().unwrap().banned
+    }
+
+    /// Starts serving `tenant` with `records` records (a tenant the API did not know).
+    pub fn add_tenant(&self, tenant: &str, records: u64) {
+        let mut state = self.state.lock().unwrap();
+        state.added_tenants.insert(tenant.to_string(), records);
     }
 
     /// Makes every token issued so far invalid (401 from now on), as a server that rotates
@@ -311,7 +318,11 @@ fn route(request: &Request, state: &mut State, config: &ApiConfig, port: u16) ->
     if tenant == "broken" {
         return (200, Vec::new(), b"<html>not json</html>".to_vec());
     }
-    let Some(&records) = config.tenants.get(tenant) else {
+    let known = config
+        .tenants
+        .get(tenant)
+        .or(state.added_tenants.get(tenant));
+    let Some(&records) = known else {
         return json_answer(404, json!({"error": format!("no tenant {tenant}")}));
     };
     let number = |name: &str, default: u64| {

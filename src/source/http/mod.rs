@@ -30,7 +30,7 @@ use crate::config::SourceConfig;
 use crate::settings::{KindSettings, Section};
 use crate::unit::Reject;
 use client::{Client, Failure};
-use pages::{Position, kind_of, page_url, read_page};
+use pages::{Position, page_url, read_page};
 pub(crate) use settings::HttpSettings;
 use settings::{TENANT, Tenants};
 
@@ -148,16 +148,7 @@ impl Source for HttpSource {
                 &[],
             )],
         };
-        Ok(origins
-            .into_iter()
-            .enumerate()
-            .map(|(index, origin)| WorkItem {
-                source: self.name.clone(),
-                index: index as u64,
-                origin,
-                range: None,
-            })
-            .collect())
+        Ok(WorkItem::numbered(&self.name, origins))
     }
 
     fn open(&self, item: &WorkItem, context: &OpenContext) -> Result<Entries, SourceError> {
@@ -295,7 +286,7 @@ impl PageReader {
                     reason: format!(
                         "record {line} (page {}) is {}, not a JSON object",
                         self.position.pages + 1,
-                        kind_of(&other)
+                        crate::mapping::json_type(&other)
                     ),
                 }),
             });

@@ -6,6 +6,7 @@ use serde_json::Value;
 use url::Url;
 
 use super::settings::Pagination;
+use crate::mapping::json_type;
 
 /// Where a reader of one item is: the page it asks for next. Stored with the producer's
 /// checkpoint (as JSON), so a producer that dies resumes at this page.
@@ -134,7 +135,7 @@ pub(super) fn read_page(
         Some(other) => {
             return Err(format!(
                 "`{records_pointer}` in the body is {}, not an array of records",
-                kind_of(&other)
+                json_type(&other)
             ));
         }
         None => {
@@ -167,7 +168,7 @@ pub(super) fn read_page(
             Some(other) => {
                 return Err(format!(
                     "the next cursor at `{next}` is {}, not a string or a number",
-                    kind_of(other)
+                    json_type(other)
                 ));
             }
         },
@@ -199,18 +200,6 @@ pub(super) fn next_link(header: &str) -> Option<String> {
             })
             .then(|| target.to_string())
     })
-}
-
-/// What kind of JSON value `value` is, for messages.
-pub(super) fn kind_of(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// The first bytes of a body, for messages.
