@@ -37,7 +37,7 @@ pub async fn worker(args: &WorkerArgs, redis_url: &str) -> i32 {
     beating.abort();
     match result {
         Ok(Finish::Done) => {
-            tracing::info!(worker = %name, peak_rss_kib = peak_rss_kib(), "work done");
+            tracing::info!(worker = %name, peak_rss_kib = peak_rss_kib(), cpu_s = cpu_seconds(), "work done");
             0
         }
         Ok(Finish::Interrupted) => {
@@ -75,6 +75,18 @@ async fn listen_for_signals(trigger: worker::ShutdownTrigger) {
         tracing::info!("stop requested; finishing the unit in hand");
         trigger.trigger();
     }
+}
+
+/// CPU time the process used (user and system), logged when a worker finishes, so that a
+/// benchmark can tell what each role costs (`bench/yardstick.sh`).
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 /// The process's peak resident memory (`VmHWM`), logged when a worker finishes so that memory
