@@ -1,0 +1,63 @@
+//! The per-record work of the two hot paths, for instruction counts under callgrind
+//! (`bench/instructions.sh`), which stay comparable across days when wall times do not:
+//!
+//! - `producer UNITS`: generate each record, make it a unit record, encode units of 500
+//!   (zstd above 16 KiB, as a run does);
+//! - `consumer UNITS`: decode those units and map every record with the pass-through mapping
+//!   (what a sink without `[sink.map]`, the blackhole included, gets today).
+//!
+//! The script runs each mode at two sizes and divides the difference by the records between
+//! them, so start-up does not count, and takes the producer's count off the consumer's (which
+//! encodes its units first).
+//! `cargo bench` alone runs nothing here.
+
+use std::hint::black_box;
+
+use stevedore::mapping::Mapping;
+use stevedore::source::generated_record;
+use stevedore::unit::{DataUnit, record};
+
+const UNIT: u64 = 500;
+const COMPRESS_ABOVE: usize = 16 * 1024;
+
+fn unit(index: u64) -> DataUnit {
+    let start = index * UNIT;
+    DataUnit {
+        id: format!("bench/run/synthetic/0.{index}"),
+        source: "synthetic".into(),
+        origin: "generator".into(),
+        first_line: start + 1,
+        last_line: start + UNIT,
+        records: (start..start + UNIT)
+            .map(|n| record(&generated_record(0, n)))
+            .collect(),
+        lines: Vec::new(),
+        rejects: Vec::new(),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let units: u64 = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+    match args.first().map(String::as_str) {
+        Some("producer") => {
+            for index in 0..units {
+                black_box(unit(index).encode(COMPRESS_ABOVE));
+            }
+        }
+        Some("consumer") => {
+            let encoded: Vec<Vec<u8>> = (0..units)
+                .map(|index| unit(index).encode(COMPRESS_ABOVE))
+                .collect();
+            let mapping = Mapping::passthrough();
+            // The encoding above is the `producer` mode's work: the script subtracts it.
+            for bytes in &encoded {
+                let unit = DataUnit::decode(bytes).expect("units decode");
+                for record in &unit.records {
+                    black_box(mapping.apply_raw(record).expect("records map"));
+                }
+            }
+        }
+        _ => println!("hot_path: run by bench/instructions.sh; nothing to do under `cargo bench`"),
+    }
+}
