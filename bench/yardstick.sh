@@ -8,6 +8,11 @@
 #
 #   bench/yardstick.sh [RECORDS] [PRODUCERS] [CONSUMERS] [ROUNDS]
 #   defaults:          1000000   2           2           3
+#
+# Then one more run of each with WRITES_RECORDS (default 100000) records under Redis MONITOR
+# counts the write transactions per unit: a MULTI/EXEC or a script with at least one write
+# command in it, or a write command on its own (each is one AOF write, fsynced with
+# `appendfsync always`). WRITES_RECORDS=0 skips it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 records=${1:-1000000}; producers=${2:-2}; consumers=${3:-2}; rounds=${4:-3}
@@ -81,6 +86,59 @@ for round in $(seq "$rounds"); do
   run_bare; tail -1 "$work/results"
   run_stevedore; tail -1 "$work/results"
 done
+writes_records=${WRITES_RECORDS:-100000}
+count_writes() {
+  # $1: the run to watch (run_bare or run_stevedore) with $records set to $writes_records.
+  redis-cli -p "$port" command list filterby aclcat write > "$work/write-commands"
+  redis-cli -p "$port" monitor > "$work/monitor" &
+  local monitor=$!
+  sleep 0.5
+  local saved=$records; records=$writes_records
+  "$1" > /dev/null
+  records=$saved
+  sleep 0.5; kill "$monitor"; wait "$monitor" 2>/dev/null || true
+  python3 - "$work/monitor" "$work/write-commands" "$writes_records" <<'PY'
+import re, sys
+writes = {line.strip().lower() for line in open(sys.argv[2]) if line.strip()}
+line_re = re.compile(r'^[0-9.]+ \[\d+ ([^\]]+)\] "([^"]+)"')
+transactions, multi, script = 0, {}, None
+def close_script():
+    global script, transactions
+    if script:
+        transactions += 1
+    script = None
+for line in open(sys.argv[1], errors="replace"):
+    m = line_re.match(line)
+    if not m:
+        continue
+    client, command = m.group(1), m.group(2).lower()
+    if client == "lua":
+        if script is not None and command in writes:
+            script = True
+        continue
+    close_script()
+    if command in ("eval", "evalsha", "eval_ro", "evalsha_ro", "fcall"):
+        script = False
+    elif command == "multi":
+        multi[client] = False
+    elif command == "exec":
+        transactions += 1 if multi.pop(client, False) else 0
+    elif client in multi:
+        multi[client] = multi[client] or command in writes
+    elif command in writes:
+        transactions += 1
+close_script()
+units = int(sys.argv[3]) / 500
+print(f"{transactions / units:.2f}")
+PY
+}
+if [ "$writes_records" -gt 0 ]; then
+  rm -f "$work/results.keep"; cp "$work/results" "$work/results.keep"
+  bare_writes=$(count_writes run_bare)
+  stevedore_writes=$(count_writes run_stevedore)
+  cp "$work/results.keep" "$work/results"
+  echo "write transactions per unit ($writes_records records under MONITOR): stevedore $stevedore_writes, bare $bare_writes"
+fi
 python3 - "$work/results" "$records" <<'PY'
 import json, statistics, sys
 runs = [json.loads(line) for line in open(sys.argv[1])]
