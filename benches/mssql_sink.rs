@@ -151,7 +151,7 @@ fn main() {
         let client_started = Instant::now();
         for bytes in &units {
             let unit = DataUnit::decode(bytes).expect("decodes");
-            std::hint::black_box(stevedore::worker::map_unit(&config, &unit));
+            std::hint::black_box(stevedore::worker::map_unit(&config, &unit, true));
         }
         let client_s = client_started.elapsed().as_secs_f64();
         let (bare_s, piped_s) = if round % 2 == 1 {

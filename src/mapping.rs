@@ -28,6 +28,15 @@ enum Names {
 }
 
 impl Row {
+    /// A row with no fields: what a sink that never reads fields gets for each record
+    /// ([`crate::sink::Sink::reads_fields`]).
+    pub fn empty() -> Row {
+        Row {
+            names: Names::Own(Vec::new()),
+            values: Vec::new(),
+        }
+    }
+
     /// A row holding a JSON object's fields, in order.
     pub fn from_object(object: Map<String, Value>) -> Row {
         let (names, values) = object.into_iter().unzip();

@@ -61,7 +61,7 @@ pub async fn consumer_path(
         let (sink, config, fence) = (sink.clone(), config.clone(), fence.clone());
         running.spawn(async move {
             let unit = DataUnit::decode(&bytes).expect("decodes");
-            let mut batch = stevedore::worker::map_unit(&config, &unit);
+            let mut batch = stevedore::worker::map_unit(&config, &unit, sink.reads_fields());
             batch.fence = fence;
             let outcome = sink.write(Arc::new(batch)).await.expect("writes");
             assert!(outcome.failures.is_empty(), "{:?}", outcome.failures);

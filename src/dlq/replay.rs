@@ -204,7 +204,7 @@ async fn replay_one(
     let span =
         tracing::info_span!("replay", letter = %letter.id, unit = %unit.id, sink = %config.name);
     let _entered = span.enter();
-    let mut batch = map_unit(config, &unit);
+    let mut batch = map_unit(config, &unit, writer.sink.reads_fields());
     batch.fence = Some(fence.clone());
     let batch = Arc::new(batch);
     let dead_letters = match write_with_retries(writer, batch.clone()).await {

@@ -49,4 +49,8 @@ impl Sink for BlackholeSink {
             columns_added: Vec::new(),
         })
     }
+
+    fn reads_fields(&self) -> bool {
+        false
+    }
 }

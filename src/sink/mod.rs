@@ -268,6 +268,12 @@ pub trait Sink: Send + Sync {
         1
     }
 
+    /// False for a sink that never looks at a row's fields, only counts rows (`blackhole`):
+    /// without a `[sink.map]` its records are not parsed at all, and each gets an empty row.
+    fn reads_fields(&self) -> bool {
+        true
+    }
+
     /// Requests the database throttled (answered "slow down") since this sink was built, for
     /// dashboards; 0 for databases that never say so.
     fn throttled_requests(&self) -> u64 {

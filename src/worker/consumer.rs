@@ -27,6 +27,7 @@ use tokio::task::JoinSet;
 use super::{Finish, WorkerContext, WorkerError};
 use crate::clock::now_ms;
 use crate::config::SinkConfig;
+use crate::mapping::Row;
 use crate::metrics::SinkStats;
 use crate::queue::{Delivery, Queues, SinkQueues};
 use crate::retry;
@@ -323,7 +324,7 @@ async fn handle(
             .await?;
         return Ok(());
     }
-    let mut batch = map_unit(config, &unit);
+    let mut batch = map_unit(config, &unit, writer.sink.reads_fields());
     batch.fence = context.fence.clone();
     let batch = Arc::new(batch);
     let outcome = match write_with_retries(writer, batch.clone()).await {
@@ -398,12 +399,18 @@ async fn handle(
 }
 
 /// Maps every record of `unit` for the sink; records that do not map and rejected lines
-/// become failures with their reasons. Public for the sink benchmarks, which measure the
-/// consumer's path without a queue.
-pub fn map_unit(config: &SinkConfig, unit: &DataUnit) -> Batch {
+/// become failures with their reasons. A sink that never reads fields and has no
+/// `[sink.map]` (`reads_fields` false) gets an empty row per record, none parsed. Public for
+/// the sink benchmarks, which measure the consumer's path without a queue.
+pub fn map_unit(config: &SinkConfig, unit: &DataUnit, reads_fields: bool) -> Batch {
     let mut rows = Vec::with_capacity(unit.records.len());
     let mut failures = Vec::new();
+    let parse = reads_fields || !config.map.is_passthrough();
     for (index, record) in unit.records.iter().enumerate() {
+        if !parse {
+            rows.push((index, Row::empty()));
+            continue;
+        }
         match config.map.apply_raw(record) {
             Ok(row) => rows.push((index, row)),
             Err(error) => failures.push(Failure {
@@ -513,4 +520,71 @@ pub(crate) fn dead_letter(sink: &str, unit: &DataUnit, failure: &Failure) -> Vec
     }
     message["dead_letter"] = context;
     serde_json::to_vec(&message).expect("dead letters serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::unit::record;
+    use serde_json::json;
+
+    fn sinks() -> Vec<SinkConfig> {
+        let text = r#"
+            [job]
+            name = "j"
+            [redis]
+            url = "redis://127.0.0.1:1"
+            [[source]]
+            name = "s"
+            kind = "generator"
+            count = 1
+            [[sink]]
+            name = "counted"
+            kind = "blackhole"
+            [[sink]]
+            name = "mapped"
+            kind = "blackhole"
+            [sink.map]
+            id = { from = "id", type = "integer", required = true }
+        "#;
+        crate::job::parse(text, std::path::Path::new("job.toml"), &|_| None)
+            .expect("the job parses")
+            .sinks
+    }
+
+    fn unit() -> DataUnit {
+        DataUnit {
+            id: "j/r/s/0.0".into(),
+            source: "s".into(),
+            origin: "generator".into(),
+            first_line: 1,
+            last_line: 2,
+            records: vec![record(&json!({"id": 1})), record(&json!({"name": "no id"}))],
+            lines: Vec::new(),
+            rejects: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn consumer_blackhole_without_a_map_parses_no_record_but_a_map_still_applies() {
+        let sinks = sinks();
+        // A sink that reads no fields, without a map: one empty row per record, none parsed
+        // (so the record without `id` is not a failure: nothing asked for it).
+        let counted = map_unit(&sinks[0], &unit(), false);
+        assert_eq!(counted.rows.len(), 2);
+        assert!(counted.rows.iter().all(|(_, row)| row.is_empty()));
+        assert!(counted.failures.is_empty());
+        // With a map, the map is the point: it is applied, and its failures stand.
+        let mapped = map_unit(&sinks[1], &unit(), false);
+        assert_eq!(mapped.rows.len(), 1);
+        assert_eq!(mapped.failures.len(), 1);
+        assert!(
+            mapped.failures[0].reason.contains("id"),
+            "{:?}",
+            mapped.failures
+        );
+        // A sink that reads fields gets real rows.
+        let read = map_unit(&sinks[0], &unit(), true);
+        assert_eq!(read.rows[0].1.get("id"), Some(&json!(1)));
+    }
 }
