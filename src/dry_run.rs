@@ -167,12 +167,9 @@ fn read_and_map(config: &JobConfig) -> Result<(u64, BTreeMap<String, SinkReport>
         let context = OpenContext::local(&config.job.name, config.queue.max_record_bytes);
         let entries = source::from_config(source_config).open(&item, &context)?;
         for entry in entries {
-            let entry = entry?;
-            if matches!(entry, Entry::Resumable { .. }) {
-                continue;
-            }
-            read += 1;
-            match entry {
+            match entry? {
+                // A page boundary of an API: no record.
+                Entry::Resumable { .. } => continue,
                 Entry::Record { line, value } => {
                     let raw = serde_json::value::to_raw_value(&value)
                         .expect("a parsed record serializes");
@@ -186,7 +183,6 @@ fn read_and_map(config: &JobConfig) -> Result<(u64, BTreeMap<String, SinkReport>
                         }
                     }
                 }
-                Entry::Resumable { .. } => {}
                 Entry::Rejected(reject) => {
                     for sink in &config.sinks {
                         let counted = per_sink.entry(sink.name.clone()).or_default();
@@ -197,6 +193,7 @@ fn read_and_map(config: &JobConfig) -> Result<(u64, BTreeMap<String, SinkReport>
                     }
                 }
             }
+            read += 1;
         }
     }
     Ok((read, per_sink))

@@ -29,8 +29,14 @@ struct Cut {
 enum Piece {
     /// A unit.
     Unit(Cut),
-    /// Every unit before `point.chunk` was handed over; a new reader may start at `point`.
-    Resumable(ResumePoint),
+    /// Every unit before `chunk` was handed over; a new reader may start at `position`
+    /// (the sending loop knows how many records those units held).
+    Resumable {
+        /// The number of the next unit.
+        chunk: u64,
+        /// The source's note of where to go on from.
+        position: String,
+    },
 }
 
 /// Runs producer `context.id` until every work item is taken or shutdown is asked for.
@@ -79,22 +85,17 @@ async fn produce_item(
     let resume = items.resume_point(item).await?;
     let (sender, mut receiver) = mpsc::channel::<Result<Piece, SourceError>>(SEND_BATCH * 2);
     let unit_bytes = unit_byte_budget(context).await?;
-    let start = resume.clone().unwrap_or(ResumePoint {
-        chunk: 0,
-        read: 0,
-        position: String::new(),
-    });
-    let mut inputs = start.read;
+    let mut inputs = resume.as_ref().map_or(0, |point| point.read);
     let mut sending = Sending {
         context,
         queues,
         item,
         batch: Vec::with_capacity(SEND_BATCH),
         batch_inputs: 0,
-        next_chunk: already_sent.max(start.chunk),
+        next_chunk: already_sent,
         resume: None,
     };
-    let reader = match spawn_reader(context, item, unit_bytes, resume, sender) {
+    let reader = match spawn_reader(context, item, unit_bytes, resume.as_ref(), sender) {
         Ok(reader) => reader,
         Err(WorkerError::Source(error)) if error.fails_item_only() => {
             return fail_item(&mut sending, inputs, &error).await;
@@ -104,28 +105,29 @@ async fn produce_item(
     while let Some(piece) = receiver.recv().await {
         let cut = match piece {
             Ok(Piece::Unit(cut)) => cut,
-            Ok(Piece::Resumable(point)) => {
+            Ok(Piece::Resumable { chunk, position }) => {
                 // A page ended: its units go out and the point is recorded now, not with the
                 // next page's (which may take a while to come), so that a producer that dies
-                // reads no finished page again.
-                sending.resume = Some(point);
+                // reads no finished page again. The units before it held `inputs` records.
+                sending.resume = Some(ResumePoint {
+                    chunk,
+                    read: inputs,
+                    position,
+                });
                 if sending.batch.is_empty() {
                     sending.save_checkpoint().await?;
                 } else if !sending.flush().await? {
-                    drop(receiver);
-                    let _ = reader.await;
+                    stop_reading(receiver, reader).await;
                     return Ok(Finish::Interrupted);
                 }
                 continue;
             }
             Err(error) if error.fails_item_only() => {
-                drop(receiver);
-                let _ = reader.await;
+                stop_reading(receiver, reader).await;
                 return fail_item(&mut sending, inputs, &error).await;
             }
             Err(SourceError::Interrupted { .. }) => {
-                drop(receiver);
-                let _ = reader.await;
+                stop_reading(receiver, reader).await;
                 return Ok(Finish::Interrupted);
             }
             Err(error) => return Err(error.into()),
@@ -138,8 +140,7 @@ async fn produce_item(
         sending.batch.push(cut.bytes);
         sending.batch_inputs += cut.inputs;
         if (sending.batch.len() >= SEND_BATCH || receiver.is_empty()) && !sending.flush().await? {
-            drop(receiver);
-            let _ = reader.await;
+            stop_reading(receiver, reader).await;
             return Ok(Finish::Interrupted);
         }
     }
@@ -153,6 +154,15 @@ async fn produce_item(
     items.complete(context.id, item, inputs).await?;
     tracing::info!(source = %item.source, origin = %item.origin, records = inputs, units = sending.next_chunk, "work item done");
     Ok(Finish::Done)
+}
+
+/// Stops the reading thread (it stops at its next send) and waits for it to end.
+async fn stop_reading(
+    receiver: mpsc::Receiver<Result<Piece, SourceError>>,
+    reader: tokio::task::JoinHandle<()>,
+) {
+    drop(receiver);
+    let _ = reader.await;
 }
 
 /// Sends what was read before `error`, then records the item failed: the job's other items
@@ -223,13 +233,13 @@ async fn unit_byte_budget(context: &WorkerContext) -> Result<usize, WorkerError>
     })
 }
 
-/// Reads and encodes on a blocking thread, from `resume` if given; stops when the receiver
-/// is dropped.
+/// Reads and encodes on a blocking thread, from `resume` if given (units numbered from
+/// its chunk); stops when the receiver is dropped.
 fn spawn_reader(
     context: &WorkerContext,
     item: &WorkItem,
     unit_bytes: usize,
-    resume: Option<ResumePoint>,
+    resume: Option<&ResumePoint>,
     sender: mpsc::Sender<Result<Piece, SourceError>>,
 ) -> Result<tokio::task::JoinHandle<()>, WorkerError> {
     let config = context.config.clone();
@@ -247,9 +257,10 @@ fn spawn_reader(
         max_record_bytes: config.queue.max_record_bytes,
         job: config.job.name.clone(),
         link: Some(context.state.link().clone()),
-        resume: resume.as_ref().map(|point| point.position.clone()),
+        resume: resume.map(|point| point.position.clone()),
         stop: Some(context.shutdown.clone()),
     };
+    let first_chunk = resume.map_or(0, |point| point.chunk);
     let entries = source.open(item, &open)?;
     let item = item.clone();
     let run = context.state.run_id().to_string();
@@ -262,60 +273,48 @@ fn spawn_reader(
             unit_bytes,
             config.queue.max_record_bytes,
         );
-        let mut read = 0;
-        if let Some(point) = resume {
-            cutter.chunk = point.chunk;
-            read = point.read;
-        }
+        cutter.chunk = first_chunk;
         let compress_above = config.queue.compress_above;
         let send = |piece: Result<Piece, SourceError>| sender.blocking_send(piece).is_ok();
+        let cut = |unit: DataUnit, cutter: &mut Cutter| {
+            send(Ok(Piece::Unit(encode(unit, cutter, compress_above))))
+        };
         for entry in entries {
-            let pieces = match entry {
+            match entry {
                 Ok(Entry::Resumable { position }) => {
                     // A page ends here: its unit is cut, and a new reader may start after it.
-                    let unit = cutter
-                        .finish()
-                        .map(|unit| encode(unit, &mut cutter, compress_above));
-                    read += unit.as_ref().map_or(0, |cut| cut.inputs);
-                    let point = ResumePoint {
-                        chunk: cutter.chunk,
-                        read,
-                        position,
-                    };
-                    vec![unit.map(Piece::Unit), Some(Piece::Resumable(point))]
+                    if let Some(unit) = cutter.finish()
+                        && !cut(unit, &mut cutter)
+                    {
+                        return;
+                    }
+                    let chunk = cutter.chunk;
+                    if !send(Ok(Piece::Resumable { chunk, position })) {
+                        return;
+                    }
                 }
                 Ok(entry) => {
-                    let unit = cutter
-                        .push(entry)
-                        .map(|unit| encode(unit, &mut cutter, compress_above));
-                    read += unit.as_ref().map_or(0, |cut| cut.inputs);
-                    vec![unit.map(Piece::Unit)]
+                    if let Some(unit) = cutter.push(entry)
+                        && !cut(unit, &mut cutter)
+                    {
+                        return;
+                    }
                 }
                 Err(error) => {
                     // What was read before an item's failure still goes out.
-                    let unit = error
-                        .fails_item_only()
-                        .then(|| cutter.finish())
-                        .flatten()
-                        .map(|unit| Ok(Piece::Unit(encode(unit, &mut cutter, compress_above))));
-                    if let Some(unit) = unit
-                        && !send(unit)
+                    if error.fails_item_only()
+                        && let Some(unit) = cutter.finish()
+                        && !cut(unit, &mut cutter)
                     {
                         return;
                     }
                     send(Err(error));
                     return;
                 }
-            };
-            for piece in pieces.into_iter().flatten() {
-                if !send(Ok(piece)) {
-                    return;
-                }
             }
         }
         if let Some(unit) = cutter.finish() {
-            let cut = encode(unit, &mut cutter, compress_above);
-            send(Ok(Piece::Unit(cut)));
+            cut(unit, &mut cutter);
         }
     }))
 }

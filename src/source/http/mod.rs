@@ -324,6 +324,11 @@ impl Iterator for PageReader {
     }
 }
 
+/// This process, as it names itself in the job's shared permits and token lock.
+fn this_process() -> String {
+    format!("{}:{}", crate::supervisor::host_name(), std::process::id())
+}
+
 /// `url` as messages show it: no user or password, and the values of query parameters other
 /// than `shown` (the pagination's own) replaced by `***`, since a query may carry a key.
 fn shown_url(url: &Url, shown: &[&str]) -> String {

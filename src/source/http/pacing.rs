@@ -84,7 +84,7 @@ impl Pacing {
         Pacing {
             rate,
             concurrency,
-            holder: format!("{}:{}", crate::supervisor::host_name(), std::process::id()),
+            holder: super::this_process(),
             requests: AtomicU64::new(0),
         }
     }

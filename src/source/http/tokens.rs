@@ -119,7 +119,7 @@ impl Tokens {
                     link,
                     lock: format!("{key}:fetching"),
                     key,
-                    holder: format!("{}:{}", crate::supervisor::host_name(), std::process::id()),
+                    holder: super::this_process(),
                 }
             }
             None => Tokens::Local(Mutex::new(None)),
