@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stevedore::queue::{Delivery, Queues, RedisLink, SinkQueues};
-use stevedore::run_state::{Planned, RunState};
+use stevedore::run_state::{Planned, RunState, UnitDone};
 use stevedore::source::WorkItem;
 use testkit::TestRedis;
 
@@ -243,4 +243,72 @@ async fn queue_a_stale_completion_does_not_drop_the_item_a_new_producer_holds() 
     );
     // Producer 2 still holds item 0 (it redoes it harmlessly: unit ids are deterministic).
     assert_eq!(state.items().unfinished_items().await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn queue_record_and_ack_is_one_step_and_a_fenced_writer_gets_neither() {
+    let redis = TestRedis::start();
+    let queues = queues(&redis);
+    let names = created_queues(&queues, "fold").await;
+    queues
+        .send_batch(&names.units, &[b"unit-a".to_vec(), b"unit-b".to_vec()])
+        .await
+        .unwrap();
+    let first = receive_one(&queues, &names.units, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let second = receive_one(&queues, &names.units, Duration::from_secs(30))
+        .await
+        .unwrap();
+    // The job's lock has reached token 7.
+    redis.query::<()>(redis::cmd("SET").arg("stevedore:fold:fence").arg(7));
+    let link = queues.link().clone();
+    let current = RunState::new(link.clone(), "fold", "r1").fenced(7);
+    let stale = RunState::new(link, "fold", "r1").fenced(6);
+    let done = |unit| UnitDone {
+        unit,
+        written: 3,
+        dead: 1,
+        fresh: true,
+    };
+
+    let refused = stale
+        .ledger()
+        .record_unit_and_ack("local", &done("u/a"), &names.units, &first.message_id)
+        .await
+        .expect_err("token 6 is older than the job's 7");
+    assert!(refused.is_fenced(), "{refused}");
+    current
+        .ledger()
+        .record_unit_and_ack("local", &done("u/b"), &names.units, &second.message_id)
+        .await
+        .unwrap();
+
+    // The stale writer recorded nothing and left its message to be redelivered; the current
+    // one recorded its counts and progress, and its message is gone with its receive count.
+    let written = current.ledger().written_units("local").await.unwrap();
+    assert_eq!(
+        written.into_iter().collect::<Vec<_>>(),
+        [("u/b".to_string(), 3)]
+    );
+    let totals = current.ledger().totals(&["local".into()]).await.unwrap();
+    assert_eq!(totals.dead["local"], 1);
+    let progress = current.ledger().progress().await.unwrap();
+    assert_eq!((progress.written["local"], progress.dead["local"]), (3, 1));
+    let left: Vec<String> = queues
+        .read_all(&names.units)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|stored| stored.message_id)
+        .collect();
+    assert_eq!(left, std::slice::from_ref(&first.message_id));
+    let fields: Vec<String> =
+        redis.query(redis::cmd("HKEYS").arg(format!("rsmq:{}:Q", names.units)));
+    assert!(
+        fields
+            .iter()
+            .all(|field| !field.starts_with(&second.message_id)),
+        "{fields:?}"
+    );
 }

@@ -33,6 +33,15 @@ impl SinkQueues {
     }
 }
 
+/// The two Redis keys RSMQ keeps `queue` in: the sorted set of message ids (scored by when
+/// each becomes visible) and the hash of bodies and receive counts. For scripts that change a
+/// queue together with other state in one atomic step.
+pub(crate) fn queue_keys(queue: &str) -> (String, String) {
+    let key = format!("{RSMQ_NAMESPACE}:{queue}");
+    let messages = format!("{key}:Q");
+    (key, messages)
+}
+
 /// A received unit, hidden from other consumers until acknowledged or its visibility expires.
 #[derive(Debug, Clone)]
 pub struct Delivery {

@@ -15,7 +15,7 @@ mod liveness;
 mod telemetry;
 mod work_items;
 
-pub use ledger::{Progress, Totals, UnitLedger};
+pub use ledger::{Progress, Totals, UnitDone, UnitLedger};
 pub use liveness::{Heartbeat, Liveness};
 pub use telemetry::Telemetry;
 pub use work_items::{Planned, ResumePoint, WorkItems};

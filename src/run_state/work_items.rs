@@ -234,18 +234,28 @@ impl WorkItems<'_> {
     }
 
     /// Records that the first `chunks` units of `item` are on the queues, and, for a source
-    /// that can resume mid-item, where a new reader of the item may start (in the same write).
+    /// that can resume mid-item, where a new reader of the item may start; adds `read` to
+    /// the live read counter of the item's source (one field per source, the total is their
+    /// sum). All in one write.
     pub async fn set_checkpoint(
         &self,
         item: &WorkItem,
         chunks: u64,
         resume: Option<&ResumePoint>,
+        read: u64,
     ) -> Result<(), LinkError> {
         let mut writes = vec![FieldWrite::set(
             self.state.key("checkpoint"),
             item.key(),
             chunks,
         )];
+        if read > 0 {
+            writes.push(FieldWrite::add(
+                self.state.key("progress"),
+                format!("read:{}", item.source),
+                read,
+            ));
+        }
         if let Some(resume) = resume {
             writes.push(FieldWrite::set(
                 self.state.key("resume"),
@@ -343,21 +353,5 @@ impl WorkItems<'_> {
             )
             .await?;
         Ok(chunks.unwrap_or_default())
-    }
-
-    /// Adds to the live read counter of `source` (one field per source; the total is their
-    /// sum, so per-source counts cost no extra write).
-    pub async fn add_read_progress(&self, source: &str, records: u64) -> Result<(), LinkError> {
-        self.state
-            .link
-            .query(
-                "updating progress",
-                &redis::Cmd::hincr(
-                    self.state.key("progress"),
-                    format!("read:{source}"),
-                    records,
-                ),
-            )
-            .await
     }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use backon::Retryable;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::{Finish, WorkerContext, WorkerError};
@@ -31,6 +31,7 @@ use crate::mapping::Row;
 use crate::metrics::SinkStats;
 use crate::queue::{Delivery, Queues, SinkQueues};
 use crate::retry;
+use crate::run_state::UnitDone;
 use crate::sink::{self, Batch, Failure, Sink, WriteOutcome};
 use crate::unit::DataUnit;
 
@@ -150,13 +151,12 @@ async fn consume_units(
                 stats.clone(),
             );
             running.spawn(async move {
-                let _permit = permit;
                 let kept = hidden.until_done(&delivery.message_id);
                 let writer = Writer {
                     sink: sink.as_ref(),
                     stats: &stats,
                 };
-                handle(&context, &config, &queues, writer, delivery, &kept).await
+                handle(&context, &config, &queues, writer, delivery, &kept, permit).await
             });
             if let Err(error) = collect_finished(&mut running) {
                 keeper.abort();
@@ -269,6 +269,7 @@ async fn handle(
     writer: Writer<'_>,
     delivery: Delivery,
     kept: &KeptHidden,
+    permit: OwnedSemaphorePermit,
 ) -> Result<(), WorkerError> {
     let unit = match DataUnit::decode(&delivery.body) {
         Ok(unit) => unit,
@@ -327,7 +328,11 @@ async fn handle(
     let mut batch = map_unit(config, &unit, writer.sink.reads_fields());
     batch.fence = context.fence.clone();
     let batch = Arc::new(batch);
-    let outcome = match write_with_retries(writer, batch.clone()).await {
+    let written = write_with_retries(writer, batch.clone()).await;
+    // The sink is free for the next unit while this one's bookkeeping goes to Redis: the
+    // permit bounds concurrent writes, and the two overlap instead of adding up.
+    drop(permit);
+    let outcome = match written {
         Ok(outcome) => outcome,
         Err(error) => {
             if error.is_fenced() {
@@ -378,21 +383,17 @@ async fn handle(
         .queues
         .send_batch(&queues.dead, &dead_letters)
         .await?;
+    let done = UnitDone {
+        unit: &unit.id,
+        written,
+        dead: failures.len() as u64,
+        fresh,
+    };
+    kept.done();
     context
         .state
         .ledger()
-        .record_unit(
-            &config.name,
-            &unit.id,
-            written,
-            failures.len() as u64,
-            fresh,
-        )
-        .await?;
-    kept.done();
-    context
-        .queues
-        .ack(&queues.units, &delivery.message_id)
+        .record_unit_and_ack(&config.name, &done, &queues.units, &delivery.message_id)
         .await?;
     tracing::debug!(written, dead = failures.len(), fresh, "unit done");
     Ok(())

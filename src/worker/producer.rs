@@ -201,22 +201,23 @@ impl Sending<'_> {
             context.queues.send_batch(&queue.units, &self.batch).await?;
         }
         self.save_checkpoint().await?;
-        context
-            .state
-            .items()
-            .add_read_progress(&self.item.source, self.batch_inputs)
-            .await?;
         self.batch.clear();
-        self.batch_inputs = 0;
         Ok(true)
     }
 
-    /// Records that units up to `next_chunk` are sent, with the latest resume point.
+    /// Records that units up to `next_chunk` are sent, with the latest resume point and
+    /// the records they hold (live progress).
     async fn save_checkpoint(&mut self) -> Result<(), WorkerError> {
+        let read = std::mem::take(&mut self.batch_inputs);
         self.context
             .state
             .items()
-            .set_checkpoint(self.item, self.next_chunk, self.resume.take().as_ref())
+            .set_checkpoint(
+                self.item,
+                self.next_chunk,
+                self.resume.take().as_ref(),
+                read,
+            )
             .await?;
         Ok(())
     }
