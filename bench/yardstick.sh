@@ -8,6 +8,7 @@
 #
 #   bench/yardstick.sh [RECORDS] [PRODUCERS] [CONSUMERS] [ROUNDS]
 #   defaults:          1000000   2           2           3
+#   STEVEDORE=path/to/binary compares another build of stevedore (default: target/release).
 #
 # Then one more run of each with WRITES_RECORDS (default 100000) records under Redis MONITOR
 # counts the write transactions per unit: a MULTI/EXEC or a script with at least one write
@@ -20,7 +21,7 @@ scripts/ensure-deps.sh
 cargo build --release --quiet
 bare=$(cargo bench --bench bare_loop --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
 [ -x "$bare" ] || { echo "cannot find the bare_loop bench binary" >&2; exit 1; }
-stevedore=target/release/stevedore
+stevedore=${STEVEDORE:-target/release/stevedore}
 work=$(mktemp -d)
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 redis-server --port "$port" --bind 127.0.0.1 --dir "$work" --appendonly yes --appendfsync always \
