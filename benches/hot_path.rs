@@ -1,10 +1,10 @@
 //! The per-record work of the two hot paths, for instruction counts under callgrind
 //! (`bench/instructions.sh`), which stay comparable across days when wall times do not:
 //!
-//! - `producer UNITS`: generate each record, make it a unit record, encode units of 500
-//!   (zstd above 16 KiB, as a run does);
+//! - `producer UNITS`: generate each record, serialize it into its unit's array, encode
+//!   units of 500 (zstd above 16 KiB), as a run's producer does;
 //! - `consumer UNITS`: decode those units and map every record with the pass-through mapping
-//!   (what a sink without `[sink.map]`, the blackhole included, gets today).
+//!   (what a sink that reads fields gets without a `[sink.map]`).
 //!
 //! The script runs each mode at two sizes and divides the difference by the records between
 //! them, so start-up does not count, and takes the producer's count off the consumer's (which
@@ -15,25 +15,30 @@ use std::hint::black_box;
 
 use stevedore::mapping::Mapping;
 use stevedore::source::generated_record;
-use stevedore::unit::{DataUnit, record};
+use stevedore::unit::{DataUnit, OutgoingUnit, RecordArray};
 
 const UNIT: u64 = 500;
 const COMPRESS_ABOVE: usize = 16 * 1024;
 
-fn unit(index: u64) -> DataUnit {
+/// Unit `index` encoded as the producer does: each record serialized once, straight into the
+/// unit's array (`RecordArray`), then the envelope (zstd above 16 KiB).
+fn encoded_unit(index: u64) -> Vec<u8> {
     let start = index * UNIT;
-    DataUnit {
+    let mut records = RecordArray::default();
+    for n in start..start + UNIT {
+        records.push(&generated_record(0, n));
+    }
+    OutgoingUnit {
         id: format!("bench/run/synthetic/0.{index}"),
         source: "synthetic".into(),
         origin: "generator".into(),
         first_line: start + 1,
         last_line: start + UNIT,
-        records: (start..start + UNIT)
-            .map(|n| record(&generated_record(0, n)))
-            .collect(),
+        records,
         lines: Vec::new(),
         rejects: Vec::new(),
     }
+    .encode(COMPRESS_ABOVE)
 }
 
 fn main() {
@@ -42,13 +47,11 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("producer") => {
             for index in 0..units {
-                black_box(unit(index).encode(COMPRESS_ABOVE));
+                black_box(encoded_unit(index));
             }
         }
         Some("consumer") => {
-            let encoded: Vec<Vec<u8>> = (0..units)
-                .map(|index| unit(index).encode(COMPRESS_ABOVE))
-                .collect();
+            let encoded: Vec<Vec<u8>> = (0..units).map(encoded_unit).collect();
             let mapping = Mapping::passthrough();
             // The encoding above is the `producer` mode's work: the script subtracts it.
             for bytes in &encoded {

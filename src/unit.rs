@@ -114,6 +114,155 @@ struct WriteEnvelope<'a> {
     rejects: &'a [Reject],
 }
 
+/// Everything of a unit's envelope but its records.
+struct Head<'a> {
+    id: &'a str,
+    source: &'a str,
+    origin: &'a str,
+    first_line: u64,
+    last_line: u64,
+    lines: &'a [u64],
+    rejects: &'a [Reject],
+}
+
+impl Head<'_> {
+    /// The envelope around `records`, the JSON array of `count` records; compressed when
+    /// larger than `compress_above` bytes.
+    fn encode(&self, records: Vec<u8>, count: usize, compress_above: usize) -> Vec<u8> {
+        let (inline, compressed) = if records.len() > compress_above {
+            let packed = zstd::bulk::compress(&records, 1)
+                .expect("in-memory zstd compression does not fail");
+            (None, Some(BASE64.encode(packed)))
+        } else {
+            // Small units only (under `compress_above`): checking the text again costs little.
+            let text = String::from_utf8(records).expect("serde_json writes UTF-8");
+            let raw = RawValue::from_string(text).expect("serde_json output is valid JSON");
+            (Some(raw), None)
+        };
+        let envelope = WriteEnvelope {
+            v: WIRE_VERSION,
+            id: self.id,
+            source: self.source,
+            origin: self.origin,
+            first_line: self.first_line,
+            last_line: self.last_line,
+            count,
+            records: inline.as_deref(),
+            records_zstd: compressed,
+            lines: self.lines,
+            rejects: self.rejects,
+        };
+        serde_json::to_vec(&envelope).expect("envelope always serializes")
+    }
+}
+
+/// Records serialized once, straight into the JSON array a unit carries them in: what a
+/// producer builds a unit from, one buffer per unit instead of one string per record that
+/// is then copied into the array.
+#[derive(Debug, Default)]
+pub struct RecordArray {
+    /// `[`, then the records separated by commas (the closing `]` is added when encoding).
+    json: Vec<u8>,
+    count: usize,
+}
+
+impl RecordArray {
+    /// An empty array with room for about `bytes` of records.
+    pub fn with_capacity(bytes: usize) -> RecordArray {
+        let mut json = Vec::with_capacity(bytes + 2);
+        json.push(b'[');
+        RecordArray { json, count: 0 }
+    }
+
+    /// Appends `value`; returns the length of its JSON text.
+    pub fn push(&mut self, value: &Value) -> usize {
+        if self.json.is_empty() {
+            self.json.push(b'[');
+        }
+        if self.count > 0 {
+            self.json.push(b',');
+        }
+        let start = self.json.len();
+        serde_json::to_writer(&mut self.json, value).expect("JSON values always serialize");
+        self.count += 1;
+        self.json.len() - start
+    }
+
+    /// Takes back the record just pushed, `length` bytes long (see [`RecordArray::push`]),
+    /// and returns its text.
+    pub fn pop(&mut self, length: usize) -> String {
+        let start = self.json.len() - length;
+        let text = String::from_utf8_lossy(&self.json[start..]).into_owned();
+        self.count -= 1;
+        let separator = usize::from(self.count > 0);
+        self.json.truncate(start - separator);
+        text
+    }
+
+    /// How many records the array holds.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// True when no record was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The array's JSON text, closed.
+    fn into_json(mut self) -> Vec<u8> {
+        if self.json.is_empty() {
+            self.json.push(b'[');
+        }
+        self.json.push(b']');
+        self.json
+    }
+}
+
+/// A unit as a producer builds it, its records already one JSON array: encodes to exactly
+/// the bytes [`DataUnit::encode`] writes for the same records.
+#[derive(Debug)]
+pub struct OutgoingUnit {
+    /// As [`DataUnit::id`].
+    pub id: String,
+    /// As [`DataUnit::source`].
+    pub source: String,
+    /// As [`DataUnit::origin`].
+    pub origin: String,
+    /// As [`DataUnit::first_line`].
+    pub first_line: u64,
+    /// As [`DataUnit::last_line`].
+    pub last_line: u64,
+    /// The records.
+    pub records: RecordArray,
+    /// As [`DataUnit::lines`].
+    pub lines: Vec<u64>,
+    /// As [`DataUnit::rejects`].
+    pub rejects: Vec<Reject>,
+}
+
+impl OutgoingUnit {
+    /// Number of input records this unit stands for, rejects included.
+    pub fn input_count(&self) -> u64 {
+        (self.records.len() + self.rejects.len()) as u64
+    }
+
+    /// Encodes the unit; records larger than `compress_above` bytes are compressed.
+    pub fn encode(self, compress_above: usize) -> Vec<u8> {
+        let head = Head {
+            id: &self.id,
+            source: &self.source,
+            origin: &self.origin,
+            first_line: self.first_line,
+            last_line: self.last_line,
+            lines: &self.lines,
+            rejects: &self.rejects,
+        };
+        let count = self.records.len();
+        head.encode(self.records.into_json(), count, compress_above)
+    }
+}
+
 /// The envelope as read: inline records are split into their texts in the same pass.
 #[derive(Deserialize)]
 struct ReadEnvelope<'a> {
@@ -152,31 +301,17 @@ impl DataUnit {
 
     /// Encodes the unit; records larger than `compress_above` bytes are compressed.
     pub fn encode(&self, compress_above: usize) -> Vec<u8> {
-        let records = serde_json::to_string(&self.records).expect("JSON values always serialize");
-        let (inline, compressed) = if records.len() > compress_above {
-            let packed = zstd::bulk::compress(records.as_bytes(), 1)
-                .expect("in-memory zstd compression does not fail");
-            (None, Some(BASE64.encode(packed)))
-        } else {
-            (
-                Some(RawValue::from_string(records).expect("serde_json output is valid JSON")),
-                None,
-            )
-        };
-        let envelope = WriteEnvelope {
-            v: WIRE_VERSION,
+        let records = serde_json::to_vec(&self.records).expect("JSON values always serialize");
+        let head = Head {
             id: &self.id,
             source: &self.source,
             origin: &self.origin,
             first_line: self.first_line,
             last_line: self.last_line,
-            count: self.records.len(),
-            records: inline.as_deref(),
-            records_zstd: compressed,
             lines: &self.lines,
             rejects: &self.rejects,
         };
-        serde_json::to_vec(&envelope).expect("envelope always serializes")
+        head.encode(records, self.records.len(), compress_above)
     }
 
     /// Decodes a unit from its wire bytes.
@@ -245,6 +380,61 @@ fn peek_version(bytes: &[u8]) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unit_record_array_encodes_byte_for_byte_as_the_unit_of_its_records() {
+        let values: Vec<Value> = (0..6)
+            .map(|n| json!({"n": n, "text": format!("r\"{n}\u{1}")}))
+            .collect();
+        for compress_above in [0, usize::MAX] {
+            for popped in [None, Some(0), Some(3), Some(5)] {
+                let mut array = RecordArray::default();
+                let mut kept = Vec::new();
+                for (index, value) in values.iter().enumerate() {
+                    let length = array.push(value);
+                    if Some(index) == popped {
+                        // Taken back, as a producer takes back a record over the cap.
+                        assert_eq!(array.pop(length), value.to_string());
+                    } else {
+                        kept.push(record(value));
+                    }
+                }
+                let unit = DataUnit {
+                    id: "j/r/s/0.0".into(),
+                    source: "s".into(),
+                    origin: "o".into(),
+                    first_line: 1,
+                    last_line: 6,
+                    records: kept,
+                    lines: vec![1, 2, 4, 5, 6],
+                    rejects: Vec::new(),
+                };
+                let outgoing = OutgoingUnit {
+                    id: unit.id.clone(),
+                    source: unit.source.clone(),
+                    origin: unit.origin.clone(),
+                    first_line: 1,
+                    last_line: 6,
+                    records: array,
+                    lines: unit.lines.clone(),
+                    rejects: Vec::new(),
+                };
+                assert_eq!(outgoing.input_count(), unit.input_count());
+                assert_eq!(
+                    outgoing.encode(compress_above),
+                    unit.encode(compress_above),
+                    "popped {popped:?}, compress above {compress_above}"
+                );
+            }
+        }
+        // Nothing pushed, or everything taken back: an empty array.
+        let mut array = RecordArray::with_capacity(10);
+        let length = array.push(&json!({"a": 1}));
+        array.pop(length);
+        assert!(array.is_empty());
+        assert_eq!(array.into_json(), b"[]");
+        assert_eq!(RecordArray::default().into_json(), b"[]");
+    }
     use serde_json::json;
 
     fn sample(records: usize) -> DataUnit {

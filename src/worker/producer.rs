@@ -13,7 +13,7 @@ use super::{Finish, WorkerContext, WorkerError};
 use crate::queue::SinkQueues;
 use crate::run_state::ResumePoint;
 use crate::source::{self, Entry, OpenContext, SourceError, WorkItem};
-use crate::unit::{DataUnit, Record, Reject, record, unit_id};
+use crate::unit::{OutgoingUnit, RecordArray, Reject, unit_id};
 
 /// Units sent to Redis in one batched call.
 const SEND_BATCH: usize = 16;
@@ -277,7 +277,7 @@ fn spawn_reader(
         cutter.chunk = first_chunk;
         let compress_above = config.queue.compress_above;
         let send = |piece: Result<Piece, SourceError>| sender.blocking_send(piece).is_ok();
-        let cut = |unit: DataUnit, cutter: &mut Cutter| {
+        let cut = |unit: OutgoingUnit, cutter: &mut Cutter| {
             send(Ok(Piece::Unit(encode(unit, cutter, compress_above))))
         };
         for entry in entries {
@@ -320,11 +320,12 @@ fn spawn_reader(
     }))
 }
 
-fn encode(unit: DataUnit, cutter: &mut Cutter, compress_above: usize) -> Cut {
+fn encode(unit: OutgoingUnit, cutter: &mut Cutter, compress_above: usize) -> Cut {
+    let inputs = unit.input_count();
     let cut = Cut {
         chunk: cutter.chunk,
         bytes: unit.encode(compress_above),
-        inputs: unit.input_count(),
+        inputs,
     };
     cutter.chunk += 1;
     cut
@@ -377,7 +378,9 @@ struct Cutter {
     max_bytes: usize,
     max_record_bytes: usize,
     chunk: u64,
-    records: Vec<Record>,
+    records: RecordArray,
+    /// The JSON size of the last unit cut, to size the next one's buffer.
+    last_unit_bytes: usize,
     lines: Vec<u64>,
     rejects: Vec<Reject>,
     bytes: usize,
@@ -402,7 +405,8 @@ impl Cutter {
             max_bytes,
             max_record_bytes,
             chunk: 0,
-            records: Vec::with_capacity(size),
+            records: RecordArray::default(),
+            last_unit_bytes: 0,
             lines: Vec::with_capacity(size),
             rejects: Vec::new(),
             bytes: 0,
@@ -411,17 +415,21 @@ impl Cutter {
         }
     }
 
-    fn push(&mut self, entry: Entry) -> Option<DataUnit> {
+    fn push(&mut self, entry: Entry) -> Option<OutgoingUnit> {
         let line = entry.line();
         self.first_line.get_or_insert(line);
         self.last_line = line;
         match entry {
             Entry::Record { value, .. } => {
-                let record = record(&value);
-                let length = record.get().len();
+                let length = self.records.push(&value);
                 if length > self.max_record_bytes {
                     // Read within the cap, but its JSON (escapes, CSV names) is over it.
-                    let raw: String = record.get().chars().take(PREVIEW_CHARS).collect();
+                    let raw: String = self
+                        .records
+                        .pop(length)
+                        .chars()
+                        .take(PREVIEW_CHARS)
+                        .collect();
                     self.bytes += raw.len();
                     self.rejects.push(Reject {
                         line,
@@ -433,7 +441,6 @@ impl Cutter {
                     });
                 } else {
                     self.bytes += length;
-                    self.records.push(record);
                     self.lines.push(line);
                 }
             }
@@ -457,11 +464,11 @@ impl Cutter {
         (entries >= self.size || self.bytes >= self.max_bytes).then(|| self.cut())
     }
 
-    fn finish(&mut self) -> Option<DataUnit> {
+    fn finish(&mut self) -> Option<OutgoingUnit> {
         (self.first_line.is_some()).then(|| self.cut())
     }
 
-    fn cut(&mut self) -> DataUnit {
+    fn cut(&mut self) -> OutgoingUnit {
         let first_line = self.first_line.take().unwrap_or(0);
         let mut lines = std::mem::replace(&mut self.lines, Vec::with_capacity(self.size));
         // Lines that simply count up from the first need not cross the wire.
@@ -472,8 +479,10 @@ impl Cutter {
         {
             lines.clear();
         }
+        self.last_unit_bytes = self.bytes;
         self.bytes = 0;
-        DataUnit {
+        let records = RecordArray::with_capacity(self.last_unit_bytes + self.last_unit_bytes / 8);
+        OutgoingUnit {
             id: unit_id(
                 &self.job,
                 &self.run,
@@ -485,7 +494,7 @@ impl Cutter {
             origin: self.item.origin.clone(),
             first_line,
             last_line: self.last_line,
-            records: std::mem::replace(&mut self.records, Vec::with_capacity(self.size)),
+            records: std::mem::replace(&mut self.records, records),
             lines,
             rejects: std::mem::take(&mut self.rejects),
         }
@@ -495,6 +504,7 @@ impl Cutter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::unit::DataUnit;
     use serde_json::json;
 
     fn item() -> WorkItem {
@@ -523,7 +533,10 @@ mod tests {
         let unit = cutter
             .push(entry(4, &"x".repeat(80)))
             .expect("the byte budget cuts");
+        assert_eq!(unit.input_count(), 3);
+        let unit = DataUnit::decode(&unit.encode(usize::MAX)).expect("the unit decodes");
         assert_eq!(unit.records.len(), 2);
+        assert_eq!(unit.records[0].get(), r#"{"v":"short"}"#);
         assert_eq!(unit.rejects.len(), 1);
         assert_eq!(unit.rejects[0].line, 1);
         assert!(
@@ -534,7 +547,6 @@ mod tests {
             unit.rejects[0].reason
         );
         assert_eq!((unit.record_line(0), unit.record_line(1)), (2, 4));
-        assert_eq!(unit.input_count(), 3);
         assert!(cutter.finish().is_none());
     }
 
