@@ -301,15 +301,16 @@ impl Mapping {
     /// of the record is skipped, never built.
     pub fn apply_raw(&self, record: &RawValue) -> Result<Row, MapError> {
         if self.columns.is_none() {
-            let value: Value = serde_json::from_str(record.get())
-                .map_err(|error| MapError::Invalid(error.to_string()))?;
-            return self.apply(value);
+            return passthrough_row(record);
         }
-        let picker = Picker { roots: &self.roots };
+        let picker = Picker {
+            roots: Some(&self.roots),
+        };
         let mut reader = serde_json::Deserializer::from_str(record.get());
         match picker.deserialize(&mut reader) {
             Ok(Picked::Object(roots)) => self.row_from(roots),
             Ok(Picked::Other(found)) => Err(MapError::NotAnObject { found }),
+            Ok(Picked::Fields(..)) => unreachable!("a picker of named fields gives those"),
             Err(error) => Err(MapError::Invalid(error.to_string())),
         }
     }
@@ -350,16 +351,56 @@ impl Mapping {
     }
 }
 
-/// What [`Picker`] found: the values of the wanted fields, or the JSON type of a non-object.
+/// What [`Picker`] found: the values of the wanted fields, every field (names and values in
+/// order) when none were named, or the JSON type of a non-object.
 enum Picked {
     Object(Vec<Option<Value>>),
+    Fields(Vec<String>, Vec<Value>),
     Other(&'static str),
 }
 
+/// A pass-through row straight from the record's text: its fields are read once into the
+/// row's names and values, with no map built in between. A record that names a field twice
+/// (rare, and legal JSON) is read again through a map, where the last value wins as before.
+fn passthrough_row(record: &RawValue) -> Result<Row, MapError> {
+    let mut reader = serde_json::Deserializer::from_str(record.get());
+    let fields = match (Picker { roots: None }).deserialize(&mut reader) {
+        Ok(Picked::Fields(names, values)) => (names, values),
+        Ok(Picked::Other(found)) => return Err(MapError::NotAnObject { found }),
+        Ok(Picked::Object(_)) => unreachable!("a picker of every field gives fields"),
+        Err(error) => return Err(MapError::Invalid(error.to_string())),
+    };
+    if has_duplicates(&fields.0) {
+        let value: Value = serde_json::from_str(record.get())
+            .map_err(|error| MapError::Invalid(error.to_string()))?;
+        let Value::Object(object) = value else {
+            unreachable!("read as an object above");
+        };
+        return Ok(Row::from_object(object));
+    }
+    Ok(Row {
+        names: Names::Own(fields.0),
+        values: fields.1,
+    })
+}
+
+/// True when a name appears twice.
+fn has_duplicates(names: &[String]) -> bool {
+    if names.len() <= 16 {
+        return names
+            .iter()
+            .enumerate()
+            .any(|(index, name)| names[..index].contains(name));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(names.len());
+    !names.iter().all(|name| seen.insert(name.as_str()))
+}
+
 /// Reads one JSON object keeping only the fields named in `roots`; the others are skipped
-/// without being built. A later duplicate field wins, as it does for a whole parse.
+/// without being built. A later duplicate field wins, as it does for a whole parse. Without
+/// `roots`, keeps every field, in order (duplicates included: the caller decides).
 struct Picker<'r> {
-    roots: &'r [String],
+    roots: Option<&'r [String]>,
 }
 
 impl<'de> DeserializeSeed<'de> for Picker<'_> {
@@ -378,8 +419,19 @@ impl<'de> Visitor<'de> for Picker<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Picked, A::Error> {
-        let mut roots = vec![None; self.roots.len()];
-        while let Some(wanted) = map.next_key_seed(FieldIndex { roots: self.roots })? {
+        let Some(wanted_roots) = self.roots else {
+            let size = map.size_hint().unwrap_or(8);
+            let (mut names, mut values) = (Vec::with_capacity(size), Vec::with_capacity(size));
+            while let Some(name) = map.next_key::<String>()? {
+                names.push(name);
+                values.push(map.next_value::<Value>()?);
+            }
+            return Ok(Picked::Fields(names, values));
+        };
+        let mut roots = vec![None; wanted_roots.len()];
+        while let Some(wanted) = map.next_key_seed(FieldIndex {
+            roots: wanted_roots,
+        })? {
             match wanted {
                 Some(index) => roots[index] = Some(map.next_value()?),
                 None => {
@@ -647,6 +699,44 @@ mod tests {
         let record = json!({"a": 1, "b": {"c": [1, 2]}});
         let row = both_ways(&Mapping::passthrough(), record.clone()).unwrap();
         assert_eq!(row, record);
+    }
+
+    #[test]
+    fn mapping_passthrough_from_text_matches_a_whole_parse_even_for_odd_records() {
+        let passthrough = Mapping::passthrough();
+        let texts = [
+            r#"{"b": 1, "a": {"x": [1, {"y": null}]}, "c": "é\n"}"#,
+            r#"{}"#,
+            // A field named twice: the last value wins, in the first one's place.
+            r#"{"a": 1, "b": 2, "a": 3}"#,
+        ];
+        for text in texts {
+            let raw = RawValue::from_string(text.to_string()).unwrap();
+            let value: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(
+                passthrough.apply_raw(&raw),
+                passthrough.apply(value),
+                "{text}"
+            );
+        }
+        let wide: Map<String, Value> = (0..40)
+            .map(|n| (format!("f{}", n % 30), json!(n)))
+            .collect();
+        let text = (0..40)
+            .map(|n| format!("\"f{}\": {n}", n % 30))
+            .collect::<Vec<_>>()
+            .join(",");
+        let raw = RawValue::from_string(format!("{{{text}}}")).unwrap();
+        let row = passthrough.apply_raw(&raw).unwrap();
+        assert_eq!(row.to_object(), wide, "a wide record with duplicates");
+        for (text, found) in [("[1, 2]", "an array"), ("7", "a number"), ("null", "null")] {
+            let raw = RawValue::from_string(text.to_string()).unwrap();
+            let error = passthrough.apply_raw(&raw).unwrap_err();
+            assert!(
+                matches!(error, MapError::NotAnObject { found: f } if f == found),
+                "{text}"
+            );
+        }
     }
 
     #[test]
