@@ -19,6 +19,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use tracing::Instrument;
 
 use serde_json::value::RawValue;
 
@@ -203,50 +204,54 @@ async fn replay_one(
     let config = replay.sink;
     let span =
         tracing::info_span!("replay", letter = %letter.id, unit = %unit.id, sink = %config.name);
-    let _entered = span.enter();
-    let mut batch = map_unit(config, &unit, writer.sink.reads_fields());
-    batch.fence = Some(fence.clone());
-    let batch = Arc::new(batch);
-    let dead_letters = match write_with_retries(writer, batch.clone()).await {
-        Ok(outcome) => {
-            let failures = unit_failures(&batch.failures, outcome.failures);
-            report.landed += outcome.written;
-            if !outcome.fresh {
-                report.landed_before += outcome.written;
+    // Attached to the future, not entered across its awaits (see the consumer).
+    async {
+        let mut batch = map_unit(config, &unit, writer.sink.reads_fields());
+        batch.fence = Some(fence.clone());
+        let batch = Arc::new(batch);
+        let dead_letters = match write_with_retries(writer, batch.clone()).await {
+            Ok(outcome) => {
+                let failures = unit_failures(&batch.failures, outcome.failures);
+                report.landed += outcome.written;
+                if !outcome.fresh {
+                    report.landed_before += outcome.written;
+                }
+                for column in &outcome.columns_added {
+                    tracing::info!(column, "added a column for a new field");
+                }
+                report.dead_again += failures.len() as u64;
+                failures
+                    .iter()
+                    .map(|failure| dead_letter(&config.name, &unit, failure))
+                    .collect()
             }
-            for column in &outcome.columns_added {
-                tracing::info!(column, "added a column for a new field");
+            // The sink is unavailable (after the retry policy's attempts) or fenced: stop, and
+            // leave this letter and the rest where they are.
+            Err(error) if error.is_transient() || error.is_fenced() => return Err(error.into()),
+            // A run's consumer would try again and then dead-letter the unit whole with this
+            // reason; a replay is that last attempt.
+            Err(error) => {
+                report.dead_again += unit.input_count();
+                let reason = format!("replay: the write failed: {error}");
+                let envelope = unit.encode(replay.config.queue.compress_above);
+                vec![whole_unit_dead_letter(
+                    &envelope,
+                    &config.name,
+                    &unit.id,
+                    &reason,
+                    1,
+                )]
             }
-            report.dead_again += failures.len() as u64;
-            failures
-                .iter()
-                .map(|failure| dead_letter(&config.name, &unit, failure))
-                .collect()
-        }
-        // The sink is unavailable (after the retry policy's attempts) or fenced: stop, and
-        // leave this letter and the rest where they are.
-        Err(error) if error.is_transient() || error.is_fenced() => return Err(error.into()),
-        // A run's consumer would try again and then dead-letter the unit whole with this
-        // reason; a replay is that last attempt.
-        Err(error) => {
-            report.dead_again += unit.input_count();
-            let reason = format!("replay: the write failed: {error}");
-            let envelope = unit.encode(replay.config.queue.compress_above);
-            vec![whole_unit_dead_letter(
-                &envelope,
-                &config.name,
-                &unit.id,
-                &reason,
-                1,
-            )]
-        }
-    };
-    tracing::debug!(dead_again = dead_letters.len(), "replayed");
-    queues.send_batch(queue, &dead_letters).await?;
-    queues.ack(queue, &letter.message_id).await?;
-    report.letters += 1;
-    report.records += unit.input_count();
-    Ok(Fate::Replayed)
+        };
+        tracing::debug!(dead_again = dead_letters.len(), "replayed");
+        queues.send_batch(queue, &dead_letters).await?;
+        queues.ack(queue, &letter.message_id).await?;
+        report.letters += 1;
+        report.records += unit.input_count();
+        Ok(Fate::Replayed)
+    }
+    .instrument(span)
+    .await
 }
 
 /// The unit that replays `letter`, or why it cannot be replayed.

@@ -23,6 +23,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use super::{Finish, WorkerContext, WorkerError};
 use crate::clock::now_ms;
@@ -287,116 +288,121 @@ async fn handle(
         }
     };
     let span = tracing::info_span!("unit", id = %unit.id, sink = %config.name, receives = delivery.receives);
-    let _entered = span.enter();
-    let Some(attempt) = context
-        .state
-        .ledger()
-        .begin_attempt(&config.name, &unit.id)
-        .await?
-    else {
-        tracing::debug!("already recorded; acknowledging");
-        kept.done();
-        return Ok(context
-            .queues
-            .ack(&queues.units, &delivery.message_id)
-            .await?);
-    };
-    if attempt > context.config.queue.max_receives {
-        let attempts = attempt - 1;
-        let reason = match context
+    // The span is attached to the future, not entered: entering it across an await would
+    // leave it current on the thread while other units' tasks run there.
+    async {
+        let Some(attempt) = context
             .state
             .ledger()
-            .last_error(&config.name, &unit.id)
+            .begin_attempt(&config.name, &unit.id)
             .await?
-        {
-            Some(error) => format!("{attempts} write attempt(s) failed; the last with: {error}"),
-            None => format!(
-                "{attempts} write attempt(s) were cut short: the consumer writing the unit \
-                 stopped or died each time (see the consumer logs)"
-            ),
+        else {
+            tracing::debug!("already recorded; acknowledging");
+            kept.done();
+            return Ok(context
+                .queues
+                .ack(&queues.units, &delivery.message_id)
+                .await?);
         };
-        tracing::warn!(attempts, %reason, "moving the unit whole to the dead-letter queue");
-        let body =
-            whole_unit_dead_letter(&delivery.body, &config.name, &unit.id, &reason, attempts);
-        kept.done();
-        context
-            .queues
-            .move_message_with_body(&queues.units, &delivery.message_id, &queues.dead, &body)
-            .await?;
-        return Ok(());
-    }
-    let mut batch = map_unit(config, &unit, writer.sink.reads_fields());
-    batch.fence = context.fence.clone();
-    let batch = Arc::new(batch);
-    let written = write_with_retries(writer, batch.clone()).await;
-    // The sink is free for the next unit while this one's bookkeeping goes to Redis: the
-    // permit bounds concurrent writes, and the two overlap instead of adding up.
-    drop(permit);
-    let outcome = match written {
-        Ok(outcome) => outcome,
-        Err(error) => {
-            if error.is_fenced() {
-                writer.stats.fenced();
-                // Another run holds the job now: touch nothing more, not even the queue.
-                return Err(error.into());
-            }
-            // Kept for the unit's dead letter, should every attempt fail.
-            context
+        if attempt > context.config.queue.max_receives {
+            let attempts = attempt - 1;
+            let reason = match context
                 .state
                 .ledger()
-                .note_failed_attempt(&config.name, &unit.id, &error.to_string())
-                .await?;
-            if !error.is_transient() {
-                return Err(error.into());
-            }
-            let planned = retry::REDELIVERY.wait(attempt.try_into().unwrap_or(u32::MAX));
-            let retry_in =
-                retry::honour_hint(error.retry_after(), Some(planned)).unwrap_or(planned);
-            tracing::warn!(%error, attempt, ?retry_in, "write failed; releasing the unit for a later attempt");
+                .last_error(&config.name, &unit.id)
+                .await?
+            {
+                Some(error) => format!("{attempts} write attempt(s) failed; the last with: {error}"),
+                None => format!(
+                    "{attempts} write attempt(s) were cut short: the consumer writing the unit \
+                     stopped or died each time (see the consumer logs)"
+                ),
+            };
+            tracing::warn!(attempts, %reason, "moving the unit whole to the dead-letter queue");
+            let body =
+                whole_unit_dead_letter(&delivery.body, &config.name, &unit.id, &reason, attempts);
             kept.done();
             context
                 .queues
-                .extend(&queues.units, &delivery.message_id, retry_in)
+                .move_message_with_body(&queues.units, &delivery.message_id, &queues.dead, &body)
                 .await?;
             return Ok(());
         }
-    };
-    let WriteOutcome {
-        fresh,
-        written,
-        failures,
-        columns_added,
-    } = outcome;
-    if !columns_added.is_empty() {
+        let mut batch = map_unit(config, &unit, writer.sink.reads_fields());
+        batch.fence = context.fence.clone();
+        let batch = Arc::new(batch);
+        let written = write_with_retries(writer, batch.clone()).await;
+        // The sink is free for the next unit while this one's bookkeeping goes to Redis: the
+        // permit bounds concurrent writes, and the two overlap instead of adding up.
+        drop(permit);
+        let outcome = match written {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                if error.is_fenced() {
+                    writer.stats.fenced();
+                    // Another run holds the job now: touch nothing more, not even the queue.
+                    return Err(error.into());
+                }
+                // Kept for the unit's dead letter, should every attempt fail.
+                context
+                    .state
+                    .ledger()
+                    .note_failed_attempt(&config.name, &unit.id, &error.to_string())
+                    .await?;
+                if !error.is_transient() {
+                    return Err(error.into());
+                }
+                let planned = retry::REDELIVERY.wait(attempt.try_into().unwrap_or(u32::MAX));
+                let retry_in =
+                    retry::honour_hint(error.retry_after(), Some(planned)).unwrap_or(planned);
+                tracing::warn!(%error, attempt, ?retry_in, "write failed; releasing the unit for a later attempt");
+                kept.done();
+                context
+                    .queues
+                    .extend(&queues.units, &delivery.message_id, retry_in)
+                    .await?;
+                return Ok(());
+            }
+        };
+        let WriteOutcome {
+            fresh,
+            written,
+            failures,
+            columns_added,
+        } = outcome;
+        if !columns_added.is_empty() {
+            context
+                .state
+                .ledger()
+                .record_columns_added(&config.name, &unit.id, &columns_added)
+                .await?;
+        }
+        let failures = sink::unit_failures(&batch.failures, failures);
+        let dead_letters: Vec<Vec<u8>> = failures
+            .iter()
+            .map(|failure| dead_letter(&config.name, &unit, failure))
+            .collect();
+        context
+            .queues
+            .send_batch(&queues.dead, &dead_letters)
+            .await?;
+        let done = UnitDone {
+            unit: &unit.id,
+            written,
+            dead: failures.len() as u64,
+            fresh,
+        };
+        kept.done();
         context
             .state
             .ledger()
-            .record_columns_added(&config.name, &unit.id, &columns_added)
+            .record_unit_and_ack(&config.name, &done, &queues.units, &delivery.message_id)
             .await?;
+        tracing::debug!(written, dead = failures.len(), fresh, "unit done");
+        Ok::<(), WorkerError>(())
     }
-    let failures = sink::unit_failures(&batch.failures, failures);
-    let dead_letters: Vec<Vec<u8>> = failures
-        .iter()
-        .map(|failure| dead_letter(&config.name, &unit, failure))
-        .collect();
-    context
-        .queues
-        .send_batch(&queues.dead, &dead_letters)
-        .await?;
-    let done = UnitDone {
-        unit: &unit.id,
-        written,
-        dead: failures.len() as u64,
-        fresh,
-    };
-    kept.done();
-    context
-        .state
-        .ledger()
-        .record_unit_and_ack(&config.name, &done, &queues.units, &delivery.message_id)
-        .await?;
-    tracing::debug!(written, dead = failures.len(), fresh, "unit done");
-    Ok(())
+    .instrument(span)
+    .await
 }
 
 /// Maps every record of `unit` for the sink; records that do not map and rejected lines
