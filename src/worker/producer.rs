@@ -502,6 +502,7 @@ mod tests {
             index: 0,
             origin: "f.csv".into(),
             range: None,
+            bytes: None,
         }
     }
 
