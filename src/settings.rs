@@ -372,6 +372,13 @@ pub trait KindSettings: Any + fmt::Debug + Send + Sync {
         String::new()
     }
 
+    /// For sources: the basis a build from before big files were cut into ranges wrote for
+    /// these settings. Its plans hold whole files only, which this build reads as planned, so
+    /// such a run resumes. The basis itself for kinds that did not change.
+    fn basis_before_split(&self) -> String {
+        self.basis()
+    }
+
     /// For sinks that must not share a target: what only one sink of the job may write.
     fn exclusive_target(&self) -> Option<ExclusiveTarget> {
         None

@@ -440,3 +440,74 @@ fn hardening_a_run_planned_before_the_byte_budget_resumes_cut_by_record_count() 
     assert_eq!(per_unit.iter().sum::<u64>(), 600);
     assert!(per_unit.len() == 2 && per_unit[1] < 500, "{per_unit:?}");
 }
+
+/// A run planned by a build that read every file whole (its basis has no `split_bytes=`) is
+/// resumed with its plan: each file one item, read whole, though the job now splits files
+/// that big. A fresh run of the job reads the file in ranges.
+#[test]
+fn hardening_a_run_planned_before_files_were_split_resumes_reading_them_whole() {
+    let redis = TestRedis::start();
+    let job = files_job(&redis.url(), "unsplit", "jsonl", "");
+    let config = std::fs::read_to_string(&job.config).unwrap().replace(
+        "format = \"jsonl\"",
+        "format = \"jsonl\"\nsplit_bytes = 1048576",
+    );
+    std::fs::write(&job.config, config).unwrap();
+    // 3,000 records of about 1 KB: 3 MB, three ranges of 1 MiB for a new plan.
+    let pad = "p".repeat(1_000);
+    let lines: Vec<String> = (1..=3_000)
+        .map(|id| json!({"id": id, "pad": pad}).to_string())
+        .collect();
+    job.write("data/a.jsonl", &(lines.join("\n") + "\n"));
+    // The state such a build leaves when interrupted right after planning.
+    let run = "20261201T000000Z-0ld1";
+    let basis = format!(
+        "unit_records=50 unit_bytes=16777216; input files {}/data/*.jsonl Jsonl",
+        job.dir.path().display()
+    );
+    let origin = job.path("data/a.jsonl").display().to_string();
+    let item = json!({"source": "input", "index": 0, "origin": origin}).to_string();
+    let prefix = format!("stevedore:unsplit:run:{run}");
+    let _: () = redis.query(
+        redis::cmd("SET")
+            .arg("stevedore:unsplit:current_run")
+            .arg(run),
+    );
+    let _: () = redis.query(
+        redis::cmd("SET")
+            .arg(format!("{prefix}:planned"))
+            .arg(&basis),
+    );
+    let _: () = redis.query(
+        redis::cmd("RPUSH")
+            .arg(format!("{prefix}:items:pending"))
+            .arg(&item),
+    );
+
+    let result = job.run();
+    result.expect_code(0);
+    assert_eq!(result.summary["resumed"], true);
+    assert_eq!(result.summary["run"], run);
+    assert_eq!(result.summary["sinks"]["local"]["written"], 3_000);
+    let units: Vec<String> =
+        redis.query(redis::cmd("HKEYS").arg(format!("{prefix}:written:local")));
+    assert_eq!(units.len(), 60);
+    assert!(
+        units
+            .iter()
+            .all(|unit| unit.starts_with(&format!("unsplit/{run}/input/0."))),
+        "one item, the whole file: {units:?}"
+    );
+
+    let result = job.run();
+    result.expect_code(0);
+    let fresh = result.summary["run"].as_str().unwrap().to_string();
+    let units: Vec<String> = redis
+        .query(redis::cmd("HKEYS").arg(format!("stevedore:unsplit:run:{fresh}:written:local")));
+    let items: BTreeSet<&str> = units
+        .iter()
+        .map(|unit| unit.rsplit('/').next().unwrap().split('.').next().unwrap())
+        .collect();
+    assert_eq!(items, BTreeSet::from(["0", "1", "2"]), "three ranges");
+    assert_eq!(job.sqlite_count("out.db", "records"), 6_000);
+}

@@ -574,6 +574,28 @@ fn read_entries(format: FileFormat, bytes: &[u8]) -> Vec<Result<Entry, SourceErr
     entries
 }
 
+/// Reads `bytes` as a file of `format` in ranges cut at `split_bytes`, one range after
+/// another, and whole; returns both (errors as text).
+type Read = Vec<Result<Entry, String>>;
+fn read_split_and_whole(format: FileFormat, bytes: &[u8], split_bytes: u64) -> (Read, Read) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("input");
+    std::fs::write(&path, bytes).unwrap();
+    let pattern = glob::Pattern::escape(&path.display().to_string());
+    let context = OpenContext::local("props", 64);
+    let read = |split_bytes: u64| -> Read {
+        let source = FilesSource::new("props", &pattern, format).with_split_bytes(split_bytes);
+        source
+            .plan(100)
+            .unwrap()
+            .iter()
+            .flat_map(|item| source.open(item, &context).unwrap())
+            .map(|entry| entry.map_err(|error| error.to_string()))
+            .collect()
+    };
+    (read(split_bytes), read(0))
+}
+
 const BOM: &[u8] = b"\xef\xbb\xbf";
 
 /// Byte strings that readers may choke on.
@@ -710,6 +732,20 @@ proptest! {
                 (record, _) => prop_assert!(false, "line {} is no object: {:?}", line, record),
             }
         }
+    }
+
+    /// Big files are read in byte ranges by several producers: whatever the input and the
+    /// split, the ranges read one after another give what one reader of the whole file gives
+    /// (records, rejects, line numbers). A cap of 64 bytes makes rows over it common.
+    #[test]
+    fn files_split_ranges_read_what_the_whole_file_reads(
+        bytes in csv_bytes(),
+        csv in any::<bool>(),
+        split_bytes in 1..48u64,
+    ) {
+        let format = if csv { FileFormat::Csv } else { FileFormat::Jsonl };
+        let (split, whole) = read_split_and_whole(format, &bytes, split_bytes);
+        prop_assert_eq!(split, whole);
     }
 
     #[test]

@@ -26,6 +26,7 @@ fn work_items(count: u64) -> Vec<WorkItem> {
             index,
             origin: format!("f{index}"),
             range: None,
+            bytes: None,
         })
         .collect()
 }

@@ -414,3 +414,81 @@ fn received_units_visible_now(redis: &TestRedis, queue: &str) -> (usize, Vec<Str
     }
     (received, visible)
 }
+
+/// A file bigger than `split_bytes` is read in byte ranges by two producers: every record
+/// lands once, and a malformed line in a later range is dead-lettered with its line in the
+/// whole file.
+#[test]
+fn sqlite_split_file_lands_every_record_once_and_dead_letters_a_late_line_by_its_true_line() {
+    let redis = TestRedis::start();
+    let job = Job::new(&format!(
+        r#"
+        [job]
+        name = "split"
+        data_dir = "{{dir}}/var"
+        [redis]
+        url = "{url}"
+        [workers]
+        producers = 2
+        consumers = 2
+        [queue]
+        unit_records = 200
+        [[source]]
+        name = "orders"
+        kind = "files"
+        path = "{{dir}}/orders.jsonl"
+        format = "jsonl"
+        split_bytes = 1048576
+        [[sink]]
+        name = "local"
+        kind = "sqlite"
+        path = "{{dir}}/out.db"
+        table = "orders"
+        "#,
+        url = redis.url()
+    ));
+    // 30,000 lines of about 125 bytes: 3.7 MB, four ranges of about 1 MiB.
+    let pad = "p".repeat(100);
+    let mut lines: Vec<String> = (1..=30_000)
+        .map(|id| json!({"id": id, "pad": pad}).to_string())
+        .collect();
+    lines[27_999] = "{broken 28000".to_string();
+    job.write("orders.jsonl", &(lines.join("\n") + "\n"));
+
+    let result = job.run();
+    result.expect_code(3);
+    assert_eq!(result.summary["records_read"], 30_000);
+    assert_eq!(result.summary["sinks"]["local"]["written"], 29_999);
+    assert_eq!(result.summary["sinks"]["local"]["dead_lettered"], 1);
+    assert_eq!(job.sqlite_count("out.db", "orders"), 29_999);
+    let ids: BTreeSet<i64> = job
+        .sqlite_rows("out.db", "orders")
+        .iter()
+        .map(|row| row["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, (1..=30_000).filter(|id| *id != 28_000).collect());
+
+    // Unit ids are `job/run/source/item.chunk`: four items, the file's ranges.
+    let run = result.summary["run"].as_str().unwrap();
+    let units: Vec<String> =
+        redis.query(redis::cmd("HKEYS").arg(format!("stevedore:split:run:{run}:written:local")));
+    let items: BTreeSet<&str> = units
+        .iter()
+        .map(|unit| unit.rsplit('/').next().unwrap().split('.').next().unwrap())
+        .collect();
+    assert_eq!(items, BTreeSet::from(["0", "1", "2", "3"]));
+
+    let dead = queue_bodies(&redis, "split-local-dlq");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let letter = &dead[0]["dead_letter"];
+    assert_eq!(letter["line"], 28_000, "its line in the file: {letter}");
+    assert_eq!(dead[0]["raw"], "{broken 28000");
+    assert!(
+        letter["unit"].as_str().unwrap().contains("/orders/3."),
+        "read in the last range: {letter}"
+    );
+    assert!(
+        letter["origin"].as_str().unwrap().ends_with("orders.jsonl"),
+        "{letter}"
+    );
+}

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 
+use serde_json::Value;
 use testkit::{Job, TestRedis, kill, summary_worker, wait_for_rows, wait_until, worker_pid};
 
 fn generator_job(redis: &TestRedis, job_name: &str, count: u64, extra: &str) -> Job {
@@ -275,6 +276,95 @@ fn supervisor_restarts_a_killed_producer_which_resumes_its_item_exactly_once() {
     assert_eq!(result.summary["sinks"]["local"]["written"], 150_000);
     assert_eq!(job.sqlite_count("out.db", "orders"), 150_000);
     assert_eq!(distinct_ids(&job), (1..=150_000).collect());
+}
+
+/// A producer killed (-9) in the middle of a byte range of a big file: its restart resumes
+/// that range from its checkpoint, and every record lands once (the same units get the same
+/// ids, which the append-mode sink's ledger absorbs).
+#[test]
+fn supervisor_restarts_a_producer_killed_mid_range_which_resumes_it_exactly_once() {
+    let redis = TestRedis::start();
+    let job = Job::new(&format!(
+        r#"
+        [job]
+        name = "rangekill"
+        data_dir = "{{dir}}/var"
+        [redis]
+        url = "{url}"
+        [workers]
+        producers = 2
+        consumers = 2
+        [queue]
+        unit_records = 200
+        high_watermark = 5
+        [[source]]
+        name = "input"
+        kind = "files"
+        path = "{{dir}}/big.jsonl"
+        format = "jsonl"
+        split_bytes = 1048576
+        [[sink]]
+        name = "local"
+        kind = "sqlite"
+        path = "{{dir}}/out.db"
+        table = "orders"
+        "#,
+        url = redis.url()
+    ));
+    // 100,000 lines of about 85 bytes: 8.5 MB, nine ranges; a queue of five units at most
+    // keeps producers waiting in the middle of their ranges.
+    let pad = "p".repeat(60);
+    let text: String = (1..=100_000)
+        .map(|id| format!("{{\"id\":{id},\"pad\":\"{pad}\"}}\n"))
+        .collect();
+    job.write("big.jsonl", &text);
+    let run = job.spawn_run();
+    let pid = worker_pid(&redis, "rangekill", "producer-1");
+    let run_id: String = redis.query(redis::cmd("GET").arg("stevedore:rangekill:current_run"));
+    let key = |suffix: &str| format!("stevedore:rangekill:run:{run_id}:{suffix}");
+    // The range producer 1 holds with some of its units sent, if it holds one.
+    let held_range = || -> Option<(Value, u64)> {
+        let item: Option<String> = redis.query(redis::cmd("HGET").arg(key("items:held")).arg("1"));
+        let item: Value = serde_json::from_str(&item?).unwrap();
+        item.get("bytes")?;
+        let checkpoint: Option<u64> = redis.query(
+            redis::cmd("HGET")
+                .arg(key("checkpoint"))
+                .arg(format!("input/{}", item["index"])),
+        );
+        checkpoint.filter(|sent| *sent > 0).map(|sent| (item, sent))
+    };
+    // Stopped, the producer cannot move on: kill it only if what was seen still holds.
+    let mut killed = None;
+    wait_until("producer 1 is stopped in the middle of a range", || {
+        if held_range().is_none() {
+            return false;
+        }
+        kill(pid, "STOP");
+        killed = held_range();
+        kill(pid, if killed.is_some() { "KILL" } else { "CONT" });
+        killed.is_some()
+    });
+    let (item, sent) = killed.unwrap();
+    assert!(item["bytes"]["first_line"].as_u64().unwrap() >= 1, "{item}");
+
+    let result = job.finish(run);
+    result.expect_code(0);
+    let producer = summary_worker(&result.summary, "producer", 1);
+    assert!(producer["restarts"].as_u64().unwrap() >= 1, "{producer}");
+    let resumed: u64 = redis.query(
+        redis::cmd("HGET")
+            .arg(key("checkpoint"))
+            .arg(format!("input/{}", item["index"])),
+    );
+    assert!(resumed >= sent, "the range was finished after {sent} units");
+    assert_eq!(
+        result.summary["records_read"], 100_000,
+        "a re-read range is counted once"
+    );
+    assert_eq!(result.summary["sinks"]["local"]["written"], 100_000);
+    assert_eq!(job.sqlite_count("out.db", "orders"), 100_000);
+    assert_eq!(distinct_ids(&job), (1..=100_000).collect());
 }
 
 #[test]

@@ -285,27 +285,33 @@ impl JobConfig {
     /// What a run's unit ids and checkpoints depend on: the sources, the unit size in records
     /// and in bytes. A run may only be resumed under the same basis.
     pub fn plan_basis(&self) -> String {
-        self.basis(Some(self.queue.max_record_bytes))
+        self.basis(Some(self.queue.max_record_bytes), true)
     }
 
     /// The basis a build without the byte budget wrote (units cut by record count only), when
     /// the config would have had it: such a run resumes, cut as it was planned.
     pub fn count_only_plan_basis(&self) -> Option<String> {
-        (self.queue.max_record_bytes == raw::DEFAULT_MAX_RECORD_BYTES).then(|| self.basis(None))
+        (self.queue.max_record_bytes == raw::DEFAULT_MAX_RECORD_BYTES)
+            .then(|| self.basis(None, false))
     }
 
-    fn basis(&self, unit_bytes: Option<usize>) -> String {
+    /// The basis a build from before big files were cut into ranges wrote: such a run
+    /// resumes, its files read whole as they were planned.
+    pub fn before_split_plan_basis(&self) -> String {
+        self.basis(Some(self.queue.max_record_bytes), false)
+    }
+
+    fn basis(&self, unit_bytes: Option<usize>, split: bool) -> String {
         let mut basis = format!("unit_records={}", self.queue.unit_records);
         if let Some(bytes) = unit_bytes {
             basis.push_str(&format!(" {UNIT_BYTES_BASIS}{bytes}"));
         }
         for source in &self.sources {
-            basis.push_str(&format!(
-                "; {} {} {}",
-                source.name,
-                source.kind,
-                source.settings.basis()
-            ));
+            let settings = match split {
+                true => source.settings.basis(),
+                false => source.settings.basis_before_split(),
+            };
+            basis.push_str(&format!("; {} {} {settings}", source.name, source.kind));
         }
         basis
     }

@@ -327,3 +327,38 @@ fn config_sql_sinks_refuse_map_columns_that_differ_only_in_case() {
         "{report}"
     );
 }
+
+#[test]
+fn config_files_split_bytes_is_0_or_at_least_a_mebibyte_and_part_of_the_plan_basis() {
+    let with_split = |value: &str| {
+        VALID.replace(
+            "format = \"jsonl\"",
+            &format!("format = \"jsonl\"\nsplit_bytes = {value}"),
+        )
+    };
+    let report = problems(&with_split("4096"));
+    assert!(
+        report.contains(
+            "source[0] (orders).split_bytes: must be 0 (read every file whole) or at least \
+             1048576 (1 MiB), not 4096"
+        ),
+        "{report}"
+    );
+    assert!(problems(&with_split("-1")).contains("split_bytes"));
+    let default = parse(VALID).unwrap();
+    let off = parse(&with_split("0")).unwrap();
+    assert!(
+        default
+            .plan_basis()
+            .contains("orders files data/orders-*.jsonl Jsonl split_bytes=67108864;"),
+        "{}",
+        default.plan_basis()
+    );
+    assert_ne!(off.plan_basis(), default.plan_basis());
+    // What a build from before ranges wrote: its plans are resumed, their files read whole.
+    assert!(!default.before_split_plan_basis().contains("split_bytes"));
+    assert_eq!(
+        off.before_split_plan_basis(),
+        default.before_split_plan_basis()
+    );
+}

@@ -1,15 +1,20 @@
 //! The `files` source: every file matching a glob is one work item, read line by line (JSONL)
-//! or record by record (CSV with a header row). A line that does not parse becomes a
-//! [`Reject`] carrying its line number, raw text and reason; the rest of the file still loads.
+//! or record by record (CSV with a header row); a file bigger than `split_bytes` is several,
+//! byte ranges that producers read side by side (see [`split`]). A line that does not parse
+//! becomes a [`Reject`] carrying its line number in the file, raw text and reason; the rest
+//! of the file still loads.
+
+mod split;
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::{Entries, Entry, OpenContext, Source, SourceError, SourceKind, WorkItem};
+use super::{ByteRange, Entries, Entry, OpenContext, Source, SourceError, SourceKind, WorkItem};
 use crate::config::SourceConfig;
 use crate::settings::{KindSettings, Section};
 use crate::unit::Reject;
@@ -28,10 +33,36 @@ pub struct FilesConfig {
     pub path: String,
     /// How each file is parsed.
     pub format: FileFormat,
+    /// A file bigger than this many bytes is read in ranges of about this size, so that
+    /// producers share it; 0 reads every file whole.
+    #[serde(default = "default_split_bytes")]
+    pub split_bytes: u64,
+}
+
+/// Ranges of 64 MiB: a second or so of one producer's reading, and few work items even for
+/// files of many gigabytes.
+const DEFAULT_SPLIT_BYTES: u64 = 64 << 20;
+
+/// The smallest `split_bytes` but 0: smaller ranges would share nothing worth a work item of
+/// its own (and a big file would make millions of them).
+const MIN_SPLIT_BYTES: u64 = 1 << 20;
+
+fn default_split_bytes() -> u64 {
+    DEFAULT_SPLIT_BYTES
 }
 
 impl KindSettings for FilesConfig {
+    /// The split is part of it: the items of a plan depend on it, and a build that does not
+    /// know ranges would read each range of a plan as the whole file.
     fn basis(&self) -> String {
+        format!(
+            "{} split_bytes={}",
+            self.basis_before_split(),
+            self.split_bytes
+        )
+    }
+
+    fn basis_before_split(&self) -> String {
         format!("{} {:?}", self.path, self.format)
     }
 }
@@ -46,18 +77,32 @@ pub enum FileFormat {
     Csv,
 }
 
-/// Reads `[[source]] kind = "files"`: a glob that parses, and a format.
+/// Reads `[[source]] kind = "files"`: a glob that parses, a format, and a split of 0 or at
+/// least [`MIN_SPLIT_BYTES`].
 fn read(section: &mut Section<'_>) -> Option<Arc<dyn KindSettings>> {
     let config: FilesConfig = section.read()?;
     if let Err(error) = glob::Pattern::new(&config.path) {
         section.problem("path", format!("not a valid glob: {error}"));
+    }
+    if (1..MIN_SPLIT_BYTES).contains(&config.split_bytes) {
+        section.problem(
+            "split_bytes",
+            format!(
+                "must be 0 (read every file whole) or at least {MIN_SPLIT_BYTES} (1 MiB), \
+                 not {}",
+                config.split_bytes
+            ),
+        );
     }
     Some(Arc::new(config))
 }
 
 fn build(config: &SourceConfig) -> Box<dyn Source> {
     let files: &FilesConfig = config.settings();
-    Box::new(FilesSource::new(&config.name, &files.path, files.format))
+    Box::new(
+        FilesSource::new(&config.name, &files.path, files.format)
+            .with_split_bytes(files.split_bytes),
+    )
 }
 
 /// The `files` source.
@@ -65,16 +110,49 @@ pub struct FilesSource {
     name: String,
     pattern: String,
     format: FileFormat,
+    split_bytes: u64,
 }
 
 impl FilesSource {
-    /// Files matching `pattern`, parsed as `format`.
+    /// Files matching `pattern`, parsed as `format`; one over 64 MiB is read in ranges.
     pub fn new(name: &str, pattern: &str, format: FileFormat) -> FilesSource {
         FilesSource {
             name: name.to_string(),
             pattern: pattern.to_string(),
             format,
+            split_bytes: DEFAULT_SPLIT_BYTES,
         }
+    }
+
+    /// The same source, reading a file bigger than `split_bytes` in ranges of about that
+    /// size (0: every file whole). Any size is honoured here; the job file allows 0 or at
+    /// least 1 MiB.
+    pub fn with_split_bytes(mut self, split_bytes: u64) -> FilesSource {
+        self.split_bytes = split_bytes;
+        self
+    }
+
+    /// How file `path` is read: in byte ranges, or whole (`[None]`). A file whose cuts cannot
+    /// be trusted is read whole, with a warning saying why.
+    fn ranges(&self, path: &str) -> Result<Vec<Option<ByteRange>>, SourceError> {
+        let size = std::fs::metadata(path)
+            .map_err(|error| self.io_error(path, error))?
+            .len();
+        let cut = split::cut(Path::new(path), self.format, size, self.split_bytes)
+            .map_err(|error| self.io_error(path, error))?;
+        Ok(match cut {
+            split::Cut::Whole => vec![None],
+            split::Cut::Ranges(ranges) => ranges.into_iter().map(Some).collect(),
+            split::Cut::Unsafe(why) => {
+                tracing::warn!(
+                    source = %self.name,
+                    file = %path,
+                    size,
+                    "{path} is not split into ranges: {why}; one producer reads it whole"
+                );
+                vec![None]
+            }
+        })
     }
 
     fn io_error(&self, path: &str, error: std::io::Error) -> SourceError {
@@ -108,7 +186,19 @@ impl Source for FilesSource {
             });
         }
         files.sort();
-        Ok(WorkItem::numbered(&self.name, files))
+        let mut items = Vec::with_capacity(files.len());
+        for origin in files {
+            for bytes in self.ranges(&origin)? {
+                items.push(WorkItem {
+                    source: self.name.clone(),
+                    index: items.len() as u64,
+                    origin: origin.clone(),
+                    range: None,
+                    bytes,
+                });
+            }
+        }
+        Ok(items)
     }
 
     fn open(&self, item: &WorkItem, context: &OpenContext) -> Result<Entries, SourceError> {
@@ -117,22 +207,46 @@ impl Source for FilesSource {
             source_name: self.name.clone(),
             path: item.origin.clone(),
         };
-        let file = File::open(&item.origin).map_err(|error| origin.error(error))?;
-        let mut reader = BufReader::with_capacity(256 * 1024, file);
-        skip_bom(&mut reader).map_err(|error| origin.error(error))?;
+        let mut file = File::open(&item.origin).map_err(|error| origin.error(error))?;
+        let range = match item.bytes {
+            Some(range) => origin.seek(&mut file, range)?,
+            None => ByteRange {
+                start: 0,
+                end: u64::MAX,
+                first_line: 1,
+            },
+        };
+        let length = range.end.saturating_sub(range.start);
+        let mut reader = BufReader::with_capacity(256 * 1024, file.take(length));
+        if range.start == 0 {
+            skip_bom(&mut reader).map_err(|error| origin.error(error))?;
+        }
         Ok(match self.format {
             FileFormat::Jsonl => Box::new(JsonLines {
                 reader,
-                line: 0,
+                line: range.first_line.saturating_sub(1),
                 buffer: Vec::new(),
                 max_bytes: max_record_bytes,
                 origin,
             }),
-            FileFormat::Csv => Box::new(CsvRecords {
-                rows: CsvRows::new(reader, max_record_bytes),
-                header: None,
-                origin,
-            }),
+            FileFormat::Csv => {
+                let mut rows = CsvRows::new(reader, max_record_bytes);
+                rows.line = range.first_line;
+                // A range after the first begins past the header row: it is read from the
+                // file's start.
+                let header = match range.start {
+                    0 => None,
+                    _ => Some(origin.csv_header(max_record_bytes)?),
+                };
+                if let Some(Ok(names)) = &header {
+                    rows.max_fields = names.len();
+                }
+                Box::new(CsvRecords {
+                    rows,
+                    header,
+                    origin,
+                })
+            }
         })
     }
 }
@@ -174,6 +288,44 @@ impl FileOrigin {
             source_name: self.source_name.clone(),
             path: self.path.clone(),
             error,
+        }
+    }
+
+    /// Why the file cannot be read as planned: it changed since.
+    fn changed(&self, what: String) -> SourceError {
+        SourceError::Invalid {
+            source_name: self.source_name.clone(),
+            reason: format!(
+                "{}: {what}; the file changed since the run was planned, so its ranges no \
+                 longer fall between records",
+                self.path
+            ),
+        }
+    }
+
+    /// Positions `file` at the start of `range`, refusing a file now shorter than the range.
+    fn seek(&self, file: &mut File, range: ByteRange) -> Result<ByteRange, SourceError> {
+        let size = file.metadata().map_err(|error| self.error(error))?.len();
+        if size < range.end {
+            return Err(self.changed(format!(
+                "it is {size} bytes, and bytes {}..{} were planned to be read",
+                range.start, range.end
+            )));
+        }
+        file.seek(SeekFrom::Start(range.start))
+            .map_err(|error| self.error(error))?;
+        Ok(range)
+    }
+
+    /// The CSV file's header row, read from its start, for a range that begins past it.
+    fn csv_header(&self, max_bytes: usize) -> Result<Header, SourceError> {
+        let file = File::open(&self.path).map_err(|error| self.error(error))?;
+        let mut reader = BufReader::with_capacity(64 * 1024, file);
+        skip_bom(&mut reader).map_err(|error| self.error(error))?;
+        let mut rows = CsvRows::new(reader, max_bytes);
+        match rows.next_row().map_err(|error| self.error(error))? {
+            Some(row) => Ok(read_header(&row, max_bytes)),
+            None => Err(self.changed("it has no header row".to_string())),
         }
     }
 }
@@ -418,6 +570,8 @@ struct CsvRows<R> {
     max_fields: usize,
     /// The line the reader is on (1-based).
     line: u64,
+    /// The parser has been given input.
+    started: bool,
     output: Vec<u8>,
     ends: Vec<usize>,
     raw: Vec<u8>,
@@ -431,6 +585,7 @@ impl<R: BufRead> CsvRows<R> {
             max_bytes,
             max_fields: MAX_COLUMNS,
             line: 1,
+            started: false,
             output: vec![0; 4096],
             ends: vec![0; 64],
             raw: Vec::new(),
@@ -462,6 +617,15 @@ impl<R: BufRead> CsvRows<R> {
         let mut last_two = [0u8; 2];
         loop {
             let input = self.reader.fill_buf()?;
+            // `csv_core` drops a byte order mark at the start of its first input. The mark is
+            // ours to skip, at the start of the file only: a range of the file may begin with
+            // a row whose first character is U+FEFF. Less than a mark's three bytes first
+            // keeps every byte.
+            let input = match self.started {
+                true => input,
+                false => &input[..input.len().min(1)],
+            };
+            self.started = true;
             let (result, read, wrote, ends) = self.parser.read_record(
                 input,
                 &mut self.output[written..],
@@ -741,6 +905,218 @@ mod tests {
             Entry::Rejected(Reject { line: 3, .. })
         ));
         assert!(matches!(&entries[2], Entry::Record { line: 4, .. }));
+    }
+
+    /// Writes `bytes` as the one file of a source that splits files at `split_bytes`.
+    fn split_source(
+        format: FileFormat,
+        bytes: &[u8],
+        split_bytes: u64,
+    ) -> (tempfile::TempDir, FilesSource) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("input"), bytes).unwrap();
+        let pattern = dir.path().join("input").display().to_string();
+        let source = FilesSource::new("s", &pattern, format).with_split_bytes(split_bytes);
+        (dir, source)
+    }
+
+    /// Every entry of `items`, read one item after another, each by a reader of its own.
+    fn read_items(source: &FilesSource, items: &[WorkItem], max_record_bytes: usize) -> Vec<Entry> {
+        let context = OpenContext::local("j", max_record_bytes);
+        items
+            .iter()
+            .flat_map(|item| source.open(item, &context).unwrap().map(Result::unwrap))
+            .collect()
+    }
+
+    /// For every split size from 1 byte to past the file's size: the ranges cover the file
+    /// end to end, and read one after another they give exactly what the whole file gives
+    /// (records, rejects, their lines). Returns the most items a split made.
+    fn assert_ranges_read_as_the_whole_file(format: FileFormat, bytes: &[u8], cap: usize) -> usize {
+        let (_dir, whole) = split_source(format, bytes, 0);
+        let items = whole.plan(10).unwrap();
+        assert_eq!(items.len(), 1);
+        let expected = read_items(&whole, &items, cap);
+        let mut most = 0;
+        for split_bytes in 1..=bytes.len() as u64 + 1 {
+            let (_dir, source) = split_source(format, bytes, split_bytes);
+            let items = source.plan(10).unwrap();
+            most = most.max(items.len());
+            if items.len() > 1 {
+                let ranges: Vec<ByteRange> = items.iter().map(|item| item.bytes.unwrap()).collect();
+                assert_eq!(ranges[0].start, 0, "split {split_bytes}");
+                assert_eq!(ranges.last().unwrap().end, bytes.len() as u64);
+                for pair in ranges.windows(2) {
+                    assert_eq!(
+                        pair[0].end, pair[1].start,
+                        "split {split_bytes}: {ranges:?}"
+                    );
+                }
+            }
+            let indexes: Vec<u64> = items.iter().map(|item| item.index).collect();
+            assert_eq!(indexes, (0..items.len() as u64).collect::<Vec<_>>());
+            assert_eq!(
+                read_items(&source, &items, cap),
+                expected,
+                "split {split_bytes}: {items:?}"
+            );
+        }
+        most
+    }
+
+    #[test]
+    fn files_jsonl_ranges_read_every_line_once_for_every_split_size() {
+        let long = format!("{{\"id\":9,\"pad\":\"{}\"}}", "x".repeat(80));
+        let text = format!(
+            "{{\"id\":1}}\n\n{{\"id\":2,\"s\":\"a\\nb\"}}\r\n{{broken\n   \n[1,2]\n{long}\n\
+             \u{FEFF}{{\"id\":3}}\n{{\"id\":4,\"id\":5}}\n{{\"id\":6}}"
+        );
+        let lines = text.matches('\n').count() + 1;
+        let most = assert_ranges_read_as_the_whole_file(FileFormat::Jsonl, text.as_bytes(), 64);
+        assert_eq!(most, lines, "split by 1 byte, every line is a range");
+        let most = assert_ranges_read_as_the_whole_file(
+            FileFormat::Jsonl,
+            format!("\u{FEFF}{text}\n").as_bytes(),
+            64,
+        );
+        assert_eq!(most, lines, "with a byte order mark and a last newline");
+    }
+
+    #[test]
+    fn files_jsonl_record_straddling_a_boundary_belongs_to_the_range_it_begins_in() {
+        let text = "{\"id\":1}\n{\"id\":2,\"pad\":\"xxxxxxxxxx\"}\n{\"id\":3}\n";
+        // Offset 12 is inside record 2: its range is the one it begins in.
+        let (_dir, source) = split_source(FileFormat::Jsonl, text.as_bytes(), 12);
+        let items = source.plan(10).unwrap();
+        let ranges: Vec<ByteRange> = items.iter().map(|item| item.bytes.unwrap()).collect();
+        let second = text.find("{\"id\":3}").unwrap() as u64;
+        assert_eq!(
+            ranges,
+            [
+                ByteRange {
+                    start: 0,
+                    end: second,
+                    first_line: 1
+                },
+                ByteRange {
+                    start: second,
+                    end: text.len() as u64,
+                    first_line: 3
+                }
+            ]
+        );
+        let first = read_items(&source, &items[..1], 1024);
+        let lines: Vec<u64> = first.iter().map(Entry::line).collect();
+        assert_eq!(lines, [1, 2]);
+        assert_eq!(
+            read_items(&source, &items[1..], 1024),
+            [Entry::Record {
+                line: 3,
+                value: serde_json::json!({"id": 3})
+            }]
+        );
+    }
+
+    #[test]
+    fn files_csv_ranges_with_quoted_newlines_read_every_row_once_for_every_split_size() {
+        let long = "z".repeat(80);
+        // A quoted header name with a newline, quoted newlines and `""` in rows, a quote
+        // inside an unquoted field (data), CRLF and lone CR, blank lines, a ragged row, a row
+        // over the cap and a row beginning with U+FEFF.
+        let text = format!(
+            "\"i\nd\",note\r\n1,\"two\nlines\"\r\n\r\n2,\"say \"\"hi\"\"\n\"\n3,5\" screen\n\
+             4\n\n5,{long}\n6,\"\"\"\n\"\"\"\r7,x\n\u{FEFF}8,bom\n9,\"end\n\""
+        );
+        let most = assert_ranges_read_as_the_whole_file(FileFormat::Csv, text.as_bytes(), 64);
+        assert!(most >= 8, "cut between most rows: {most}");
+        assert_ranges_read_as_the_whole_file(
+            FileFormat::Csv,
+            format!("\u{FEFF}{text}\n").as_bytes(),
+            64,
+        );
+        // Blank lines before the header: no range begins before it ends.
+        assert_ranges_read_as_the_whole_file(
+            FileFormat::Csv,
+            format!("\n\r\n{text}").as_bytes(),
+            64,
+        );
+    }
+
+    #[test]
+    fn files_csv_every_range_reads_the_header_of_the_file() {
+        let mut text = String::from("\u{FEFF}\"id\",name,note\n");
+        for n in 1..=40 {
+            text.push_str(&format!("{n},name {n},\"note\n{n}\"\n"));
+        }
+        let (_dir, source) = split_source(FileFormat::Csv, text.as_bytes(), 64);
+        let items = source.plan(10).unwrap();
+        assert!(items.len() > 10, "{} items", items.len());
+        let mut ids = Vec::new();
+        for item in &items {
+            for entry in read_items(&source, std::slice::from_ref(item), 1024) {
+                let Entry::Record { value, line } = entry else {
+                    panic!("every row fits the header: {entry:?}")
+                };
+                let names: Vec<&String> = value.as_object().unwrap().keys().collect();
+                assert_eq!(names, ["id", "name", "note"], "{item:?}");
+                let id: u64 = value["id"].as_str().unwrap().parse().unwrap();
+                assert_eq!(line, 2 * id, "row {id} begins on line {}", 2 * id);
+                ids.push(id);
+            }
+        }
+        assert_eq!(ids, (1..=40).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn files_csv_with_unbalanced_quotes_is_one_item_read_whole() {
+        let text = "id,note\n1,ok\n2,\"never closed\n3,x\n4,y\n";
+        let (_dir, source) = split_source(FileFormat::Csv, text.as_bytes(), 4);
+        let items = source.plan(10).unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].bytes, None, "read whole, as without splitting");
+        let entries = read_items(&source, &items, 1024);
+        assert_eq!(entries.len(), 2);
+        assert!(matches!(&entries[0], Entry::Record { line: 2, .. }));
+        assert_eq!(
+            entries[1],
+            Entry::Record {
+                line: 3,
+                value: serde_json::json!({"id": "2", "note": "never closed\n3,x\n4,y\n"})
+            },
+            "the quote runs to the end of the file"
+        );
+    }
+
+    #[test]
+    fn files_range_items_round_trip_and_old_items_still_decode() {
+        let (_dir, source) = split_source(FileFormat::Jsonl, b"{}\n{}\n{}\n", 3);
+        let items = source.plan(10).unwrap();
+        assert_eq!(items.len(), 3);
+        for item in &items {
+            let decoded: WorkItem = serde_json::from_str(&item.encode()).unwrap();
+            assert_eq!(&decoded, item);
+        }
+        // A plan stored by a build from before ranges: whole files.
+        let old: WorkItem =
+            serde_json::from_str(r#"{"source":"s","index":0,"origin":"a.jsonl"}"#).unwrap();
+        assert_eq!(old.bytes, None);
+        assert!(!old.encode().contains("bytes"), "{}", old.encode());
+    }
+
+    #[test]
+    fn files_range_of_a_file_that_shrank_since_planning_is_refused() {
+        let (dir, source) = split_source(FileFormat::Jsonl, b"{}\n{}\n{}\n", 3);
+        let items = source.plan(10).unwrap();
+        std::fs::write(dir.path().join("input"), b"{}\n").unwrap();
+        let Err(error) = source.open(&items[2], &OpenContext::local("j", 1024)) else {
+            panic!("the last range is past the file's end")
+        };
+        let error = error.to_string();
+        assert!(
+            error.contains("input: it is 3 bytes, and bytes 6..9 were planned")
+                && error.contains("changed since the run was planned"),
+            "{error}"
+        );
     }
 
     #[test]

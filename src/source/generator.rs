@@ -100,6 +100,7 @@ impl Source for GeneratorSource {
                 index,
                 origin: "generator".to_string(),
                 range: Some((index * per_item, ((index + 1) * per_item).min(self.count))),
+                bytes: None,
             })
             .collect())
     }

@@ -42,7 +42,8 @@ pub fn readers() -> Vec<SourceReader> {
         .collect()
 }
 
-/// One piece of source work handed to one producer: a file, or a range of generated records.
+/// One piece of source work handed to one producer: a file, a byte range of a big file, or a
+/// range of generated records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkItem {
     /// The source's name.
@@ -54,6 +55,24 @@ pub struct WorkItem {
     /// For generated records: the half-open range of record numbers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub range: Option<(u64, u64)>,
+    /// For part of a big file: which bytes of it, so that several producers share the file.
+    /// Absent for a whole file (and in plans stored before files were split).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<ByteRange>,
+}
+
+/// The bytes `[start, end)` of a file that one work item reads: whole records only, `start`
+/// being where a record starts, so ranges read one after another read what one reader of the
+/// whole file reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ByteRange {
+    /// Offset of the range's first byte.
+    pub start: u64,
+    /// Offset just past the range's last byte.
+    pub end: u64,
+    /// The file's line number at `start` (1-based), so records report their line in the
+    /// whole file, not in the range.
+    pub first_line: u64,
 }
 
 impl WorkItem {
@@ -72,6 +91,7 @@ impl WorkItem {
                 index: index as u64,
                 origin,
                 range: None,
+                bytes: None,
             })
             .collect()
     }

@@ -430,6 +430,12 @@ async fn supervise(
                     "the unfinished run was planned by a build that cut units by record count \
                      only; it is resumed cut that way"
                 );
+            } else if config.before_split_plan_basis() == planned_from {
+                tracing::info!(
+                    run = state.run_id(),
+                    "the unfinished run was planned by a build that read every file whole; it \
+                     is resumed that way"
+                );
             } else {
                 return Err(SupervisorError::Changed {
                     run: state.run_id().to_string(),

@@ -513,6 +513,7 @@ mod tests {
             index: 0,
             origin: "f.csv".into(),
             range: None,
+            bytes: None,
         }
     }
 
