@@ -8,11 +8,6 @@ use stevedore::cli::{self, Cli, Command};
 use stevedore::worker::LogFormat;
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc instead of glibc's allocator: allocation and freeing were a third of the
-/// producer's time and the consumer's (see README, "Measured").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     keep_error_backtraces_off();
     let cli = Cli::parse();
