@@ -81,7 +81,7 @@ impl WorkItem {
         format!("{}/{}", self.source, self.index)
     }
 
-    /// One item per origin (a file, a tenant) of source `source`, numbered in order.
+    /// One item per origin (a tenant) of source `source`, numbered in order.
     pub(crate) fn numbered(source: &str, origins: Vec<String>) -> Vec<WorkItem> {
         origins
             .into_iter()
