@@ -159,7 +159,7 @@ impl Head<'_> {
 /// Records serialized once, straight into the JSON array a unit carries them in: what a
 /// producer builds a unit from, one buffer per unit instead of one string per record that
 /// is then copied into the array.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RecordArray {
     /// `[`, then the records separated by commas (the closing `]` is added when encoding).
     json: Vec<u8>,
@@ -176,9 +176,6 @@ impl RecordArray {
 
     /// Appends `value`; returns the length of its JSON text.
     pub fn push(&mut self, value: &Value) -> usize {
-        if self.json.is_empty() {
-            self.json.push(b'[');
-        }
         if self.count > 0 {
             self.json.push(b',');
         }
@@ -211,11 +208,14 @@ impl RecordArray {
 
     /// The array's JSON text, closed.
     fn into_json(mut self) -> Vec<u8> {
-        if self.json.is_empty() {
-            self.json.push(b'[');
-        }
         self.json.push(b']');
         self.json
+    }
+}
+
+impl Default for RecordArray {
+    fn default() -> RecordArray {
+        RecordArray::with_capacity(0)
     }
 }
 
