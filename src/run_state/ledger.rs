@@ -110,9 +110,8 @@ impl UnitLedger<'_> {
             queue_set,
             queue_messages,
         ];
-        let token = self.state.fence();
         let args = [
-            token.map(|t| t.to_string()).unwrap_or_default(),
+            self.state.fence_arg(),
             done.unit.to_string(),
             done.written.to_string(),
             done.dead.to_string(),
@@ -126,14 +125,7 @@ impl UnitLedger<'_> {
             .link
             .script(what, &RECORD_AND_ACK, &keys, &args)
             .await?;
-        match token {
-            Some(token) if highest >= 0 => Err(LinkError::Fenced {
-                what: what.to_string(),
-                token,
-                highest: highest as u64,
-            }),
-            _ => Ok(()),
-        }
+        self.state.refused_if_stale(what, highest)
     }
 
     /// Records columns a sink added to its target for new fields (first unit that did wins).
@@ -224,10 +216,7 @@ impl UnitLedger<'_> {
             RunState::fence_key(&self.state.job),
         ];
         let token = self.state.fence();
-        let args = [
-            unit.to_string(),
-            token.map(|t| t.to_string()).unwrap_or_default(),
-        ];
+        let args = [unit.to_string(), self.state.fence_arg()];
         let what = "starting an attempt";
         let answer: i64 = self
             .state

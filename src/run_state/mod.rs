@@ -157,19 +157,32 @@ impl RunState {
             ]);
         }
         let highest: i64 = self.link.script(what, &FENCED_WRITES, &keys, &args).await?;
-        if highest >= 0 {
-            return Err(LinkError::Fenced {
-                what: what.to_string(),
-                token,
-                highest: highest as u64,
-            });
-        }
-        Ok(())
+        self.refused_if_stale(what, highest)
     }
 
     /// The fencing token this state writes under, if any.
     pub(crate) fn fence(&self) -> Option<u64> {
         self.fence
+    }
+
+    /// The fencing token as a script argument: '' when this state writes unfenced.
+    pub(crate) fn fence_arg(&self) -> String {
+        self.fence
+            .map(|token| token.to_string())
+            .unwrap_or_default()
+    }
+
+    /// The meaning of a fenced write script's answer: -1 when it wrote, else the job's highest
+    /// token, which refuses this writer ([`LinkError::Fenced`]).
+    pub(crate) fn refused_if_stale(&self, what: &str, highest: i64) -> Result<(), LinkError> {
+        match self.fence {
+            Some(token) if highest >= 0 => Err(LinkError::Fenced {
+                what: what.to_string(),
+                token,
+                highest: highest as u64,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Opens the job's unfinished run if there is one (`resumed = true`), else starts `fresh`.

@@ -195,13 +195,12 @@ impl WorkItems<'_> {
             RunState::fence_key(&self.state.job),
             self.state.key("items:failed"),
         ];
-        let token = self.state.fence();
         let args = [
             producer.to_string(),
             item.encode(),
             item.key(),
             read.to_string(),
-            token.map(|t| t.to_string()).unwrap_or_default(),
+            self.state.fence_arg(),
             failure.unwrap_or_default().to_string(),
         ];
         let what = "completing a work item";
@@ -210,14 +209,7 @@ impl WorkItems<'_> {
             .link
             .script(what, &COMPLETE, &keys, &args)
             .await?;
-        match token {
-            Some(token) if highest >= 0 => Err(LinkError::Fenced {
-                what: what.into(),
-                token,
-                highest: highest as u64,
-            }),
-            _ => Ok(()),
-        }
+        self.state.refused_if_stale(what, highest)
     }
 
     /// Work items not yet done: pending or held by a producer.
