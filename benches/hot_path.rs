@@ -4,7 +4,9 @@
 //! - `producer UNITS`: generate each record, serialize it into its unit's array, encode
 //!   units of 500 (zstd above 16 KiB), as a run's producer does;
 //! - `consumer UNITS`: decode those units and map every record with the pass-through mapping
-//!   (what a sink that reads fields gets without a `[sink.map]`).
+//!   (what a sink that reads fields gets without a `[sink.map]`);
+//! - `jsonl FILE`: read a JSONL file with the files source, put each record into its unit's
+//!   array and encode units of 500, as a run's producer reading a file does.
 //!
 //! The script runs each mode at two sizes and divides the difference by the records between
 //! them, so start-up does not count, and takes the producer's count off the consumer's (which
@@ -14,7 +16,7 @@
 use std::hint::black_box;
 
 use stevedore::mapping::Mapping;
-use stevedore::source::generated_record;
+use stevedore::source::{Entry, FileFormat, FilesSource, OpenContext, Source, generated_record};
 use stevedore::unit::{DataUnit, OutgoingUnit, RecordArray};
 
 const UNIT: u64 = 500;
@@ -41,6 +43,39 @@ fn encoded_unit(index: u64) -> Vec<u8> {
     .encode(COMPRESS_ABOVE)
 }
 
+/// Reads the JSONL file at `path` into units of 500 records, each encoded; returns how many
+/// records were read.
+fn read_jsonl_units(path: &str) -> u64 {
+    let source = FilesSource::new("bench", path, FileFormat::Jsonl).with_split_bytes(0);
+    let item = source.plan(500).expect("the file plans").remove(0);
+    let entries = source
+        .open(&item, &OpenContext::local("bench", 16 << 20))
+        .expect("the file opens");
+    let (mut records, mut read) = (RecordArray::default(), 0);
+    for entry in entries {
+        match entry.expect("the file reads") {
+            Entry::Text { record, .. } => records.push_text(&record),
+            Entry::Record { value, .. } => records.push(&value),
+            other => panic!("the bench file holds only records: {other:?}"),
+        };
+        read += 1;
+        if records.len() == UNIT as usize {
+            let unit = OutgoingUnit {
+                id: format!("bench/run/file/0.{read}"),
+                source: "file".into(),
+                origin: path.into(),
+                first_line: read - UNIT + 1,
+                last_line: read,
+                records: std::mem::take(&mut records),
+                lines: Vec::new(),
+                rejects: Vec::new(),
+            };
+            black_box(unit.encode(COMPRESS_ABOVE));
+        }
+    }
+    read
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let units: u64 = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(0);
@@ -60,6 +95,9 @@ fn main() {
                     black_box(mapping.apply_raw(record).expect("records map"));
                 }
             }
+        }
+        Some("jsonl") => {
+            black_box(read_jsonl_units(&args[1]));
         }
         _ => println!("hot_path: run by bench/instructions.sh; nothing to do under `cargo bench`"),
     }

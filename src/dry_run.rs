@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use crate::config::JobConfig;
 use crate::plan::plan_sources;
@@ -173,15 +174,12 @@ fn read_and_map(config: &JobConfig) -> Result<(u64, BTreeMap<String, SinkReport>
                 Entry::Record { line, value } => {
                     let raw = serde_json::value::to_raw_value(&value)
                         .expect("a parsed record serializes");
-                    for sink in &config.sinks {
-                        let counted = per_sink.entry(sink.name.clone()).or_default();
-                        match sink.map.apply_raw(&raw) {
-                            Ok(_) => counted.would_write += 1,
-                            Err(error) => {
-                                note(counted, format!("{origin} line {line}: {error}"));
-                            }
-                        }
-                    }
+                    map_for_each_sink(config, &mut per_sink, &origin, line, &raw);
+                }
+                Entry::Text { line, record } => {
+                    let raw: &RawValue =
+                        serde_json::from_str(record.as_str()).expect("a checked record is JSON");
+                    map_for_each_sink(config, &mut per_sink, &origin, line, raw);
                 }
                 Entry::Rejected(reject) => {
                     for sink in &config.sinks {
@@ -197,6 +195,25 @@ fn read_and_map(config: &JobConfig) -> Result<(u64, BTreeMap<String, SinkReport>
         }
     }
     Ok((read, per_sink))
+}
+
+/// Maps one record for every sink, counting what each would write or dead-letter.
+fn map_for_each_sink(
+    config: &JobConfig,
+    per_sink: &mut BTreeMap<String, SinkReport>,
+    origin: &str,
+    line: u64,
+    raw: &RawValue,
+) {
+    for sink in &config.sinks {
+        let counted = per_sink.entry(sink.name.clone()).or_default();
+        match sink.map.apply_raw(raw) {
+            Ok(_) => counted.would_write += 1,
+            Err(error) => {
+                note(counted, format!("{origin} line {line}: {error}"));
+            }
+        }
+    }
 }
 
 fn note(counted: &mut SinkReport, reason: String) {

@@ -19,6 +19,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+mod record_text;
+
+pub use record_text::RecordText;
+
 /// One record as the JSON text its producer wrote. Consumers parse only the fields their
 /// mappings need, and dead letters carry the record exactly as it was read.
 pub type Record = Box<RawValue>;
@@ -176,13 +180,25 @@ impl RecordArray {
 
     /// Appends `value`; returns the length of its JSON text.
     pub fn push(&mut self, value: &Value) -> usize {
+        let start = self.start_record();
+        serde_json::to_writer(&mut self.json, value).expect("JSON values always serialize");
+        self.json.len() - start
+    }
+
+    /// Appends a record that is already JSON text, as it is; returns its length.
+    pub fn push_text(&mut self, record: &RecordText) -> usize {
+        self.start_record();
+        self.json.extend_from_slice(record.as_str().as_bytes());
+        record.as_str().len()
+    }
+
+    /// Counts one more record and returns where its text begins.
+    fn start_record(&mut self) -> usize {
         if self.count > 0 {
             self.json.push(b',');
         }
-        let start = self.json.len();
-        serde_json::to_writer(&mut self.json, value).expect("JSON values always serialize");
         self.count += 1;
-        self.json.len() - start
+        self.json.len()
     }
 
     /// Takes back the record just pushed, `length` bytes long (see [`RecordArray::push`]),

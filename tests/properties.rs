@@ -717,7 +717,10 @@ proptest! {
             let entry = entry.expect("a readable file yields no I/O errors");
             prop_assert_eq!(entry.line(), line);
             match (entry, serde_json::from_slice::<Value>(text)) {
-                (Entry::Record { value, .. }, Ok(parsed @ Value::Object(_))) => {
+                (Entry::Text { record, .. }, Ok(parsed @ Value::Object(_))) => {
+                    // The line itself, trimmed, and it means what a parse of it means.
+                    prop_assert_eq!(record.as_str().as_bytes(), text);
+                    let value: Value = serde_json::from_str(record.as_str()).unwrap();
                     prop_assert_eq!(value, parsed)
                 }
                 (Entry::Rejected(reject), Ok(Value::Object(_)))
@@ -760,6 +763,7 @@ proptest! {
                     prop_assert!(fields.values().all(Value::is_string), "CSV values are strings");
                 }
                 Ok(Entry::Rejected(reject)) => prop_assert!(!reject.reason.is_empty()),
+                Ok(Entry::Text { .. }) => prop_assert!(false, "CSV rows are read into values"),
                 Ok(Entry::Resumable { .. }) => prop_assert!(false, "files never resume mid-file"),
                 // An unreadable header row ends the file with an error.
                 Err(_) => {}

@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 use super::{ByteRange, Entries, Entry, OpenContext, Source, SourceError, SourceKind, WorkItem};
 use crate::config::SourceConfig;
 use crate::settings::{KindSettings, Section};
-use crate::unit::Reject;
+use crate::unit::{RecordText, Reject};
 
 /// The `files` kind.
 pub(super) const KIND: SourceKind = SourceKind {
@@ -386,134 +386,11 @@ impl<R: BufRead> Iterator for JsonLines<R> {
                     reason,
                 })))
             };
-            return match parse_object(text) {
-                Ok(object) => Some(Ok(Entry::Record {
-                    line,
-                    value: Value::Object(object),
-                })),
+            return match RecordText::check(text) {
+                Ok(record) => Some(Ok(Entry::Text { line, record })),
                 Err(reason) => reject(reason),
             };
         }
-    }
-}
-
-/// Parses one JSONL line into an object, refusing a field named twice in any object of it: a
-/// plain parse would keep the last value and silently drop the other.
-fn parse_object(text: &[u8]) -> Result<Map<String, Value>, String> {
-    use serde::de::Deserializer as _;
-
-    let mut parser = serde_json::Deserializer::from_slice(text);
-    let parsed = parser
-        .deserialize_map(UniqueFields)
-        .and_then(|object| parser.end().map(|()| object));
-    parsed.map_err(|error| {
-        let message = error.to_string();
-        if message.starts_with("invalid type") {
-            // Not an object: say whether it is JSON at all.
-            match serde_json::from_slice::<serde::de::IgnoredAny>(text) {
-                Ok(_) => "line is valid JSON but not an object".to_string(),
-                Err(error) => format!("invalid JSON: {error}"),
-            }
-        } else if message.starts_with("field `") {
-            message
-                .split(" at line ")
-                .next()
-                .unwrap_or(&message)
-                .to_string()
-        } else {
-            format!("invalid JSON: {error}")
-        }
-    })
-}
-
-/// Builds JSON values like `serde_json::Value` does, refusing an object that names a field
-/// twice, at any depth.
-struct UniqueFields;
-
-impl<'de> serde::de::Visitor<'de> for UniqueFields {
-    type Value = Map<String, Value>;
-
-    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
-        formatter.write_str("a JSON object")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        use serde::de::Error as _;
-        let mut object = Map::new();
-        while let Some(field) = map.next_key::<String>()? {
-            if object.contains_key(&field) {
-                return Err(A::Error::custom(format!(
-                    "field `{field}` appears twice; the record is refused rather than keeping \
-                     one of its values"
-                )));
-            }
-            let value = map.next_value_seed(UniqueValue)?;
-            object.insert(field, value);
-        }
-        Ok(object)
-    }
-}
-
-/// Any JSON value, its objects read with [`UniqueFields`].
-struct UniqueValue;
-
-impl<'de> serde::de::DeserializeSeed<'de> for UniqueValue {
-    type Value = Value;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for UniqueValue {
-    type Value = Value;
-
-    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
-        formatter.write_str("a JSON value")
-    }
-
-    fn visit_bool<E>(self, value: bool) -> Result<Value, E> {
-        Ok(Value::Bool(value))
-    }
-
-    fn visit_i64<E>(self, value: i64) -> Result<Value, E> {
-        Ok(Value::from(value))
-    }
-
-    fn visit_u64<E>(self, value: u64) -> Result<Value, E> {
-        Ok(Value::from(value))
-    }
-
-    fn visit_f64<E>(self, value: f64) -> Result<Value, E> {
-        Ok(serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number))
-    }
-
-    fn visit_str<E>(self, value: &str) -> Result<Value, E> {
-        Ok(Value::String(value.to_string()))
-    }
-
-    fn visit_string<E>(self, value: String) -> Result<Value, E> {
-        Ok(Value::String(value))
-    }
-
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element_seed(UniqueValue)? {
-            items.push(item);
-        }
-        Ok(Value::Array(items))
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Value, A::Error> {
-        UniqueFields.visit_map(map).map(Value::Object)
     }
 }
 
@@ -844,6 +721,12 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    /// The entry a JSONL line `json` reads as.
+    fn jsonl_record(line: u64, json: &str) -> Entry {
+        let record = RecordText::check(json.as_bytes()).unwrap();
+        Entry::Text { line, record }
+    }
+
     fn read_all(format: FileFormat, text: &str) -> Vec<Entry> {
         read_capped(format, text.as_bytes(), 1024)
     }
@@ -872,7 +755,7 @@ mod tests {
             "{\"id\":1}\n{broken\n\n[1,2]\n{\"id\":2}",
         );
         assert_eq!(entries.len(), 4);
-        assert!(matches!(&entries[0], Entry::Record { line: 1, .. }));
+        assert!(matches!(&entries[0], Entry::Text { line: 1, .. }));
         let Entry::Rejected(reject) = &entries[1] else {
             panic!("line 2 is broken")
         };
@@ -886,7 +769,7 @@ mod tests {
             &entries[2],
             Entry::Rejected(Reject { line: 4, .. })
         ));
-        assert!(matches!(&entries[3], Entry::Record { line: 5, .. }));
+        assert!(matches!(&entries[3], Entry::Text { line: 5, .. }));
     }
 
     #[test]
@@ -1010,10 +893,7 @@ mod tests {
         assert_eq!(lines, [1, 2]);
         assert_eq!(
             read_items(&source, &items[1..], 1024),
-            [Entry::Record {
-                line: 3,
-                value: serde_json::json!({"id": 3})
-            }]
+            [jsonl_record(3, r#"{"id":3}"#)]
         );
     }
 
@@ -1132,7 +1012,9 @@ mod tests {
     fn reject(entry: &Entry) -> &Reject {
         match entry {
             Entry::Rejected(reject) => reject,
-            Entry::Record { line, .. } => panic!("line {line} should be rejected"),
+            Entry::Record { line, .. } | Entry::Text { line, .. } => {
+                panic!("line {line} should be rejected")
+            }
             Entry::Resumable { .. } => panic!("files are never resumed mid-file"),
         }
     }
@@ -1147,14 +1029,8 @@ mod tests {
         assert_eq!(
             entries,
             vec![
-                Entry::Record {
-                    line: 1,
-                    value: serde_json::json!({"id": 1})
-                },
-                Entry::Record {
-                    line: 2,
-                    value: serde_json::json!({"id": 2})
-                },
+                jsonl_record(1, r#"{"id":1}"#),
+                jsonl_record(2, r#"{"id":2}"#),
             ]
         );
     }
@@ -1180,7 +1056,7 @@ mod tests {
         let text = format!("{{\"id\":1}}\n{long}\n{{\"id\":3}}\n{}", "y".repeat(3000));
         let entries = read_capped(FileFormat::Jsonl, text.as_bytes(), 1024);
         assert_eq!(entries.len(), 4);
-        assert!(matches!(&entries[0], Entry::Record { line: 1, .. }));
+        assert!(matches!(&entries[0], Entry::Text { line: 1, .. }));
         let skipped = reject(&entries[1]);
         assert_eq!(skipped.line, 2);
         assert!(
@@ -1192,7 +1068,7 @@ mod tests {
             skipped.reason
         );
         assert!(skipped.raw.starts_with("{\"id\":2,\"pad\":\"xxx") && skipped.raw.len() < 300);
-        assert!(matches!(&entries[2], Entry::Record { line: 3, .. }));
+        assert!(matches!(&entries[2], Entry::Text { line: 3, .. }));
         // A last line without a newline, over the cap, is measured to the end of the file.
         assert!(reject(&entries[3]).reason.starts_with("line is 3000 bytes"));
     }
@@ -1265,7 +1141,7 @@ mod tests {
             let text = format!("{exact}{end}{exact}x{end}");
             let entries = read_capped(FileFormat::Jsonl, text.as_bytes(), 1024);
             assert!(
-                matches!(&entries[0], Entry::Record { line: 1, .. }),
+                matches!(&entries[0], Entry::Text { line: 1, .. }),
                 "{end:?}"
             );
             let over = reject(&entries[1]);

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::config::{ReadSource, SourceConfig, SourceReader};
 use crate::queue::RedisLink;
 
-use crate::unit::Reject;
+use crate::unit::{RecordText, Reject};
 
 pub use files::{FileFormat, FilesConfig, FilesSource};
 pub use generator::{GeneratorConfig, GeneratorSource, record as generated_record};
@@ -112,6 +112,14 @@ pub enum Entry {
         /// The record.
         value: Value,
     },
+    /// A record that arrived as JSON text (a JSONL line), checked and passed on as it was
+    /// written rather than parsed into a value and written out again.
+    Text {
+        /// Line in the origin, 1-based.
+        line: u64,
+        /// The record's text.
+        record: RecordText,
+    },
     /// Unparseable input, kept with its reason for the dead-letter queues.
     Rejected(Reject),
     /// Everything before this entry is read; opening the item again with
@@ -127,7 +135,7 @@ impl Entry {
     /// The entry's line (or record number) in its origin.
     pub fn line(&self) -> u64 {
         match self {
-            Entry::Record { line, .. } => *line,
+            Entry::Record { line, .. } | Entry::Text { line, .. } => *line,
             Entry::Rejected(reject) => reject.line,
             Entry::Resumable { .. } => 0,
         }

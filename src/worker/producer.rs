@@ -422,27 +422,11 @@ impl Cutter {
         match entry {
             Entry::Record { value, .. } => {
                 let length = self.records.push(&value);
-                if length > self.max_record_bytes {
-                    // Read within the cap, but its JSON (escapes, CSV names) is over it.
-                    let raw: String = self
-                        .records
-                        .pop(length)
-                        .chars()
-                        .take(PREVIEW_CHARS)
-                        .collect();
-                    self.bytes += raw.len();
-                    self.rejects.push(Reject {
-                        line,
-                        raw,
-                        reason: format!(
-                            "record is {length} bytes as JSON, over queue.max_record_bytes ({})",
-                            self.max_record_bytes
-                        ),
-                    });
-                } else {
-                    self.bytes += length;
-                    self.lines.push(line);
-                }
+                self.keep_within_cap(line, length);
+            }
+            Entry::Text { record, .. } => {
+                let length = self.records.push_text(&record);
+                self.keep_within_cap(line, length);
             }
             Entry::Resumable { .. } => {}
             Entry::Rejected(mut reject) => {
@@ -462,6 +446,31 @@ impl Cutter {
         }
         let entries = self.records.len() + self.rejects.len();
         (entries >= self.size || self.bytes >= self.max_bytes).then(|| self.cut())
+    }
+
+    /// Keeps the record just pushed, `length` bytes of JSON, or refuses it when it is over
+    /// the cap: read within the cap, its JSON (escapes, CSV names) can still be over it.
+    fn keep_within_cap(&mut self, line: u64, length: usize) {
+        if length <= self.max_record_bytes {
+            self.bytes += length;
+            self.lines.push(line);
+            return;
+        }
+        let raw: String = self
+            .records
+            .pop(length)
+            .chars()
+            .take(PREVIEW_CHARS)
+            .collect();
+        self.bytes += raw.len();
+        self.rejects.push(Reject {
+            line,
+            raw,
+            reason: format!(
+                "record is {length} bytes as JSON, over queue.max_record_bytes ({})",
+                self.max_record_bytes
+            ),
+        });
     }
 
     fn finish(&mut self) -> Option<OutgoingUnit> {

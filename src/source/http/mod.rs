@@ -203,7 +203,7 @@ impl Source for HttpSource {
         for entry in entries {
             match entry {
                 Ok(Entry::Resumable { .. }) => break,
-                Ok(Entry::Record { .. }) => records += 1,
+                Ok(Entry::Record { .. } | Entry::Text { .. }) => records += 1,
                 Ok(Entry::Rejected(_)) => refused += 1,
                 Err(error) => return Some(Err(error)),
             }
