@@ -222,6 +222,29 @@ async fn queue_held_items_of_dead_producers_are_released_on_resume() {
 }
 
 #[tokio::test]
+async fn queue_an_unreadable_work_item_is_an_error_not_the_end_of_the_work() {
+    let redis = TestRedis::start();
+    let link = Arc::new(RedisLink::new(&redis.url()).unwrap());
+    let (state, _) = RunState::begin(link, "garbled", "run-1").await.unwrap();
+    state.items().plan(&work_items(1), "basis").await.unwrap();
+    // An item this build cannot read (written by hand, or by another version) comes first.
+    let _: i64 = redis.query(
+        redis::cmd("LPUSH")
+            .arg("stevedore:garbled:run:run-1:items:pending")
+            .arg("{not an item"),
+    );
+    let error = state.items().claim(1).await.unwrap_err().to_string();
+    assert!(
+        error.contains("claiming a work item")
+            && error.contains("stevedore:garbled:run:run-1:items:held (field 1)")
+            && error.contains("{not an item"),
+        "{error}"
+    );
+    // Not taken for "no more items": it stays held, so the run cannot end as if complete.
+    assert_eq!(state.items().unfinished_items().await.unwrap(), 2);
+}
+
+#[tokio::test]
 async fn queue_a_stale_completion_does_not_drop_the_item_a_new_producer_holds() {
     let redis = TestRedis::start();
     let link = Arc::new(RedisLink::new(&redis.url()).unwrap());

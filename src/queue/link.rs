@@ -54,6 +54,18 @@ pub enum LinkError {
         /// The job's highest token.
         highest: u64,
     },
+    /// Redis holds a value this build cannot read: reported, never taken for "nothing there".
+    #[error("{what}: redis holds {key} = {text:?}, which cannot be read: {reason}")]
+    Unreadable {
+        /// The read.
+        what: String,
+        /// Where the value is (key, and field if any).
+        key: String,
+        /// The value as stored.
+        text: String,
+        /// Why it cannot be read.
+        reason: String,
+    },
 }
 
 impl LinkError {

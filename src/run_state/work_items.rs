@@ -167,7 +167,9 @@ impl WorkItems<'_> {
                 &[producer.to_string()],
             )
             .await?;
-        Ok(text.and_then(|text| serde_json::from_str(&text).ok()))
+        let key = format!("{} (field {producer})", self.state.key("items:held"));
+        text.map(|text| decode("claiming a work item", key, text))
+            .transpose()
     }
 
     /// Marks `item` done by `producer`, with the exact number of input records it held. The
@@ -270,7 +272,9 @@ impl WorkItems<'_> {
                 &redis::Cmd::hget(self.state.key("resume"), item.key()),
             )
             .await?;
-        Ok(text.and_then(|text| serde_json::from_str(&text).ok()))
+        let key = format!("{} (field {})", self.state.key("resume"), item.key());
+        text.map(|text| decode("reading a resume point", key, text))
+            .transpose()
     }
 
     /// Marks `item` failed by `producer` with `reason`, counting the `read` records that
@@ -297,10 +301,16 @@ impl WorkItems<'_> {
                 &redis::Cmd::hgetall(self.state.key("items:failed")),
             )
             .await?;
-        let mut items: Vec<(WorkItem, String)> = failed
+        let key = self.state.key("items:failed");
+        let mut items = failed
             .into_iter()
-            .filter_map(|(item, reason)| Some((serde_json::from_str(&item).ok()?, reason)))
-            .collect();
+            .map(|(item, reason)| {
+                Ok((
+                    decode("reading failed work items", key.clone(), item)?,
+                    reason,
+                ))
+            })
+            .collect::<Result<Vec<(WorkItem, String)>, LinkError>>()?;
         items.sort_by(|a, b| (&a.0.source, a.0.index).cmp(&(&b.0.source, b.0.index)));
         Ok(items)
     }
@@ -346,4 +356,19 @@ impl WorkItems<'_> {
             .await?;
         Ok(chunks.unwrap_or_default())
     }
+}
+
+/// Reads a value stored as JSON at `key`; one that does not decode is an error naming it, not
+/// "nothing there": a work item read as nothing would never be read at all.
+fn decode<T: serde::de::DeserializeOwned>(
+    what: &str,
+    key: String,
+    text: String,
+) -> Result<T, LinkError> {
+    serde_json::from_str(&text).map_err(|error| LinkError::Unreadable {
+        what: what.to_string(),
+        key,
+        reason: error.to_string(),
+        text,
+    })
 }
