@@ -1,11 +1,15 @@
 //! The files source's reading path: parsing JSONL lines and CSV rows into records, the
-//! producer's per-record work before units are cut. `cargo bench --bench files`
+//! producer's per-record work before units are cut; and one big JSONL file's byte ranges
+//! read into units by 1 and by 2 threads, what splitting a file buys the producers when
+//! nothing else competes for the cores. `cargo bench --bench files`
 
 use std::io::Write;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
-use stevedore::source::{FileFormat, FilesSource, OpenContext, Source};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use stevedore::source::{Entry, FileFormat, FilesSource, OpenContext, Source, WorkItem};
+use stevedore::unit::{OutgoingUnit, RecordArray};
 
 const RECORDS: u64 = 20_000;
 
@@ -60,5 +64,87 @@ fn read(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, read);
+/// Records of the big file, as `bench/split_file.sh` writes them (about 115 bytes each).
+const BIG_RECORDS: u64 = 200_000;
+
+/// Writes `BIG_RECORDS` JSONL records to `dir/big.jsonl`.
+fn write_big_file(dir: &std::path::Path) -> String {
+    let path = dir.join("big.jsonl");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    for n in 1..=BIG_RECORDS {
+        writeln!(
+            file,
+            r#"{{"id":{n},"customer":"customer-{}","amount":{},"note":"plain \"quoted\" text","tags":["a","b"]}}"#,
+            n % 977,
+            n as f64 * 1.25
+        )
+        .unwrap();
+    }
+    path.display().to_string()
+}
+
+/// Reads the work items in turn, claimed from `next`, into encoded units of 500 records as a
+/// producer does; returns the records read.
+fn read_items_into_units(source: &FilesSource, items: &[WorkItem], next: &AtomicUsize) -> u64 {
+    let context = OpenContext::local("bench", 16 << 20);
+    let mut read = 0;
+    while let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) {
+        let mut records = RecordArray::default();
+        let cut = |records: &mut RecordArray, read: u64| {
+            let unit = OutgoingUnit {
+                id: format!("bench/run/big/{}.{read}", item.index),
+                source: "big".into(),
+                origin: item.origin.clone(),
+                first_line: 1,
+                last_line: 1,
+                records: std::mem::take(records),
+                lines: Vec::new(),
+                rejects: Vec::new(),
+            };
+            black_box(unit.encode(16 * 1024));
+        };
+        for entry in source.open(item, &context).unwrap() {
+            match entry.unwrap() {
+                Entry::Text { record, .. } => records.push_text(&record),
+                other => panic!("the big file holds only JSONL records: {other:?}"),
+            };
+            read += 1;
+            if records.len() == 500 {
+                cut(&mut records, read);
+            }
+        }
+        cut(&mut records, read);
+    }
+    read
+}
+
+fn read_ranges(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_big_file(dir.path());
+    let source = FilesSource::new("big", &path, FileFormat::Jsonl).with_split_bytes(1 << 20);
+    let items = source.plan(500).unwrap();
+    let mut group = c.benchmark_group("files_one_big_jsonl_in_ranges");
+    group.throughput(Throughput::Elements(BIG_RECORDS));
+    group.sample_size(10);
+    for threads in [1, 2] {
+        group.bench_function(format!("{threads}_threads_{}_ranges", items.len()), |b| {
+            b.iter(|| {
+                let next = AtomicUsize::new(0);
+                let read: u64 = std::thread::scope(|scope| {
+                    let readers: Vec<_> = (0..threads)
+                        .map(|_| scope.spawn(|| read_items_into_units(&source, &items, &next)))
+                        .collect();
+                    readers
+                        .into_iter()
+                        .map(|reader| reader.join().unwrap())
+                        .sum()
+                });
+                assert_eq!(read, BIG_RECORDS);
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, read, read_ranges);
 criterion_main!(benches);
