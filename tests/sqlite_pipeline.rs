@@ -491,4 +491,12 @@ fn sqlite_split_file_lands_every_record_once_and_dead_letters_a_late_line_by_its
         letter["origin"].as_str().unwrap().ends_with("orders.jsonl"),
         "{letter}"
     );
+    // The producers' logs say which part of the file each item was.
+    let logs = job.worker_logs();
+    let done = logs
+        .lines()
+        .filter(|line| line.contains("work item done") && line.contains("part=bytes "))
+        .count();
+    assert_eq!(done, 4, "{logs}");
+    assert!(logs.contains("part=bytes 0.."), "{logs}");
 }

@@ -81,6 +81,19 @@ impl WorkItem {
         format!("{}/{}", self.source, self.index)
     }
 
+    /// Which part of its origin the item is, for logs: a file's byte range (and the line it
+    /// begins on), generated record numbers, or `whole`.
+    pub fn part(&self) -> String {
+        match (self.bytes, self.range) {
+            (Some(bytes), _) => format!(
+                "bytes {}..{} from line {}",
+                bytes.start, bytes.end, bytes.first_line
+            ),
+            (None, Some((start, end))) => format!("records {start}..{end}"),
+            (None, None) => "whole".to_string(),
+        }
+    }
+
     /// One item per origin (a tenant) of source `source`, numbered in order.
     pub(crate) fn numbered(source: &str, origins: Vec<String>) -> Vec<WorkItem> {
         origins

@@ -54,7 +54,7 @@ pub async fn run_producer(context: WorkerContext) -> Result<Finish, WorkerError>
         let Some(item) = context.state.items().claim(context.id).await? else {
             return Ok(Finish::Done);
         };
-        tracing::info!(source = %item.source, origin = %item.origin, "work item claimed");
+        tracing::info!(source = %item.source, origin = %item.origin, part = %item.part(), "work item claimed");
         match produce_item(&context, &queues, &item).await? {
             Finish::Done => {}
             Finish::Interrupted => return Ok(Finish::Interrupted),
@@ -152,7 +152,7 @@ async fn produce_item(
         return Err(WorkerError::Reader(error.to_string()));
     }
     items.complete(context.id, item, inputs).await?;
-    tracing::info!(source = %item.source, origin = %item.origin, records = inputs, units = sending.next_chunk, "work item done");
+    tracing::info!(source = %item.source, origin = %item.origin, part = %item.part(), records = inputs, units = sending.next_chunk, "work item done");
     Ok(Finish::Done)
 }
 
@@ -176,7 +176,7 @@ async fn fail_item(
         return Ok(Finish::Interrupted);
     }
     let item = sending.item;
-    tracing::error!(source = %item.source, origin = %item.origin, %error, "work item failed; going on with the others");
+    tracing::error!(source = %item.source, origin = %item.origin, part = %item.part(), %error, "work item failed; going on with the others");
     sending
         .context
         .state
