@@ -379,6 +379,13 @@ pub trait KindSettings: Any + fmt::Debug + Send + Sync {
         self.basis()
     }
 
+    /// For sources: the basis a build from before JSONL lines were carried as their text
+    /// wrote (its plans are resumed reading lines into values, as it did). The basis itself
+    /// for kinds that did not change.
+    fn basis_before_text(&self) -> String {
+        self.basis()
+    }
+
     /// For sinks that must not share a target: what only one sink of the job may write.
     fn exclusive_target(&self) -> Option<ExclusiveTarget> {
         None

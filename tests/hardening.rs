@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use testkit::{Job, RunResult, TestRedis, free_port, queue_bodies, wait_until};
 
 /// A job reading `source` (a files source table) into a passthrough SQLite table.
@@ -439,6 +439,88 @@ fn hardening_a_run_planned_before_the_byte_budget_resumes_cut_by_record_count() 
     per_unit.sort();
     assert_eq!(per_unit.iter().sum::<u64>(), 600);
     assert!(per_unit.len() == 2 && per_unit[1] < 500, "{per_unit:?}");
+}
+
+/// A run planned by a build that read JSONL lines into values (its basis has no
+/// `lines=text`) cut its units at the byte budget measuring the values' compact JSON, not the
+/// lines as written. Resumed, it is cut where that build cut it: skipping the chunks its
+/// checkpoint says were sent must skip exactly the records they held, or some would be lost.
+#[test]
+fn hardening_a_run_planned_before_lines_were_text_resumes_cut_where_that_build_cut() {
+    let redis = TestRedis::start();
+    let job = files_job(&redis.url(), "astext", "jsonl", "max_record_bytes = 2000");
+    // Spaced lines of `1e5`s: about 120 bytes as written, about 200 as compact JSON
+    // (`100000.0`), so the two ways of measuring cut at different records.
+    let numbers = vec!["1e5"; 20].join(", ");
+    let lines: Vec<String> = (1..=300)
+        .map(|id| format!(r#"{{"id": {id}, "v": [{numbers}]}}"#))
+        .collect();
+    job.write("data/a.jsonl", &(lines.join("\n") + "\n"));
+    // Where that build cut: at 50 records or once the records' compact JSON reached 2000.
+    let mut old_units = vec![0u64];
+    let mut bytes = 0;
+    for line in &lines {
+        let value: Value = serde_json::from_str(line).unwrap();
+        bytes += value.to_string().len();
+        *old_units.last_mut().unwrap() += 1;
+        if *old_units.last().unwrap() == 50 || bytes >= 2000 {
+            old_units.push(0);
+            bytes = 0;
+        }
+    }
+    assert!(old_units[0] < 15, "cut by bytes: {old_units:?}");
+    // The state that build leaves when interrupted after sending and writing 3 units.
+    let run = "20261205T000000Z-0ld2";
+    let prefix = format!("stevedore:astext:run:{run}");
+    let basis = format!(
+        "unit_records=50 unit_bytes=2000; input files {}/data/*.jsonl Jsonl split_bytes=67108864",
+        job.dir.path().display()
+    );
+    let origin = job.path("data/a.jsonl").display().to_string();
+    let item = json!({"source": "input", "index": 0, "origin": origin}).to_string();
+    let _: () = redis.query(
+        redis::cmd("SET")
+            .arg("stevedore:astext:current_run")
+            .arg(run),
+    );
+    let _: () = redis.query(
+        redis::cmd("SET")
+            .arg(format!("{prefix}:planned"))
+            .arg(&basis),
+    );
+    let _: () = redis.query(
+        redis::cmd("RPUSH")
+            .arg(format!("{prefix}:items:pending"))
+            .arg(&item),
+    );
+    let _: () = redis.query(
+        redis::cmd("HSET")
+            .arg(format!("{prefix}:checkpoint"))
+            .arg("input/0")
+            .arg(3),
+    );
+    for (chunk, records) in old_units[..3].iter().enumerate() {
+        let _: () = redis.query(
+            redis::cmd("HSET")
+                .arg(format!("{prefix}:written:local"))
+                .arg(format!("astext/{run}/input/0.{chunk}"))
+                .arg(records),
+        );
+    }
+    let sent: u64 = old_units[..3].iter().sum();
+
+    let result = job.run();
+    result.expect_code(0);
+    assert_eq!(result.summary["resumed"], true);
+    assert_eq!(result.summary["run"], run);
+    assert_eq!(result.summary["sinks"]["local"]["written"], 300);
+    // This run wrote exactly the records after the 3 units that build had written.
+    let ids: BTreeSet<u64> = job
+        .sqlite_rows("out.db", "records")
+        .iter()
+        .map(|row| row["id"].as_u64().expect("integer ids"))
+        .collect();
+    assert_eq!(ids, (sent + 1..=300).collect(), "units {old_units:?}");
 }
 
 /// A run planned by a build that read every file whole (its basis has no `split_bytes=`) is

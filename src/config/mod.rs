@@ -268,6 +268,38 @@ pub fn check_sections(root: &toml::Table, sections: &[&str], problems: &mut Prob
     }
 }
 
+/// Which build planned a run, where it changes how the run is resumed: a run is resumed
+/// cut into the units it was planned with, so that a unit id keeps meaning the same records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlannedBy {
+    /// This build, or one that plans and cuts as it does.
+    This,
+    /// A build that cut units by record count only: no byte budget.
+    CountOnly,
+    /// A build that read every file whole (before byte ranges); it read JSONL lines into
+    /// values too, see [`PlannedBy::BeforeText`].
+    BeforeSplit,
+    /// A build that read JSONL lines into values and wrote them out again: its units were cut
+    /// at the byte budget measuring that compact JSON, not the lines as written.
+    BeforeText,
+}
+
+impl PlannedBy {
+    /// Whether JSONL lines must be read into values and written out again, so that units
+    /// are cut at the byte budget where the planning build cut them.
+    pub fn reads_lines_as_values(self) -> bool {
+        matches!(self, PlannedBy::BeforeSplit | PlannedBy::BeforeText)
+    }
+}
+
+/// Which sources' settings a basis holds: this build's, or an earlier build's.
+#[derive(Clone, Copy)]
+enum SourceBasis {
+    This,
+    BeforeText,
+    BeforeSplit,
+}
+
 impl JobConfig {
     /// Parses config `text` (named `file` in errors) with variables from `env`, reading
     /// sources and sinks of the given `kinds`.
@@ -285,31 +317,53 @@ impl JobConfig {
     /// What a run's unit ids and checkpoints depend on: the sources, the unit size in records
     /// and in bytes. A run may only be resumed under the same basis.
     pub fn plan_basis(&self) -> String {
-        self.basis(Some(self.queue.max_record_bytes), true)
+        self.basis(Some(self.queue.max_record_bytes), SourceBasis::This)
     }
 
     /// The basis a build without the byte budget wrote (units cut by record count only), when
     /// the config would have had it: such a run resumes, cut as it was planned.
     pub fn count_only_plan_basis(&self) -> Option<String> {
         (self.queue.max_record_bytes == raw::DEFAULT_MAX_RECORD_BYTES)
-            .then(|| self.basis(None, false))
+            .then(|| self.basis(None, SourceBasis::BeforeSplit))
     }
 
     /// The basis a build from before big files were cut into ranges wrote: such a run
     /// resumes, its files read whole as they were planned.
     pub fn before_split_plan_basis(&self) -> String {
-        self.basis(Some(self.queue.max_record_bytes), false)
+        self.basis(Some(self.queue.max_record_bytes), SourceBasis::BeforeSplit)
     }
 
-    fn basis(&self, unit_bytes: Option<usize>, split: bool) -> String {
+    /// The basis a build from before JSONL lines were carried as their text wrote.
+    pub fn before_text_plan_basis(&self) -> String {
+        self.basis(Some(self.queue.max_record_bytes), SourceBasis::BeforeText)
+    }
+
+    /// Which build planned a run from `basis`, as far as resuming it goes; `None` when the
+    /// basis is another config's (the run may not be resumed under this one).
+    pub fn planned_by(&self, basis: &str) -> Option<PlannedBy> {
+        if basis == self.plan_basis() {
+            Some(PlannedBy::This)
+        } else if self.count_only_plan_basis().as_deref() == Some(basis) {
+            Some(PlannedBy::CountOnly)
+        } else if basis == self.before_split_plan_basis() {
+            Some(PlannedBy::BeforeSplit)
+        } else if basis == self.before_text_plan_basis() {
+            Some(PlannedBy::BeforeText)
+        } else {
+            None
+        }
+    }
+
+    fn basis(&self, unit_bytes: Option<usize>, sources: SourceBasis) -> String {
         let mut basis = format!("unit_records={}", self.queue.unit_records);
         if let Some(bytes) = unit_bytes {
             basis.push_str(&format!(" {UNIT_BYTES_BASIS}{bytes}"));
         }
         for source in &self.sources {
-            let settings = match split {
-                true => source.settings.basis(),
-                false => source.settings.basis_before_split(),
+            let settings = match sources {
+                SourceBasis::This => source.settings.basis(),
+                SourceBasis::BeforeText => source.settings.basis_before_text(),
+                SourceBasis::BeforeSplit => source.settings.basis_before_split(),
             };
             basis.push_str(&format!("; {} {} {settings}", source.name, source.kind));
         }

@@ -350,7 +350,7 @@ fn config_files_split_bytes_is_0_or_at_least_a_mebibyte_and_part_of_the_plan_bas
     assert!(
         default
             .plan_basis()
-            .contains("orders files data/orders-*.jsonl Jsonl split_bytes=67108864;"),
+            .contains("orders files data/orders-*.jsonl Jsonl split_bytes=67108864 lines=text;"),
         "{}",
         default.plan_basis()
     );
@@ -361,4 +361,34 @@ fn config_files_split_bytes_is_0_or_at_least_a_mebibyte_and_part_of_the_plan_bas
         off.before_split_plan_basis(),
         default.before_split_plan_basis()
     );
+}
+
+#[test]
+fn config_a_plan_basis_tells_which_build_planned_the_run() {
+    use crate::config::PlannedBy;
+    let config = parse(VALID).unwrap();
+    let planned_by = |basis: String| config.planned_by(&basis);
+    assert_eq!(planned_by(config.plan_basis()), Some(PlannedBy::This));
+    // Before JSONL lines were text: the basis without `lines=text`.
+    let before_text = config.before_text_plan_basis();
+    assert!(
+        before_text.contains("Jsonl split_bytes=67108864;"),
+        "{before_text}"
+    );
+    assert_eq!(planned_by(before_text), Some(PlannedBy::BeforeText));
+    assert!(PlannedBy::BeforeText.reads_lines_as_values());
+    assert_eq!(
+        planned_by(config.before_split_plan_basis()),
+        Some(PlannedBy::BeforeSplit)
+    );
+    assert!(PlannedBy::BeforeSplit.reads_lines_as_values());
+    assert!(!PlannedBy::This.reads_lines_as_values());
+    assert_eq!(
+        planned_by(config.plan_basis().replace("=250", "=251")),
+        None
+    );
+    // CSV was always read into values: its basis did not change.
+    let csv = parse(&VALID.replace("format = \"jsonl\"", "format = \"csv\"")).unwrap();
+    assert_eq!(csv.plan_basis(), csv.before_text_plan_basis());
+    assert_eq!(csv.planned_by(&csv.plan_basis()), Some(PlannedBy::This));
 }

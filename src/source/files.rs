@@ -54,7 +54,16 @@ fn default_split_bytes() -> u64 {
 impl KindSettings for FilesConfig {
     /// The split is part of it: the items of a plan depend on it, and a build that does not
     /// know ranges would read each range of a plan as the whole file.
+    /// JSONL lines are carried as their text: units are cut measuring the lines as written,
+    /// so a plan by a build that measured their compact JSON has another basis.
     fn basis(&self) -> String {
+        match self.format {
+            FileFormat::Jsonl => format!("{} lines=text", self.basis_before_text()),
+            FileFormat::Csv => self.basis_before_text(),
+        }
+    }
+
+    fn basis_before_text(&self) -> String {
         format!(
             "{} split_bytes={}",
             self.basis_before_split(),
@@ -227,6 +236,7 @@ impl Source for FilesSource {
                 line: range.first_line.saturating_sub(1),
                 buffer: Vec::new(),
                 max_bytes: max_record_bytes,
+                as_values: context.lines_as_values,
                 origin,
             }),
             FileFormat::Csv => {
@@ -335,6 +345,8 @@ struct JsonLines<R> {
     line: u64,
     buffer: Vec<u8>,
     max_bytes: usize,
+    /// See [`OpenContext::lines_as_values`].
+    as_values: bool,
     origin: FileOrigin,
 }
 
@@ -387,6 +399,11 @@ impl<R: BufRead> Iterator for JsonLines<R> {
                 })))
             };
             return match RecordText::check(text) {
+                Ok(record) if self.as_values => {
+                    // Checked: it parses, and no field is named twice for a parse to drop.
+                    let value = serde_json::from_str(record.as_str()).expect("a checked record");
+                    Some(Ok(Entry::Record { line, value }))
+                }
                 Ok(record) => Some(Ok(Entry::Text { line, record })),
                 Err(reason) => reject(reason),
             };

@@ -242,6 +242,10 @@ pub struct OpenContext {
     /// Set when the reading process is asked to stop: a source that may wait long (an API's
     /// `Retry-After`) stops waiting and ends with [`SourceError::Interrupted`].
     pub stop: Option<crate::worker::Shutdown>,
+    /// Read JSONL lines into values ([`Entry::Record`]) rather than as text: for a run
+    /// planned by a build that did (`PlannedBy::reads_lines_as_values`), whose units were cut
+    /// measuring the values' compact JSON.
+    pub lines_as_values: bool,
 }
 
 impl OpenContext {
@@ -253,6 +257,7 @@ impl OpenContext {
             link: None,
             resume: None,
             stop: None,
+            lines_as_values: false,
         }
     }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::clock::now_ms;
-use crate::config::{JobConfig, RedisConfig};
+use crate::config::{JobConfig, PlannedBy, RedisConfig};
 use crate::metrics;
 use crate::plan;
 use crate::queue::{LinkError, Patience, Queues, RedisLink, SinkQueues};
@@ -424,26 +424,26 @@ async fn supervise(
         if let Planned::Changed { planned_from } =
             state.items().plan(&items, &config.plan_basis()).await?
         {
-            if config.count_only_plan_basis().as_deref() == Some(planned_from.as_str()) {
-                tracing::info!(
-                    run = state.run_id(),
-                    "the unfinished run was planned by a build that cut units by record count \
-                     only; it is resumed cut that way"
-                );
-            } else if config.before_split_plan_basis() == planned_from {
-                tracing::info!(
-                    run = state.run_id(),
-                    "the unfinished run was planned by a build that read every file whole; it \
-                     is resumed that way"
-                );
-            } else {
-                return Err(SupervisorError::Changed {
-                    run: state.run_id().to_string(),
-                    job: config.job.name.clone(),
-                    planned_from,
-                    snapshot: log_dir.join("job.toml"),
-                });
-            }
+            let resumed_as = match config.planned_by(&planned_from) {
+                Some(PlannedBy::CountOnly) => "a build that cut units by record count only",
+                Some(PlannedBy::BeforeSplit) => "a build that read every file whole",
+                Some(PlannedBy::BeforeText) => {
+                    "a build that read JSONL lines into values (units cut measuring their \
+                     compact JSON)"
+                }
+                Some(PlannedBy::This) | None => {
+                    return Err(SupervisorError::Changed {
+                        run: state.run_id().to_string(),
+                        job: config.job.name.clone(),
+                        planned_from,
+                        snapshot: log_dir.join("job.toml"),
+                    });
+                }
+            };
+            tracing::info!(
+                run = state.run_id(),
+                "the unfinished run was planned by {resumed_as}; it is resumed that way"
+            );
         }
         if resumed {
             let released = state.items().release_held_items().await?;

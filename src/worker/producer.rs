@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::{Finish, WorkerContext, WorkerError};
+use crate::config::PlannedBy;
 use crate::queue::SinkQueues;
 use crate::run_state::ResumePoint;
 use crate::source::{self, Entry, OpenContext, SourceError, WorkItem};
@@ -84,7 +85,7 @@ async fn produce_item(
     // only once its units were handed over.
     let resume = items.resume_point(item).await?;
     let (sender, mut receiver) = mpsc::channel::<Result<Piece, SourceError>>(SEND_BATCH * 2);
-    let unit_bytes = unit_byte_budget(context).await?;
+    let planned_by = planned_by(context).await?;
     let mut inputs = resume.as_ref().map_or(0, |point| point.read);
     let mut sending = Sending {
         context,
@@ -95,7 +96,7 @@ async fn produce_item(
         next_chunk: already_sent,
         resume: None,
     };
-    let reader = match spawn_reader(context, item, unit_bytes, resume.as_ref(), sender) {
+    let reader = match spawn_reader(context, item, planned_by, resume.as_ref(), sender) {
         Ok(reader) => reader,
         Err(WorkerError::Source(error)) if error.fails_item_only() => {
             return fail_item(&mut sending, inputs, &error).await;
@@ -223,15 +224,14 @@ impl Sending<'_> {
     }
 }
 
-/// The bytes of records after which a unit is cut: `queue.max_record_bytes`, unless the run
-/// was planned by a build that cut by record count only (its unit ids must stay the same).
-async fn unit_byte_budget(context: &WorkerContext) -> Result<usize, WorkerError> {
+/// Which build planned the run: units are cut as that build cut them, so that a resumed
+/// run's unit ids keep meaning the same records (see [`PlannedBy`]).
+async fn planned_by(context: &WorkerContext) -> Result<PlannedBy, WorkerError> {
     let basis = context.state.items().planned_basis().await?;
-    // The same test as the supervisor's when it accepted the run (a path may hold any text).
-    Ok(match (basis, context.config.count_only_plan_basis()) {
-        (Some(planned), Some(count_only)) if planned == count_only => usize::MAX,
-        _ => context.config.queue.max_record_bytes,
-    })
+    // The supervisor accepted the run's basis before any producer started.
+    Ok(basis
+        .and_then(|basis| context.config.planned_by(&basis))
+        .unwrap_or(PlannedBy::This))
 }
 
 /// Reads and encodes on a blocking thread, from `resume` if given (units numbered from
@@ -239,7 +239,7 @@ async fn unit_byte_budget(context: &WorkerContext) -> Result<usize, WorkerError>
 fn spawn_reader(
     context: &WorkerContext,
     item: &WorkItem,
-    unit_bytes: usize,
+    planned_by: PlannedBy,
     resume: Option<&ResumePoint>,
     sender: mpsc::Sender<Result<Piece, SourceError>>,
 ) -> Result<tokio::task::JoinHandle<()>, WorkerError> {
@@ -260,6 +260,12 @@ fn spawn_reader(
         link: Some(context.state.link().clone()),
         resume: resume.map(|point| point.position.clone()),
         stop: Some(context.shutdown.clone()),
+        lines_as_values: planned_by.reads_lines_as_values(),
+    };
+    // A build that cut by record count only had no byte budget.
+    let unit_bytes = match planned_by {
+        PlannedBy::CountOnly => usize::MAX,
+        _ => config.queue.max_record_bytes,
     };
     let first_chunk = resume.map_or(0, |point| point.chunk);
     let entries = source.open(item, &open)?;
