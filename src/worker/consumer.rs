@@ -512,27 +512,44 @@ pub(crate) fn dead_letter(sink: &str, unit: &DataUnit, failure: &Failure) -> Vec
         "reason": failure.reason,
         "at_ms": now_ms(),
     });
-    let mut message = json!({});
-    match unit.records.get(failure.index) {
+    let letter = match unit.records.get(failure.index) {
         Some(record) => {
             context["line"] = Value::from(unit.record_line(failure.index));
-            message["record"] = serde_json::from_str(record.get())
-                .unwrap_or_else(|_| Value::String(record.get().to_string()));
+            // The record's text as the unit carries it: numbers keep their spelling.
+            Letter {
+                record: Some(record.as_ref()),
+                raw: None,
+                dead_letter: context,
+            }
         }
         None => {
             let reject = &unit.rejects[failure.index - unit.records.len()];
             context["line"] = Value::from(reject.line);
-            message["raw"] = Value::String(reject.raw.clone());
+            Letter {
+                record: None,
+                raw: Some(&reject.raw),
+                dead_letter: context,
+            }
         }
-    }
-    message["dead_letter"] = context;
-    serde_json::to_vec(&message).expect("dead letters serialize")
+    };
+    serde_json::to_vec(&letter).expect("dead letters serialize")
+}
+
+/// A dead-letter message: the record (or the raw input that never became one) and where it
+/// came from.
+#[derive(serde::Serialize)]
+struct Letter<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw: Option<&'a str>,
+    dead_letter: Value,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::unit::record;
+    use crate::unit::{Reject, record};
     use serde_json::json;
 
     fn sinks() -> Vec<SinkConfig> {
@@ -593,5 +610,32 @@ mod tests {
         // A sink that reads fields gets real rows.
         let read = map_unit(&sinks[0], &unit(), true);
         assert_eq!(read.rows[0].1.get("id"), Some(&json!(1)));
+    }
+
+    #[test]
+    fn consumer_dead_letter_carries_the_record_as_the_unit_holds_it() {
+        let text = r#"{"id": 123456789012345678901234567890, "v": 1e5}"#;
+        let mut unit = unit();
+        unit.records = vec![serde_json::value::RawValue::from_string(text.into()).unwrap()];
+        unit.rejects = vec![Reject {
+            line: 9,
+            raw: "{broken".into(),
+            reason: "invalid JSON".into(),
+        }];
+        let failure = |index| Failure {
+            index,
+            reason: "refused".into(),
+        };
+        let letter = String::from_utf8(dead_letter("local", &unit, &failure(0))).unwrap();
+        // Not rounded through a float, not respelled.
+        assert!(
+            letter.starts_with(&format!(r#"{{"record":{text},"dead_letter":{{"#)),
+            "{letter}"
+        );
+        let letter: Value =
+            serde_json::from_slice(&dead_letter("local", &unit, &failure(1))).unwrap();
+        assert_eq!(letter["raw"], "{broken");
+        assert_eq!(letter["dead_letter"]["line"], 9);
+        assert!(letter.get("record").is_none());
     }
 }
