@@ -379,6 +379,29 @@ fn hardening_schema_changes_are_counted_and_freeze_refuses_them() {
     assert_eq!(ids, BTreeSet::from([1, 2, 3]));
 }
 
+/// Leaves in Redis the state an older build leaves when interrupted right after planning
+/// job `job_name`'s run `run` from `basis`: the file `data/a.jsonl` one item, pending.
+fn plant_unfinished_run(redis: &TestRedis, job: &Job, job_name: &str, run: &str, basis: &str) {
+    let prefix = format!("stevedore:{job_name}:run:{run}");
+    let origin = job.path("data/a.jsonl").display().to_string();
+    let item = json!({"source": "input", "index": 0, "origin": origin}).to_string();
+    let _: () = redis.query(
+        redis::cmd("SET")
+            .arg(format!("stevedore:{job_name}:current_run"))
+            .arg(run),
+    );
+    let _: () = redis.query(
+        redis::cmd("SET")
+            .arg(format!("{prefix}:planned"))
+            .arg(basis),
+    );
+    let _: () = redis.query(
+        redis::cmd("RPUSH")
+            .arg(format!("{prefix}:items:pending"))
+            .arg(&item),
+    );
+}
+
 /// A run planned by a build that cut units by record count only (its basis has no
 /// `unit_bytes=`) is resumed cut the same way: its unit ids must keep meaning the same records.
 #[test]
@@ -397,28 +420,12 @@ fn hardening_a_run_planned_before_the_byte_budget_resumes_cut_by_record_count() 
     std::fs::write(&job.config, config).unwrap();
     // The state an older build leaves when interrupted right after planning.
     let run = "20261101T000000Z-0ld0";
-    let origin = job.path("data/a.jsonl").display().to_string();
     let basis = format!(
         "unit_records=500; input files {}/data/*.jsonl Jsonl",
         job.dir.path().display()
     );
-    let item = json!({"source": "input", "index": 0, "origin": origin}).to_string();
     let prefix = format!("stevedore:legacy:run:{run}");
-    let _: () = redis.query(
-        redis::cmd("SET")
-            .arg("stevedore:legacy:current_run")
-            .arg(run),
-    );
-    let _: () = redis.query(
-        redis::cmd("SET")
-            .arg(format!("{prefix}:planned"))
-            .arg(&basis),
-    );
-    let _: () = redis.query(
-        redis::cmd("RPUSH")
-            .arg(format!("{prefix}:items:pending"))
-            .arg(&item),
-    );
+    plant_unfinished_run(&redis, &job, "legacy", run, &basis);
 
     let result = job.run();
     result.expect_code(0);
@@ -476,23 +483,7 @@ fn hardening_a_run_planned_before_lines_were_text_resumes_cut_where_that_build_c
         "unit_records=50 unit_bytes=2000; input files {}/data/*.jsonl Jsonl split_bytes=67108864",
         job.dir.path().display()
     );
-    let origin = job.path("data/a.jsonl").display().to_string();
-    let item = json!({"source": "input", "index": 0, "origin": origin}).to_string();
-    let _: () = redis.query(
-        redis::cmd("SET")
-            .arg("stevedore:astext:current_run")
-            .arg(run),
-    );
-    let _: () = redis.query(
-        redis::cmd("SET")
-            .arg(format!("{prefix}:planned"))
-            .arg(&basis),
-    );
-    let _: () = redis.query(
-        redis::cmd("RPUSH")
-            .arg(format!("{prefix}:items:pending"))
-            .arg(&item),
-    );
+    plant_unfinished_run(&redis, &job, "astext", run, &basis);
     let _: () = redis.query(
         redis::cmd("HSET")
             .arg(format!("{prefix}:checkpoint"))
@@ -547,24 +538,8 @@ fn hardening_a_run_planned_before_files_were_split_resumes_reading_them_whole() 
         "unit_records=50 unit_bytes=16777216; input files {}/data/*.jsonl Jsonl",
         job.dir.path().display()
     );
-    let origin = job.path("data/a.jsonl").display().to_string();
-    let item = json!({"source": "input", "index": 0, "origin": origin}).to_string();
     let prefix = format!("stevedore:unsplit:run:{run}");
-    let _: () = redis.query(
-        redis::cmd("SET")
-            .arg("stevedore:unsplit:current_run")
-            .arg(run),
-    );
-    let _: () = redis.query(
-        redis::cmd("SET")
-            .arg(format!("{prefix}:planned"))
-            .arg(&basis),
-    );
-    let _: () = redis.query(
-        redis::cmd("RPUSH")
-            .arg(format!("{prefix}:items:pending"))
-            .arg(&item),
-    );
+    plant_unfinished_run(&redis, &job, "unsplit", run, &basis);
 
     let result = job.run();
     result.expect_code(0);
