@@ -21,21 +21,18 @@ impl RecordText {
     /// Checks `text` (one trimmed line) and keeps it; the error is the reason the line is
     /// refused, worded as a dead letter shows it.
     pub fn check(text: &[u8]) -> Result<RecordText, String> {
-        let checked = match std::str::from_utf8(text) {
-            Ok(text) => check_object(&mut serde_json::Deserializer::from_str(text)),
+        let error = match std::str::from_utf8(text) {
+            Ok(json) => match check_object(&mut serde_json::Deserializer::from_str(json)) {
+                Ok(()) => return Ok(RecordText(json.to_owned())),
+                Err(error) => error,
+            },
             // Not UTF-8: let the parser say where (inside a string, or as a syntax error).
             Err(_) => match check_object(&mut serde_json::Deserializer::from_slice(text)) {
-                Ok(()) => Err(serde_json::Error::custom("invalid UTF-8")),
-                Err(error) => Err(error),
+                Ok(()) => serde_json::Error::custom("invalid UTF-8"),
+                Err(error) => error,
             },
         };
-        match checked {
-            Ok(()) => {
-                let text = String::from_utf8(text.to_vec()).expect("checked as UTF-8 above");
-                Ok(RecordText(text))
-            }
-            Err(error) => Err(reason(text, error)),
-        }
+        Err(reason(text, error))
     }
 
     /// The record's JSON text.
