@@ -290,6 +290,15 @@ impl PlannedBy {
     pub fn reads_lines_as_values(self) -> bool {
         matches!(self, PlannedBy::BeforeSplit | PlannedBy::BeforeText)
     }
+
+    /// The bytes of records after which a unit is cut, given `queue.max_record_bytes`: none
+    /// for a build that cut by record count only.
+    pub fn unit_byte_budget(self, max_record_bytes: usize) -> usize {
+        match self {
+            PlannedBy::CountOnly => usize::MAX,
+            _ => max_record_bytes,
+        }
+    }
 }
 
 /// Which sources' settings a basis holds: this build's, or an earlier build's.

@@ -383,6 +383,8 @@ fn config_a_plan_basis_tells_which_build_planned_the_run() {
     );
     assert!(PlannedBy::BeforeSplit.reads_lines_as_values());
     assert!(!PlannedBy::This.reads_lines_as_values());
+    assert_eq!(PlannedBy::CountOnly.unit_byte_budget(2000), usize::MAX);
+    assert_eq!(PlannedBy::BeforeText.unit_byte_budget(2000), 2000);
     assert_eq!(
         planned_by(config.plan_basis().replace("=250", "=251")),
         None

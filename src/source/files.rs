@@ -52,8 +52,6 @@ fn default_split_bytes() -> u64 {
 }
 
 impl KindSettings for FilesConfig {
-    /// The split is part of it: the items of a plan depend on it, and a build that does not
-    /// know ranges would read each range of a plan as the whole file.
     /// JSONL lines are carried as their text: units are cut measuring the lines as written,
     /// so a plan by a build that measured their compact JSON has another basis.
     fn basis(&self) -> String {
@@ -63,6 +61,8 @@ impl KindSettings for FilesConfig {
         }
     }
 
+    /// The split is part of it: the items of a plan depend on it, and a build that does not
+    /// know ranges would read each range of a plan as the whole file.
     fn basis_before_text(&self) -> String {
         format!(
             "{} split_bytes={}",

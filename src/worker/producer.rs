@@ -262,11 +262,7 @@ fn spawn_reader(
         stop: Some(context.shutdown.clone()),
         lines_as_values: planned_by.reads_lines_as_values(),
     };
-    // A build that cut by record count only had no byte budget.
-    let unit_bytes = match planned_by {
-        PlannedBy::CountOnly => usize::MAX,
-        _ => config.queue.max_record_bytes,
-    };
+    let unit_bytes = planned_by.unit_byte_budget(config.queue.max_record_bytes);
     let first_chunk = resume.map_or(0, |point| point.chunk);
     let entries = source.open(item, &open)?;
     let item = item.clone();
