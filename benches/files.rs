@@ -8,8 +8,11 @@ use std::io::Write;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use stevedore::source::{Entry, FileFormat, FilesSource, OpenContext, Source, WorkItem};
-use stevedore::unit::{OutgoingUnit, RecordArray};
+use stevedore::source::{FileFormat, FilesSource, OpenContext, Source, WorkItem};
+
+#[path = "common/jsonl_units.rs"]
+mod jsonl_units;
+use jsonl_units::read_jsonl_item_into_units;
 
 const RECORDS: u64 = 20_000;
 
@@ -83,37 +86,12 @@ fn write_big_file(dir: &std::path::Path) -> String {
     path.display().to_string()
 }
 
-/// Reads the work items in turn, claimed from `next`, into encoded units of 500 records as a
-/// producer does; returns the records read.
+/// Reads the work items in turn, claimed from `next`, into encoded units as a producer does;
+/// returns the records read.
 fn read_items_into_units(source: &FilesSource, items: &[WorkItem], next: &AtomicUsize) -> u64 {
-    let context = OpenContext::local("bench", 16 << 20);
     let mut read = 0;
     while let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) {
-        let mut records = RecordArray::default();
-        let cut = |records: &mut RecordArray, read: u64| {
-            let unit = OutgoingUnit {
-                id: format!("bench/run/big/{}.{read}", item.index),
-                source: "big".into(),
-                origin: item.origin.clone(),
-                first_line: 1,
-                last_line: 1,
-                records: std::mem::take(records),
-                lines: Vec::new(),
-                rejects: Vec::new(),
-            };
-            black_box(unit.encode(16 * 1024));
-        };
-        for entry in source.open(item, &context).unwrap() {
-            match entry.unwrap() {
-                Entry::Text { record, .. } => records.push_text(&record),
-                other => panic!("the big file holds only JSONL records: {other:?}"),
-            };
-            read += 1;
-            if records.len() == 500 {
-                cut(&mut records, read);
-            }
-        }
-        cut(&mut records, read);
+        read += read_jsonl_item_into_units(source, item);
     }
     read
 }

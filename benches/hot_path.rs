@@ -16,8 +16,12 @@
 use std::hint::black_box;
 
 use stevedore::mapping::Mapping;
-use stevedore::source::{Entry, FileFormat, FilesSource, OpenContext, Source, generated_record};
+use stevedore::source::{FileFormat, FilesSource, Source, generated_record};
 use stevedore::unit::{DataUnit, OutgoingUnit, RecordArray};
+
+#[path = "common/jsonl_units.rs"]
+mod jsonl_units;
+use jsonl_units::read_jsonl_item_into_units;
 
 const UNIT: u64 = 500;
 const COMPRESS_ABOVE: usize = 16 * 1024;
@@ -43,39 +47,6 @@ fn encoded_unit(index: u64) -> Vec<u8> {
     .encode(COMPRESS_ABOVE)
 }
 
-/// Reads the JSONL file at `path` into units of 500 records, each encoded; returns how many
-/// records were read.
-fn read_jsonl_units(path: &str) -> u64 {
-    let source = FilesSource::new("bench", path, FileFormat::Jsonl).with_split_bytes(0);
-    let item = source.plan(500).expect("the file plans").remove(0);
-    let entries = source
-        .open(&item, &OpenContext::local("bench", 16 << 20))
-        .expect("the file opens");
-    let (mut records, mut read) = (RecordArray::default(), 0);
-    for entry in entries {
-        match entry.expect("the file reads") {
-            Entry::Text { record, .. } => records.push_text(&record),
-            Entry::Record { value, .. } => records.push(&value),
-            other => panic!("the bench file holds only records: {other:?}"),
-        };
-        read += 1;
-        if records.len() == UNIT as usize {
-            let unit = OutgoingUnit {
-                id: format!("bench/run/file/0.{read}"),
-                source: "file".into(),
-                origin: path.into(),
-                first_line: read - UNIT + 1,
-                last_line: read,
-                records: std::mem::take(&mut records),
-                lines: Vec::new(),
-                rejects: Vec::new(),
-            };
-            black_box(unit.encode(COMPRESS_ABOVE));
-        }
-    }
-    read
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let units: u64 = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(0);
@@ -97,7 +68,9 @@ fn main() {
             }
         }
         Some("jsonl") => {
-            black_box(read_jsonl_units(&args[1]));
+            let source = FilesSource::new("bench", &args[1], FileFormat::Jsonl).with_split_bytes(0);
+            let item = source.plan(500).expect("the file plans").remove(0);
+            black_box(read_jsonl_item_into_units(&source, &item));
         }
         _ => println!("hot_path: run by bench/instructions.sh; nothing to do under `cargo bench`"),
     }
