@@ -5,7 +5,8 @@
 # and node and npm, which run the Cosmos DB tests' test server (testkit/cosmos; the tests
 # run `npm ci` there themselves, once, the first time they need it), and Debian's chromium,
 # and chromium-driver, which render the status page in its tests and click its buttons
-# (headless, as a person's browser would).
+# (headless, as a person's browser would), and PostgreSQL's server and psql (package
+# postgresql), from which the postgres sink's tests start throwaway servers.
 set -euo pipefail
 
 missing=()
@@ -13,6 +14,7 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 { command -v tsql && command -v freebcp; } >/dev/null 2>&1 || missing+=(freetds-bin)
 { command -v node && command -v npm; } >/dev/null 2>&1 || missing+=(nodejs npm)
 { command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || missing+=(chromium chromium-driver)
+{ ls /usr/lib/postgresql/*/bin/initdb && command -v psql; } >/dev/null 2>&1 || missing+=(postgresql postgresql-client)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}" >&2

@@ -115,6 +115,9 @@ pub struct ColumnMap {
     pub default: Option<Value>,
     /// A missing or null field (with no default) fails the record.
     pub required: bool,
+    /// The `type` as written (`varchar(64)`, `timestamptz`), for SQL sinks that create their
+    /// table from the map and check the type is one of their database's.
+    pub sql_type: Option<String>,
 }
 
 /// The casts a mapping can apply. SQL type names are accepted as aliases.
@@ -136,18 +139,46 @@ pub enum Cast {
 }
 
 impl Cast {
-    /// Parses a `type = "..."` value.
+    /// Parses a `type = "..."` value: a cast's own name, or a SQL type name of SQL Server,
+    /// PostgreSQL or MySQL (its length or precision, `varchar(64)`, `numeric(12,2)`, aside).
     pub fn parse(name: &str) -> Option<Cast> {
-        Some(match name.to_ascii_lowercase().as_str() {
-            "text" | "string" | "varchar" | "nvarchar" | "char" | "nchar" => Cast::Text,
+        let base = name.split('(').next().unwrap_or_default();
+        let base = base.split_whitespace().collect::<Vec<_>>().join(" ");
+        Some(match base.to_ascii_lowercase().as_str() {
+            "text" | "string" | "varchar" | "nvarchar" | "char" | "nchar" | "character"
+            | "character varying" | "tinytext" | "mediumtext" | "longtext" | "citext" => Cast::Text,
             // Parsed by the sink for the column's real type; JSON carries them as strings.
-            "date" | "time" | "datetime" | "datetime2" | "datetimeoffset" | "uniqueidentifier"
-            | "varbinary" | "binary" => Cast::Text,
-            "integer" | "int" | "bigint" | "smallint" | "tinyint" => Cast::Integer,
-            "real" | "float" | "double" => Cast::Real,
+            "date"
+            | "time"
+            | "datetime"
+            | "datetime2"
+            | "datetimeoffset"
+            | "uniqueidentifier"
+            | "varbinary"
+            | "binary"
+            | "timestamp"
+            | "timestamptz"
+            | "timetz"
+            | "timestamp with time zone"
+            | "timestamp without time zone"
+            | "time with time zone"
+            | "time without time zone"
+            | "interval"
+            | "uuid"
+            | "bytea"
+            | "blob"
+            | "tinyblob"
+            | "mediumblob"
+            | "longblob"
+            | "inet"
+            | "year" => Cast::Text,
+            "integer" | "int" | "bigint" | "smallint" | "tinyint" | "mediumint" | "int2"
+            | "int4" | "int8" | "bigint unsigned" | "int unsigned" | "integer unsigned"
+            | "smallint unsigned" | "tinyint unsigned" | "mediumint unsigned" => Cast::Integer,
+            "real" | "float" | "double" | "double precision" | "float4" | "float8" => Cast::Real,
             "decimal" | "numeric" => Cast::Decimal,
             "boolean" | "bool" | "bit" => Cast::Boolean,
-            "json" => Cast::Json,
+            "json" | "jsonb" => Cast::Json,
             _ => return None,
         })
     }
@@ -505,6 +536,7 @@ impl ColumnMap {
             cast: None,
             default: None,
             required: false,
+            sql_type: None,
         }
     }
 }
@@ -523,11 +555,14 @@ fn parse_entry(
                 entry.from = from.split('.').map(str::to_string).collect()
             }
             ("type", toml::Value::String(name)) => match Cast::parse(name) {
-                Some(cast) => entry.cast = Some(cast),
+                Some(cast) => {
+                    entry.cast = Some(cast);
+                    entry.sql_type = Some(name.trim().to_string());
+                }
                 None => problems.push(
                     field,
                     format!(
-                        "unknown type `{name}` (expected text, integer, real, boolean or json)"
+                        "unknown type `{name}` (expected text, integer, real, decimal, boolean or json, or a SQL type name)"
                     ),
                 ),
             },

@@ -997,6 +997,7 @@ proptest! {
             cast,
             default,
             required,
+            sql_type: None,
         };
         let sole = Mapping::from_columns(vec![column("v", cast, default.clone(), required)]);
         let shared = Mapping::from_columns(vec![

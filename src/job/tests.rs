@@ -124,7 +124,7 @@ fn config_semantic_problems_are_reported_together() {
         .replace("name = \"nowhere\"", "name = \"local\"")
         .replace(
             "kind = \"blackhole\"",
-            "kind = \"blackhole\"\n[[sink]]\nname = \"x\"\nkind = \"postgres\"",
+            "kind = \"blackhole\"\n[[sink]]\nname = \"x\"\nkind = \"oracle\"",
         );
     let report = problems(&text);
     assert!(
@@ -136,7 +136,7 @@ fn config_semantic_problems_are_reported_together() {
         "{report}"
     );
     assert!(report.contains("another sink has this name"), "{report}");
-    assert!(report.contains("unknown sink kind `postgres`"), "{report}");
+    assert!(report.contains("unknown sink kind `oracle`"), "{report}");
 }
 
 #[test]

@@ -10,7 +10,9 @@
 mod blackhole;
 pub mod cosmos;
 mod mssql;
+mod postgres;
 pub(crate) mod sqlite;
+mod table;
 mod write_mode;
 
 use std::sync::Arc;
@@ -26,11 +28,18 @@ use crate::settings::Secret;
 pub use blackhole::BlackholeSink;
 pub use cosmos::CosmosSink;
 pub use mssql::MssqlSink;
+pub use postgres::PostgresSink;
 pub use sqlite::SqliteSink;
 pub use write_mode::WriteMode;
 
 /// Every sink kind this build knows: adding a kind is its folder plus one line here.
-pub const KINDS: &[SinkKind] = &[sqlite::KIND, mssql::KIND, cosmos::KIND, blackhole::KIND];
+pub const KINDS: &[SinkKind] = &[
+    sqlite::KIND,
+    mssql::KIND,
+    postgres::KIND,
+    cosmos::KIND,
+    blackhole::KIND,
+];
 
 /// One kind of sink: how its `[[sink]]` table is read and how its writer is built.
 pub struct SinkKind {

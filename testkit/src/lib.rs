@@ -1,5 +1,5 @@
 //! stevedore's test support, a dev-only crate compiled once for every test binary and bench:
-//! real servers on free loopback ports (Redis, the TDS test server, the Cosmos DB test server,
+//! real servers on free loopback ports (Redis, PostgreSQL, the TDS test server, the Cosmos DB test server,
 //! an SMTP server, a webhook receiver) and a way to write a job and run the real `stevedore` binary against them. Every test gets
 //! its own Redis and its own files, so tests run in parallel and never touch a shared Redis.
 //!
@@ -11,8 +11,10 @@
 pub mod cosmos;
 pub mod http_api;
 pub mod mssql;
+pub mod postgres;
 pub mod smtp;
 pub mod tds;
+mod watchdog;
 pub mod web;
 pub mod webhook;
 
