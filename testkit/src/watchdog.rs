@@ -28,10 +28,14 @@ impl Watched {
         stop_signal: &str,
     ) -> Watched {
         // $1 log, $2 dir, $3 signal, then the server's command line.
+        // A background command of a non-interactive shell reads /dev/null, so the lifeline is
+        // kept as fd 3 and handed to the `cat` that waits for it to close.
         let script = r#"log=$1; dir=$2; signal=$3; shift 3
-"$@" >>"$log" 2>&1 &
+exec 3<&0
+"$@" >>"$log" 2>&1 </dev/null &
 pid=$!
-( cat >/dev/null; kill -"$signal" "$pid" 2>/dev/null ) &
+( cat <&3 >/dev/null; kill -"$signal" "$pid" 2>/dev/null ) &
+exec 3<&-
 wait "$pid"
 status=$?
 rm -rf "$dir"
