@@ -7,12 +7,8 @@
 
 use std::fmt;
 
-/// The ledger of applied units: one row per (sink target, unit id), written in the same
-/// transaction as the unit's rows.
-pub(super) const LEDGER: &str = "stevedore_applied";
-
-/// The highest fencing token seen per job, in the ledger's schema.
-pub(super) const FENCES: &str = "stevedore_fence";
+pub(super) use crate::sink::table::ledger::{FENCES, LEDGER};
+pub(super) use crate::sink::table::{FenceCheck, LedgerEntry};
 
 /// The error number the fence check throws when a newer holder's token is recorded
 /// (user-defined: 50000 and above).
@@ -127,14 +123,6 @@ pub(super) fn add_fence_column(ledger: &TableName) -> String {
     )
 }
 
-/// A fencing token for a statement: the job as a string literal, the token as a number.
-pub(super) struct FenceCheck<'a> {
-    /// The job.
-    pub job: &'a str,
-    /// The token (a `bigint`).
-    pub token: i64,
-}
-
 /// Statements that pass the fence in the caller's transaction, ending with `;`: the job's row
 /// is raised to the token if lower (or inserted if missing), and a row above the token makes
 /// the batch stop with error [`FENCED`] before anything after it runs.
@@ -216,24 +204,6 @@ pub(super) fn record_and_commit(
         literal(&entry.failures),
         literal(&entry.applied_at),
     )
-}
-
-/// One ledger row.
-pub(super) struct LedgerEntry<'a> {
-    /// The sink's table, `schema.name`.
-    pub target: &'a str,
-    /// The unit.
-    pub unit_id: &'a str,
-    /// Rows landed.
-    pub written: u64,
-    /// Entries that did not land.
-    pub failed: usize,
-    /// Those entries, as JSON.
-    pub failures: String,
-    /// When, `YYYY-MM-DDTHH:MM:SS.fff` UTC.
-    pub applied_at: String,
-    /// The writer's fencing token, checked before the entry is written.
-    pub fence: Option<FenceCheck<'a>>,
 }
 
 /// `N'...'` with quotes doubled: the T-SQL string literal of `text`.

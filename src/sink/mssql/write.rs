@@ -33,6 +33,7 @@ use super::errors::{ErrorClass, classify, describe};
 use super::schema::Target;
 use super::sql::{self, STAGE, TableName};
 use crate::mapping::Row;
+use crate::sink::table::ledger::check_unit_id;
 use crate::sink::{Batch, Failure, Fence, WriteOutcome, unit_failures};
 
 /// What every unit of a sink is written with, built once per process when the table has been
@@ -109,30 +110,9 @@ struct EncodedRow<'a> {
     values: Vec<tiberius::ColumnData<'a>>,
 }
 
-/// The longest unit id the ledger's key holds.
-const MAX_UNIT_ID: usize = 300;
-
-/// The longest job name the fence table holds.
-const MAX_JOB: usize = 128;
-
 /// `fence` as the fence table holds it.
 pub(super) fn fence_check(fence: &Fence) -> Result<sql::FenceCheck<'_>, WriteError> {
-    if fence.job.chars().count() > MAX_JOB {
-        return Err(WriteError::Refused(format!(
-            "job name `{}` is longer than the fence table's {MAX_JOB} characters",
-            fence.job
-        )));
-    }
-    let token = i64::try_from(fence.token).map_err(|_| {
-        WriteError::Refused(format!(
-            "fencing token {} does not fit the fence table's bigint",
-            fence.token
-        ))
-    })?;
-    Ok(sql::FenceCheck {
-        job: &fence.job,
-        token,
-    })
+    sql::FenceCheck::of(fence).map_err(WriteError::Refused)
 }
 
 /// Writes `batch` over `connection` as `plan` says.
@@ -141,12 +121,7 @@ pub(super) async fn write_unit(
     plan: &Plan,
     batch: &Batch,
 ) -> Result<WriteOutcome, WriteError> {
-    if batch.unit_id.chars().count() > MAX_UNIT_ID {
-        return Err(WriteError::Refused(format!(
-            "unit id `{}` is longer than the ledger's {MAX_UNIT_ID} characters",
-            batch.unit_id
-        )));
-    }
+    check_unit_id(&batch.unit_id).map_err(WriteError::Refused)?;
     let Batch {
         unit_id,
         rows,
@@ -287,7 +262,8 @@ async fn record(
     failures: Vec<Failure>,
 ) -> Result<WriteOutcome, WriteError> {
     let unit_id = unit.id;
-    let entry = ledger_entry(plan, unit, written, &failures);
+    let fence = unit.fence.copied();
+    let entry = sql::LedgerEntry::now(&plan.ledger_target, unit.id, fence, written, &failures);
     let statement = sql::record_and_commit(&plan.ledger, &plan.fences, &entry);
     match run(connection, &statement).await {
         Ok(()) => Ok(WriteOutcome {
@@ -332,30 +308,6 @@ async fn applied_before(
                 "unit {unit_id} was refused as a duplicate but is not in the ledger"
             ))
         })
-}
-
-/// The ledger row of a unit with these counts, applied now.
-fn ledger_entry<'a>(
-    plan: &'a Plan,
-    unit: &Unit<'a>,
-    written: u64,
-    failures: &[Failure],
-) -> sql::LedgerEntry<'a> {
-    sql::LedgerEntry {
-        target: &plan.ledger_target,
-        unit_id: unit.id,
-        fence: unit.fence.map(|fence| sql::FenceCheck {
-            job: fence.job,
-            token: fence.token,
-        }),
-        written,
-        failed: failures.len(),
-        failures: serde_json::to_string(failures).expect("failures serialize"),
-        applied_at: chrono::DateTime::from_timestamp_millis(crate::clock::now_ms() as i64)
-            .unwrap_or_default()
-            .format("%Y-%m-%dT%H:%M:%S%.3f")
-            .to_string(),
-    }
 }
 
 fn encode_row<'a>(plan: &Plan, index: usize, row: &'a Row) -> Result<EncodedRow<'a>, Failure> {
