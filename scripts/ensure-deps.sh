@@ -6,7 +6,8 @@
 # run `npm ci` there themselves, once, the first time they need it), and Debian's chromium,
 # and chromium-driver, which render the status page in its tests and click its buttons
 # (headless, as a person's browser would), and PostgreSQL's server and psql (package
-# postgresql), from which the postgres sink's tests start throwaway servers.
+# postgresql), from which the postgres sink's tests start throwaway servers, and MariaDB's server
+# and client (package mariadb-server), from which the mysql sink's tests start theirs.
 set -euo pipefail
 
 missing=()
@@ -15,6 +16,7 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 { command -v node && command -v npm; } >/dev/null 2>&1 || missing+=(nodejs npm)
 { command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || missing+=(chromium chromium-driver)
 { ls /usr/lib/postgresql/*/bin/initdb && command -v psql; } >/dev/null 2>&1 || missing+=(postgresql postgresql-client)
+{ [ -x /usr/sbin/mariadbd ] && command -v mariadb-install-db && command -v mariadb; } >/dev/null 2>&1 || missing+=(mariadb-server mariadb-client)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}" >&2

@@ -10,6 +10,7 @@
 
 pub mod cosmos;
 pub mod http_api;
+pub mod mariadb;
 pub mod mssql;
 pub mod postgres;
 pub mod smtp;
@@ -226,6 +227,14 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A suffix for names on a server that several tests and test processes share (tables):
+/// unique to this process and call.
+pub(crate) fn unique_suffix() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let next = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("_{}_{next}", std::process::id())
 }
 
 /// Polls `condition` until it holds; fails the test after [`PATIENCE`].

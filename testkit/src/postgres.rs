@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::watchdog::{Watched, log_tail, server_user, versioned_binary};
-use crate::{PATIENCE, block_on, free_port};
+use crate::{PATIENCE, block_on, free_port, unique_suffix};
 
 /// The external server's URL, if the environment names one.
 const REAL_SERVER_ENV: &str = "STEVEDORE_POSTGRES_URL";
@@ -290,10 +290,4 @@ impl PostgresTarget {
             .parse()
             .expect("a count")
     }
-}
-
-fn unique_suffix() -> String {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let next = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("_{}_{next}", std::process::id())
 }
