@@ -10,6 +10,7 @@
 mod blackhole;
 pub mod cosmos;
 mod mssql;
+mod mysql;
 mod postgres;
 pub(crate) mod sqlite;
 mod table;
@@ -28,6 +29,7 @@ use crate::settings::Secret;
 pub use blackhole::BlackholeSink;
 pub use cosmos::CosmosSink;
 pub use mssql::MssqlSink;
+pub use mysql::MysqlSink;
 pub use postgres::PostgresSink;
 pub use sqlite::SqliteSink;
 pub use write_mode::WriteMode;
@@ -37,6 +39,7 @@ pub const KINDS: &[SinkKind] = &[
     sqlite::KIND,
     mssql::KIND,
     postgres::KIND,
+    mysql::KIND,
     cosmos::KIND,
     blackhole::KIND,
 ];
