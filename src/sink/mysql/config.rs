@@ -51,13 +51,7 @@ pub(super) fn read(
             ),
         );
     }
-    for column in map.and_then(Mapping::columns).unwrap_or_default() {
-        if let Some(declared) = &column.sql_type
-            && let Err(why) = MysqlType::parse(declared)
-        {
-            section.problem(&format!("map.{}.type", column.column), why);
-        }
-    }
+    TableSettings::check_types(section, map, MysqlType::parse);
     Some(Arc::new(MysqlSinkConfig {
         connection: connection?,
         table,

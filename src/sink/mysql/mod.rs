@@ -27,7 +27,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Pool};
 use tokio::sync::OnceCell;
 
-use super::table::{self, FenceCheck, UnitRows, WriteError};
+use super::table::{self, FenceCheck, UnitRows};
 use super::{Batch, Fence, Sink, SinkError, SinkErrors, SinkKind, WriteOutcome, unit_failures};
 use crate::config::SinkConfig;
 use crate::mapping::{ColumnMap, Mapping};
@@ -194,16 +194,12 @@ impl MysqlSink {
 
     /// Whether the server takes `LOAD DATA LOCAL INFILE`, and its statement limit.
     async fn server_limits(&self, conn: &mut Conn) -> Result<(bool, usize), SinkError> {
-        let what = "cannot read the server's settings";
-        let infile: Option<i64> = conn
-            .query_first(sql::LOCAL_INFILE)
+        let limits: Option<(i64, u64)> = conn
+            .query_first(sql::SERVER_LIMITS)
             .await
-            .map_err(|e| self.server_error(what, e))?;
-        let packet: Option<u64> = conn
-            .query_first(sql::MAX_PACKET)
-            .await
-            .map_err(|e| self.server_error(what, e))?;
-        Ok((infile.unwrap_or(0) != 0, packet.unwrap_or(4 << 20) as usize))
+            .map_err(|e| self.server_error("cannot read the server's settings", e))?;
+        let (infile, packet) = limits.unwrap_or((0, 4 << 20));
+        Ok((infile != 0, packet as usize))
     }
 
     /// How units are written, once per process: finds the table (creating it from the
@@ -299,18 +295,6 @@ impl MysqlSink {
             }
         }
     }
-
-    /// A write error as the sink reports it; `fence` is the writer's token.
-    fn write_error(&self, error: WriteError<Failed>, fence: Option<&Fence>) -> SinkError {
-        match (error, fence) {
-            (WriteError::Server { what, error }, _) => self.failed(what, error),
-            (WriteError::Refused(message), _) => self.errors.fatal(&message),
-            (WriteError::Fenced { highest }, Some(fence)) => self.errors.fenced(fence, highest),
-            (WriteError::Fenced { highest }, None) => self.errors.fatal(&format!(
-                "fenced by token {highest} without a token of its own"
-            )),
-        }
-    }
 }
 
 #[async_trait]
@@ -400,7 +384,11 @@ impl Sink for MysqlSink {
             // Never hand a connection in an unknown state back to the pool.
             let _ = conn.disconnect().await;
         }
-        result.map_err(|error| self.write_error(error, batch.fence.as_ref()))
+        result.map_err(|error| {
+            error.into_sink_error(&self.errors, batch.fence.as_ref(), |what, error| {
+                self.failed(what, error)
+            })
+        })
     }
 
     fn concurrency(&self) -> usize {

@@ -130,11 +130,8 @@ pub(super) const UNIQUE_INDEXES: &str = "SELECT INDEX_NAME, COLUMN_NAME FROM inf
      WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0 AND COLUMN_NAME IS NOT NULL \
      ORDER BY INDEX_NAME, SEQ_IN_INDEX";
 
-/// Whether the server takes `LOAD DATA LOCAL INFILE`.
-pub(super) const LOCAL_INFILE: &str = "SELECT @@GLOBAL.local_infile";
-
-/// The largest statement the server takes.
-pub(super) const MAX_PACKET: &str = "SELECT @@max_allowed_packet";
+/// Whether the server takes `LOAD DATA LOCAL INFILE`, and the largest statement it takes.
+pub(super) const SERVER_LIMITS: &str = "SELECT @@GLOBAL.local_infile, @@max_allowed_packet";
 
 /// Creates the ledger and the fence table if they are missing. Ids and job names compare
 /// byte for byte, as stevedore's own do.

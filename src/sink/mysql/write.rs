@@ -19,8 +19,8 @@ use super::errors::{self, ErrorClass, classify, describe};
 use super::schema::{Target, ValueClass};
 use super::sql::{self, TableName};
 use crate::mapping::Row;
+use crate::sink::Failure;
 use crate::sink::table::{Applied, LedgerEntry, Recorded, UnitSession};
-use crate::sink::{Failure, WriteOutcome};
 
 /// Why a step failed, already judged: the session's error.
 #[derive(Debug)]
@@ -377,21 +377,7 @@ impl UnitSession for MySession<'_> {
                 (self.plan.ledger_target.as_str(), unit_id),
             )
             .await?;
-        Ok(row.map(|(written, failures)| {
-            match failures
-                .as_deref()
-                .map(serde_json::from_str::<Vec<Failure>>)
-                .transpose()
-            {
-                Ok(failures) => Applied::Outcome(WriteOutcome {
-                    fresh: false,
-                    written: written.max(0) as u64,
-                    failures: failures.unwrap_or_default(),
-                    columns_added: Vec::new(),
-                }),
-                Err(error) => Applied::Unreadable(error.to_string()),
-            }
-        }))
+        Ok(row.map(|(written, failures)| Applied::from_ledger(written, failures.as_deref())))
     }
 
     async fn highest_fence(&mut self, job: &str) -> Result<Option<u64>, Failed> {

@@ -37,13 +37,7 @@ pub(super) fn read(
             None
         }
     };
-    for column in map.and_then(Mapping::columns).unwrap_or_default() {
-        if let Some(declared) = &column.sql_type
-            && let Err(why) = PgType::parse(declared)
-        {
-            section.problem(&format!("map.{}.type", column.column), why);
-        }
-    }
+    TableSettings::check_types(section, map, PgType::parse);
     Some(Arc::new(PostgresSinkConfig {
         connection: connection?,
         table,

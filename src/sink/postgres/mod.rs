@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use deadpool::managed::{Object, PoolError};
 use tokio::sync::OnceCell;
 
-use super::table::{self, FenceCheck, UnitRows, WriteError};
+use super::table::{self, FenceCheck, UnitRows};
 use super::{Batch, Fence, Sink, SinkError, SinkErrors, SinkKind, WriteOutcome, unit_failures};
 use crate::config::SinkConfig;
 use crate::mapping::{ColumnMap, Mapping};
@@ -293,22 +293,6 @@ impl PostgresSink {
         }
         Err(self.server_error("cannot record the fencing token", &error))
     }
-
-    /// A write error as the sink reports it; `fence` is the writer's token.
-    fn write_error(
-        &self,
-        error: WriteError<tokio_postgres::Error>,
-        fence: Option<&Fence>,
-    ) -> SinkError {
-        match (error, fence) {
-            (WriteError::Server { what, error }, _) => self.server_error(what, &error),
-            (WriteError::Refused(message), _) => self.errors.fatal(&message),
-            (WriteError::Fenced { highest }, Some(fence)) => self.errors.fenced(fence, highest),
-            (WriteError::Fenced { highest }, None) => self.errors.fatal(&format!(
-                "fenced by token {highest} without a token of its own"
-            )),
-        }
-    }
 }
 
 #[async_trait]
@@ -403,7 +387,11 @@ impl Sink for PostgresSink {
             // Never hand a connection in an unknown state back to the pool.
             drop(Object::take(client));
         }
-        result.map_err(|error| self.write_error(error, batch.fence.as_ref()))
+        result.map_err(|error| {
+            error.into_sink_error(&self.errors, batch.fence.as_ref(), |what, error| {
+                self.server_error(what, &error)
+            })
+        })
     }
 
     fn concurrency(&self) -> usize {

@@ -15,8 +15,8 @@ use super::errors::{self, ErrorClass, classify, describe};
 use super::schema::Target;
 use super::sql::{self, TableName};
 use crate::mapping::Row;
+use crate::sink::Failure;
 use crate::sink::table::{Applied, LedgerEntry, Recorded, UnitSession};
-use crate::sink::{Failure, WriteOutcome};
 
 /// What every unit of a sink is written with, built once per process when the table has been
 /// read: the columns and the statements that do not change from unit to unit.
@@ -230,21 +230,8 @@ impl UnitSession for PgSession<'_> {
             )
             .await?;
         Ok(row.map(|row| {
-            let written: i64 = row.get(0);
             let failures: Option<String> = row.get(1);
-            match failures
-                .as_deref()
-                .map(serde_json::from_str::<Vec<Failure>>)
-                .transpose()
-            {
-                Ok(failures) => Applied::Outcome(WriteOutcome {
-                    fresh: false,
-                    written: written.max(0) as u64,
-                    failures: failures.unwrap_or_default(),
-                    columns_added: Vec::new(),
-                }),
-                Err(error) => Applied::Unreadable(error.to_string()),
-            }
+            Applied::from_ledger(row.get(0), failures.as_deref())
         }))
     }
 

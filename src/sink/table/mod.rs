@@ -27,7 +27,7 @@ use std::ops::Range;
 
 use async_trait::async_trait;
 
-use super::{Failure, WriteOutcome, unit_failures};
+use super::{Failure, Fence, SinkError, SinkErrors, WriteOutcome, unit_failures};
 pub(super) use ledger::{FenceCheck, LedgerEntry};
 
 /// What the record-and-commit step found.
@@ -104,6 +104,24 @@ pub(super) enum Applied {
     Unreadable(String),
 }
 
+impl Applied {
+    /// A ledger row as read back: its `rows_written` and its `failures` JSON.
+    pub(super) fn from_ledger(written: i64, failures: Option<&str>) -> Applied {
+        match failures
+            .map(serde_json::from_str::<Vec<Failure>>)
+            .transpose()
+        {
+            Ok(failures) => Applied::Outcome(WriteOutcome {
+                fresh: false,
+                written: written.max(0) as u64,
+                failures: failures.unwrap_or_default(),
+                columns_added: Vec::new(),
+            }),
+            Err(error) => Applied::Unreadable(error.to_string()),
+        }
+    }
+}
+
 /// Why a unit was not written.
 #[derive(Debug)]
 pub(super) enum WriteError<E> {
@@ -121,6 +139,26 @@ pub(super) enum WriteError<E> {
         /// The highest token recorded for the job.
         highest: u64,
     },
+}
+
+impl<E> WriteError<E> {
+    /// The error as the sink reports it: `server` words a database error met while doing a
+    /// step; `fence` is the writer's token.
+    pub(super) fn into_sink_error(
+        self,
+        errors: &SinkErrors,
+        fence: Option<&Fence>,
+        server: impl FnOnce(&'static str, E) -> SinkError,
+    ) -> SinkError {
+        match (self, fence) {
+            (WriteError::Server { what, error }, _) => server(what, error),
+            (WriteError::Refused(message), _) => errors.fatal(&message),
+            (WriteError::Fenced { highest }, Some(fence)) => errors.fenced(fence, highest),
+            (WriteError::Fenced { highest }, None) => errors.fatal(&format!(
+                "fenced by token {highest} without a token of its own"
+            )),
+        }
+    }
 }
 
 fn at<E>(what: &'static str) -> impl FnOnce(E) -> WriteError<E> {

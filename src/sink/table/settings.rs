@@ -134,6 +134,22 @@ impl TableSettings {
         }
     }
 
+    /// Records a problem for every `type` of `[sink.map]` that `parse` (the database's own
+    /// type names) refuses, naming the column.
+    pub(in crate::sink) fn check_types<T>(
+        section: &mut Section<'_>,
+        map: Option<&Mapping>,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) {
+        for column in map.and_then(Mapping::columns).unwrap_or_default() {
+            if let Some(declared) = &column.sql_type
+                && let Err(why) = parse(declared)
+            {
+                section.problem(&format!("map.{}.type", column.column), why);
+            }
+        }
+    }
+
     /// The key columns in upsert mode; `None` in append mode.
     pub(in crate::sink) fn upsert_key(&self) -> Option<&[String]> {
         match self.mode {
